@@ -1,0 +1,3 @@
+from eventsinkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""The async stream of WAL batches: a :class:`WalScanner` driven by a :class:`Waker`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from eventsinkd.wal.lines import LineParser
+from eventsinkd.wal.position import Position
+from eventsinkd.wal.scanner import Batch, StartAt, WalScanner
+from eventsinkd.wal.watch import Waker
+
+
+class WalFollower:
+    """Yields :class:`Batch` es in WAL order until stopped (or, without ``follow``, the end)."""
+
+    def __init__(
+        self,
+        wal_dir: Path,
+        parser: LineParser,
+        start: Position | StartAt = "end",
+        *,
+        follow: bool = True,
+        poll_interval_s: float = 0.5,
+        force_polling: bool = False,
+        batch_lines: int = 1024,
+    ) -> None:
+        self.scanner = WalScanner(wal_dir, parser, start, batch_lines=batch_lines)
+        self.waker = Waker(wal_dir, poll_interval_s=poll_interval_s, force_polling=force_polling)
+        self.follow = follow
+        self._stopped = asyncio.Event()
+
+    @property
+    def position(self) -> Position:
+        """Where reading has got to (not what has been acknowledged)."""
+        return self.scanner.position
+
+    @property
+    def ready(self) -> bool:
+        return self.scanner.ready and not self._stopped.is_set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.waker.notify()
+
+    async def __aiter__(self) -> AsyncIterator[Batch]:
+        if self.follow:
+            self.waker.start()
+        try:
+            while not self._stopped.is_set():
+                batch = self.scanner.step()
+                if batch is not None:
+                    yield batch
+                    # Catching up is CPU-bound: let the rest of the loop run between batches.
+                    await asyncio.sleep(0)
+                    continue
+                if not self.follow and self.scanner.at_end:
+                    return
+                await self.waker.wait()
+        finally:
+            await self.waker.stop()
+            self.scanner.close()

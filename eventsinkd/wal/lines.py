@@ -1,0 +1,152 @@
+"""Parse one Nexus WAL line (without its newline) into an :class:`Entry`.
+
+The four layouts (shared/spec/nexus-wal.md)::
+
+    legacy     JSON<TAB>CRC[<TAB>HMAC]
+    sentinel   BFBFBFBFBFBFBFBF<TAB>JSON<TAB>CRC[<TAB>HMAC]<TAB>FBFBFBFBFBFBFBFB
+
+A line that cannot be used is never an exception: :meth:`LineParser.parse`
+returns a :class:`Reject` saying why, and the caller counts it and moves on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import zlib
+from enum import StrEnum
+from typing import Any
+
+import orjson
+import zstandard
+
+from eventsinkd.wal.entry import Entry
+
+START = b"BFBFBFBFBFBFBFBF"
+END = b"FBFBFBFBFBFBFBFB"
+ZSTD_PREFIX = b"zstd:"
+# Nexus reads lines up to 10 MiB; a decompressed field may be larger than the
+# line that carried it, but not without bound (a zstd bomb must not take the host).
+MAX_LINE_BYTES = 10 * 1024 * 1024
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+
+_HEX = frozenset(b"0123456789abcdef")
+
+
+class Reject(StrEnum):
+    """Why a line was skipped; the value is the ``reason`` label in metrics and reports."""
+
+    PARTIAL = "partial"  # fewer than two fields: a write cut short
+    TORN = "torn"  # starts with the start sentinel but does not end with the end sentinel
+    GARBAGE = "garbage"  # fields present but malformed (CRC or HMAC not hex, too many fields)
+    CRC = "crc"  # CRC-32 does not match the JSON field
+    HMAC = "hmac"  # HMAC-SHA256 does not match the JSON field
+    DECOMPRESS = "decompress"  # zstd: field that is not valid base64 or zstd
+    JSON = "json"  # checksums fine, but not a JSON object of the expected shape
+    TOO_LONG = "too_long"  # longer than MAX_LINE_BYTES (rejected by the line reader)
+
+
+def _is_hex(field: bytes, length: int) -> bool:
+    return len(field) == length and _HEX.issuperset(field)
+
+
+_STR_FIELDS = (
+    "payload_id",
+    "idempotency_key",
+    "status",
+    "timestamp",
+    "source",
+    "destination",
+    "subject",
+    "actor_type",
+    "actor_id",
+    "entry_type",
+)
+
+
+def entry_from_json(doc: Any) -> Entry | None:
+    """Build an Entry from a decoded JSON document; None when its shape is wrong.
+
+    Missing string fields become "" (as Go's zero value); a field of the wrong
+    type makes the entry unusable, as it would fail Go's json.Unmarshal.
+    """
+    if not isinstance(doc, dict):
+        return None
+    values: list[str] = []
+    for key in _STR_FIELDS:
+        value = doc.get(key, "")
+        if value is None:
+            value = ""
+        elif not isinstance(value, str):
+            return None
+        values.append(value)
+    seq = doc.get("monotonic_seq", 0)
+    if seq is None:
+        seq = 0
+    elif not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    return Entry(
+        payload_id=values[0],
+        idempotency_key=values[1],
+        status=values[2],
+        timestamp=values[3],
+        source=values[4],
+        destination=values[5],
+        subject=values[6],
+        actor_type=values[7],
+        actor_id=values[8],
+        entry_type=values[9],
+        payload=doc.get("payload"),
+        monotonic_seq=seq,
+    )
+
+
+class LineParser:
+    """Checks and decodes lines; holds the HMAC key and a reusable zstd context."""
+
+    def __init__(self, mac_key: bytes | None = None) -> None:
+        self._mac_key = mac_key
+        self._zstd = zstandard.ZstdDecompressor()
+
+    @property
+    def checks_mac(self) -> bool:
+        return self._mac_key is not None
+
+    def parse(self, line: bytes) -> Entry | Reject:
+        if len(line) > MAX_LINE_BYTES:
+            return Reject.TOO_LONG
+        fields = line.split(b"\t")
+        if fields[0] == START:
+            if len(fields) < 4 or fields[-1] != END:
+                return Reject.TORN
+            fields = fields[1:-1]
+        elif len(fields) < 2:
+            return Reject.PARTIAL
+        if len(fields) > 3:
+            return Reject.GARBAGE
+        body = fields[0]
+        crc = fields[1]
+        if b"%08x" % zlib.crc32(body) != crc:
+            return Reject.CRC if _is_hex(crc, 8) else Reject.GARBAGE
+        if len(fields) == 3:
+            mac = fields[2]
+            if not _is_hex(mac, 64):
+                return Reject.GARBAGE
+            if self._mac_key is not None:
+                want = hmac.new(self._mac_key, body, hashlib.sha256).hexdigest().encode()
+                if not hmac.compare_digest(want, mac):
+                    return Reject.HMAC
+        if body.startswith(ZSTD_PREFIX):
+            try:
+                compressed = base64.b64decode(body[len(ZSTD_PREFIX) :], validate=True)
+                body = self._zstd.decompress(compressed, max_output_size=MAX_DECOMPRESSED_BYTES)
+            except (binascii.Error, zstandard.ZstdError):
+                return Reject.DECOMPRESS
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return Reject.JSON
+        entry = entry_from_json(doc)
+        return Reject.JSON if entry is None else entry

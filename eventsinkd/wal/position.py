@@ -1,0 +1,166 @@
+"""Where the reader is in the WAL, and saving that to the state directory.
+
+A position is "``line`` complete lines of ``segment`` consumed". Line counts
+survive Nexus's status rewrites (same lines, same order, new inode, new size);
+byte offsets do not, so none is stored. ``last_key`` is the dedup key of the
+entry on line ``line - 1`` and proves on resume that the segment still holds
+the lines we counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "position.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(slots=True, frozen=True, order=True)
+class Position:
+    segment: str  # segment file name; "" sorts before every segment
+    line: int  # complete lines of that segment already consumed
+    last_key: str = ""
+
+    def key(self) -> tuple[str, int]:
+        return (self.segment, self.line)
+
+    def __str__(self) -> str:
+        return f"{self.segment}:{self.line}"
+
+
+class PositionFileError(Exception):
+    """The saved position exists but cannot be read or used."""
+
+
+def is_inside(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+class PositionStore:
+    """Loads and atomically saves the position file in ``state_dir``."""
+
+    def __init__(self, state_dir: Path, wal_dir: Path) -> None:
+        if is_inside(state_dir, wal_dir):
+            raise ValueError(
+                f"state directory {state_dir} is inside the WAL directory {wal_dir}; "
+                "eventsinkd never writes into the WAL directory"
+            )
+        self.state_dir = state_dir
+        self.wal_dir = wal_dir
+        self.path = state_dir / STATE_FILE
+        self.last_error: str | None = None
+        self.last_saved: Position | None = None
+
+    def load(self) -> Position | None:
+        """The saved position, None if there is none; PositionFileError if it is unusable."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise PositionFileError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        try:
+            doc = orjson.loads(raw)
+            if doc.get("version") != FORMAT_VERSION:
+                raise PositionFileError(f"{self.path}: unknown format version {doc.get('version')!r}")
+            pos = Position(str(doc["segment"]), int(doc["line"]), str(doc.get("last_key", "")))
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise PositionFileError(f"{self.path} is corrupt ({exc})") from None
+        if pos.line < 0:
+            raise PositionFileError(f"{self.path} is corrupt (negative line)")
+        saved_dir = doc.get("wal_dir")
+        if saved_dir and Path(saved_dir) != self.wal_dir.resolve():
+            log.warning(
+                "position file %s was written for WAL directory %s, now reading %s",
+                self.path,
+                saved_dir,
+                self.wal_dir,
+            )
+        self.last_saved = pos
+        return pos
+
+    def save(self, pos: Position) -> bool:
+        """Write ``pos`` atomically (temp file, fsync, rename, fsync dir). False on failure."""
+        doc = {
+            "version": FORMAT_VERSION,
+            "segment": pos.segment,
+            "line": pos.line,
+            "last_key": pos.last_key,
+            "wal_dir": str(self.wal_dir.resolve()),
+            "saved_at": datetime.now(UTC).isoformat(),
+        }
+        tmp_name: str | None = None
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=".position-", dir=self.state_dir)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(orjson.dumps(doc) + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, self.path)
+            tmp_name = None
+            dir_fd = os.open(self.state_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            msg = f"cannot save position to {self.path}: {exc.strerror or exc}"
+            if msg != self.last_error:
+                log.error("%s; will keep retrying", msg)
+            self.last_error = msg
+            return False
+        finally:
+            if tmp_name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+        if self.last_error is not None:
+            log.info("position saving works again (%s)", self.path)
+        self.last_error = None
+        self.last_saved = pos
+        return True
+
+
+class Checkpointer:
+    """Holds the acknowledged position and saves it periodically and on demand.
+
+    The consumer decides how far the position may move by calling :meth:`ack`
+    (in drop mode as soon as an event is handed over; in block mode only up to
+    the oldest event a sink has not finished), never the reader.
+    """
+
+    def __init__(self, store: PositionStore | None, interval_s: float = 1.0) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.acked: Position | None = None
+
+    def ack(self, pos: Position) -> None:
+        if self.acked is None or pos.key() > self.acked.key():
+            self.acked = pos
+
+    def flush(self) -> bool:
+        """Save the acknowledged position if it moved since the last save."""
+        if self.store is None or self.acked is None or self.acked == self.store.last_saved:
+            return True
+        return self.store.save(self.acked)
+
+    async def run(self) -> None:
+        """Save every ``interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.flush()

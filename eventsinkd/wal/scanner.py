@@ -1,0 +1,360 @@
+"""Turn a WAL directory into batches of entries, each data entry exactly once.
+
+:class:`WalScanner` is synchronous and does one bounded unit of work per
+:meth:`step`; :mod:`eventsinkd.wal.follower` drives it from the event loop.
+
+What it must survive (shared/spec/nexus-wal.md):
+
+* appends, with a partial last line (only lines ending in a newline count);
+* rotation, and empty segments pre-created ahead of the one being appended
+  to: the current segment is finished only once a *later* segment has data,
+  and that is checked *before* the read that finds the current one exhausted;
+* status rewrites (temp file + rename) of any segment, the one being read
+  included: the open descriptor keeps our inode alive, so a different inode
+  at the path means a new file, which is reopened and skipped to the same
+  line count (byte offsets do not survive a rewrite, line counts do);
+* truncation, deleted segments, a missing or unreadable directory;
+* the same idempotency key at the end of one segment and the start of the
+  next after a crash during rotation (a bounded window of recent keys).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.wal.entry import Entry
+from eventsinkd.wal.lines import LineParser, Reject
+from eventsinkd.wal.position import Position
+from eventsinkd.wal.segments import SegmentFile, list_segments
+
+log = logging.getLogger(__name__)
+
+StartAt = Literal["beginning", "end"]
+# Rotation-crash duplicates are at most a group-commit batch (256 lines) apart.
+DEDUP_WINDOW = 4096
+
+
+@dataclass(slots=True, frozen=True)
+class Record:
+    entry: Entry
+    position: Position  # the position just after this entry's line
+
+
+@dataclass(slots=True)
+class Batch:
+    records: list[Record]
+    end: Position  # read position after every line behind this batch
+
+
+@dataclass(slots=True)
+class ReaderStats:
+    lines: int = 0
+    entries: Counter[str] = field(default_factory=Counter)  # by entry_type ("" = data)
+    rejected: Counter[str] = field(default_factory=Counter)  # by Reject value
+    duplicates: int = 0
+    rewrites: int = 0
+    truncations: int = 0
+    vanished: int = 0
+    segments: int = 0
+    last_timestamp: str = ""
+
+
+class _RecentKeys:
+    """A bounded set of the most recent dedup keys, oldest evicted first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._keys: dict[str, None] = {}
+
+    def seen(self, key: str) -> bool:
+        """True if ``key`` is in the window; otherwise remember it."""
+        if key in self._keys:
+            return True
+        self._keys[key] = None
+        if len(self._keys) > self._size:
+            del self._keys[next(iter(self._keys))]
+        return False
+
+
+class WalScanner:
+    def __init__(
+        self,
+        wal_dir: Path,
+        parser: LineParser,
+        start: Position | StartAt = "end",
+        *,
+        batch_lines: int = 1024,
+        dedup_window: int = DEDUP_WINDOW,
+    ) -> None:
+        self.wal_dir = wal_dir
+        self.parser = parser
+        self.stats = ReaderStats()
+        self.position = start if isinstance(start, Position) else Position("", 0)
+        self.error: str | None = None  # why the directory cannot be read, if it cannot
+        self.at_end = False  # the last step found nothing to read and no later segment
+        self._start: Position | StartAt | None = start
+        self._batch_lines = batch_lines
+        self._dedup_window = dedup_window
+        self._recent = _RecentKeys(dedup_window)
+        self._cur: SegmentFile | None = None
+        self._cur_gone = False
+        self._rlog = RateLimitedLog(log)
+
+    @property
+    def ready(self) -> bool:
+        return self.error is None and self._start is None
+
+    def close(self) -> None:
+        if self._cur is not None:
+            self._cur.close()
+            self._cur = None
+
+    # -- one unit of work --------------------------------------------------
+
+    def step(self) -> Batch | None:
+        """Read what is new; a Batch when the position moved, None when idle."""
+        names = self._list()
+        if names is None:
+            return None
+        if self._start is not None:
+            start, self._start = self._start, None
+            self._begin(start, names)
+        if self._cur is None:
+            nxt = self._first_with_data_after(names, self.position.segment)
+            if nxt is None:
+                self.at_end = True
+                return None
+            self._open(nxt)
+            return Batch([], self.position)
+        cur = self._cur
+        gone = self._check_identity(cur)
+        cur = self._cur
+        lines = cur.read_lines(max_lines=self._batch_lines)
+        if lines:
+            self.at_end = False
+            return self._emit(cur, lines)
+        # The current segment is finished once it is gone or a later segment
+        # holds data. Decide that before the final read: Nexus wrote (and
+        # fsynced) the last lines here before its first line there.
+        nxt = self._first_with_data_after(names, cur.name)
+        if not gone and nxt is None:
+            self.at_end = True
+            return None
+        lines = cur.read_lines(max_lines=self._batch_lines)
+        if lines:
+            return self._emit(cur, lines)
+        if cur.pending_tail:
+            self._reject(Reject.PARTIAL, cur.name, cur.line + 1)
+        cur.close()
+        self._cur = None
+        if nxt is None:
+            self.at_end = True
+            return None
+        self._open(nxt)
+        return Batch([], self.position)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _list(self) -> list[str] | None:
+        try:
+            names = list_segments(self.wal_dir)
+        except FileNotFoundError:
+            return self._not_ready(f"WAL directory {self.wal_dir} does not exist (yet)")
+        except NotADirectoryError:
+            return self._not_ready(f"WAL path {self.wal_dir} is not a directory")
+        except PermissionError:
+            return self._not_ready(
+                f"WAL directory {self.wal_dir} is not readable by uid {os.getuid()}: "
+                "run eventsinkd as the Nexus user or a group with read access"
+            )
+        except OSError as exc:
+            return self._not_ready(f"cannot list WAL directory {self.wal_dir}: {exc}")
+        if self.error is not None:
+            log.info("WAL directory %s is readable again", self.wal_dir)
+            self.error = None
+        self.stats.segments = len(names)
+        return names
+
+    def _not_ready(self, why: str) -> None:
+        if why != self.error:
+            log.error("%s; waiting for it", why)
+        self.error = why
+        self.at_end = True
+        return None
+
+    def _first_with_data_after(self, names: list[str], after: str) -> str | None:
+        for name in names[bisect.bisect_right(names, after) :]:
+            try:
+                if os.stat(self.wal_dir / name).st_size > 0:
+                    return name
+            except FileNotFoundError:
+                continue
+        return None
+
+    def _open(self, name: str, line: int = 0) -> SegmentFile | None:
+        try:
+            seg = SegmentFile(self.wal_dir, name)
+        except FileNotFoundError:
+            return None
+        self._cur = seg
+        self._cur_gone = False
+        self.position = Position(name, 0)
+        if line:
+            self._skip_to(seg, line)
+        return seg
+
+    def _skip_to(self, seg: SegmentFile, line: int, learn: bool = False) -> None:
+        skipped, recent = seg.skip_lines(line, keep=self._dedup_window if learn else 1)
+        if skipped < line:
+            log.warning("segment %s holds %d lines, fewer than the %d consumed", seg.name, skipped, line)
+            self.stats.truncations += 1
+        key = ""
+        for raw in recent:
+            entry = self.parser.parse(raw)
+            key = "" if isinstance(entry, Reject) else entry.dedup_key
+            if learn and key:
+                self._recent.seen(key)
+        self.position = Position(seg.name, seg.line, key if skipped else "")
+
+    def _check_identity(self, cur: SegmentFile) -> bool:
+        """Reopen ``cur`` if it was rewritten or truncated; True if it is gone."""
+        try:
+            st = os.stat(cur.path)
+        except FileNotFoundError:
+            if not self._cur_gone:
+                log.info("segment %s was deleted; reading what remains of it", cur.name)
+                self.stats.vanished += 1
+                self._cur_gone = True
+            return True
+        if (st.st_dev, st.st_ino) == cur.identity and st.st_size >= cur.read_off:
+            return False
+        rewritten = (st.st_dev, st.st_ino) != cur.identity
+        try:
+            new = SegmentFile(self.wal_dir, cur.name)
+        except FileNotFoundError:
+            return True
+        if rewritten:
+            self.stats.rewrites += 1
+        else:
+            log.warning("segment %s was truncated in place", cur.name)
+            self.stats.truncations += 1
+        self._cur = new
+        self._skip_to(new, cur.line)
+        cur.close()
+        return False
+
+    def _begin(self, start: Position | StartAt, names: list[str]) -> None:
+        if start == "beginning":
+            self.position = Position("", 0)
+            return
+        if start == "end":
+            with_data = [n for n in names if os.stat(self.wal_dir / n).st_size > 0]
+            if not with_data:
+                self.position = Position("", 0)
+                return
+            self._learn_tail_before(names, with_data[-1])
+            seg = SegmentFile(self.wal_dir, with_data[-1])
+            self._cur = seg
+            self._skip_to(seg, 1 << 62, learn=True)
+            log.info("starting at the end of the WAL: %s", self.position)
+            return
+        assert isinstance(start, Position)
+        self._learn_tail_before(names, start.segment)
+        if start.segment not in names:
+            self.position = start
+            if start.segment:
+                log.warning(
+                    "saved segment %s no longer exists; resuming at the next segment", start.segment
+                )
+            return
+        seg = SegmentFile(self.wal_dir, start.segment)
+        self._cur = seg
+        self._skip_to(seg, start.line, learn=True)
+        if start.last_key and self.position.last_key != start.last_key:
+            self._relocate(seg, start)
+        log.info("resuming at %s", self.position)
+
+    def _relocate(self, seg: SegmentFile, start: Position) -> None:
+        """The saved line no longer holds the saved key: find the key in the segment."""
+        probe = SegmentFile(self.wal_dir, seg.name)
+        found = -1
+        try:
+            while lines := probe.read_lines():
+                base = probe.line - len(lines)
+                for i, raw in enumerate(lines):
+                    entry = None if raw is None else self.parser.parse(raw)
+                    if isinstance(entry, Entry) and entry.dedup_key == start.last_key:
+                        found = base + i + 1
+        finally:
+            probe.close()
+        if found < 0:
+            log.warning(
+                "segment %s no longer holds entry %s at line %d; resuming at line %d",
+                seg.name, start.last_key, start.line, self.position.line,
+            )
+            return
+        log.warning("segment %s: saved entry found at line %d, not %d", seg.name, found, start.line)
+        seg.close()
+        self._cur = SegmentFile(self.wal_dir, seg.name)
+        self._skip_to(self._cur, found)
+
+    def _learn_tail_before(self, names: list[str], segment: str) -> None:
+        """Remember the keys of the last segment with data before ``segment`` (rotation dups)."""
+        for name in reversed(names[: bisect.bisect_left(names, segment)]):
+            try:
+                prev = SegmentFile(self.wal_dir, name)
+            except FileNotFoundError:
+                continue
+            try:
+                if prev.size() == 0:
+                    continue
+                _, recent = prev.skip_lines(1 << 62, keep=self._dedup_window)
+            finally:
+                prev.close()
+            for raw in recent:
+                entry = self.parser.parse(raw)
+                if isinstance(entry, Entry) and entry.dedup_key:
+                    self._recent.seen(entry.dedup_key)
+            return
+
+    def _emit(self, cur: SegmentFile, lines: list[bytes | None]) -> Batch:
+        records: list[Record] = []
+        base = cur.line - len(lines)
+        stats = self.stats
+        stats.lines += len(lines)
+        parse = self.parser.parse
+        key = ""
+        for i, raw in enumerate(lines):
+            entry = Reject.TOO_LONG if raw is None else parse(raw)
+            if isinstance(entry, Reject):
+                self._reject(entry, cur.name, base + i + 1)
+                key = ""
+                continue
+            key = entry.dedup_key
+            stats.entries[entry.entry_type] += 1
+            if key and self._recent.seen(key):
+                stats.duplicates += 1
+                continue
+            records.append(Record(entry, Position(cur.name, base + i + 1, key)))
+        if records:
+            stats.last_timestamp = records[-1].entry.timestamp
+        self.position = Position(cur.name, cur.line, key)
+        return Batch(records, self.position)
+
+    def _reject(self, reason: Reject, segment: str, line_no: int) -> None:
+        self.stats.rejected[reason.value] += 1
+        self._rlog.log(
+            logging.WARNING,
+            f"reject:{reason.value}",
+            "skipped %s line: segment %s line %d",
+            reason.value,
+            segment,
+            line_no,
+        )

@@ -1,0 +1,81 @@
+"""Wake the reader when the WAL directory changes: watchfiles, with polling behind it.
+
+inotify does not work on every filesystem (NFS, some container overlays), and a
+watch dies with its directory, so a timer always runs too: with a watcher it is
+the safety net, with ``force_polling`` it is the only trigger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from watchfiles import awatch
+
+log = logging.getLogger(__name__)
+
+# watchfiles groups changes for up to `debounce` ms; the default (1.6 s) would
+# add that much latency under a steady stream of appends.
+DEBOUNCE_MS = 20
+STEP_MS = 2
+
+
+class Waker:
+    def __init__(self, wal_dir: Path, *, poll_interval_s: float, force_polling: bool) -> None:
+        self.wal_dir = wal_dir
+        self.poll_interval_s = poll_interval_s
+        self.force_polling = force_polling
+        self._changed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.watching = False  # True while a watchfiles watcher is live
+
+    def start(self) -> None:
+        if not self.force_polling and self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="wal-watch")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def notify(self) -> None:
+        self._changed.set()
+
+    async def wait(self) -> None:
+        """Return on the next change notification, or after ``poll_interval_s``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), self.poll_interval_s)
+        self._changed.clear()
+
+    async def _watch(self) -> None:
+        failed_before = False
+        while not self._stop.is_set():
+            try:
+                async for _changes in awatch(
+                    self.wal_dir,
+                    watch_filter=None,
+                    debounce=DEBOUNCE_MS,
+                    step=STEP_MS,
+                    stop_event=self._stop,
+                    recursive=False,
+                    ignore_permission_denied=True,
+                ):
+                    if not self.watching:
+                        self.watching = True
+                        failed_before = False
+                    self._changed.set()
+            except Exception as exc:  # the directory is missing, unreadable, or gone
+                if not failed_before:
+                    log.info("not watching %s (%s); polling every %.2fs",
+                             self.wal_dir, exc, self.poll_interval_s)
+                    failed_before = True
+            self.watching = False
+            # The watch ended (directory removed?) or never started: try again later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.poll_interval_s)

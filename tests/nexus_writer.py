@@ -1,0 +1,678 @@
+"""A test-support stand-in for BubbleFish Nexus's WAL writer.
+
+It writes a WAL directory the way Nexus does (see shared/spec/nexus-wal.md): segment files
+``wal-<unix ns>.jsonl``, one entry per line in the legacy (v0.1.2) or sentinel layout, CRC-32
+and optional HMAC-SHA256 integrity fields, optional zstd compression of the JSON field,
+group-commit batches, rotation with pre-created empty segments, status rewrites via
+``wal-<ns>.tmp`` + rename, torn tails and crash-during-rotation duplicates.
+
+It records every line it produced (:class:`Written`) so that tests can compare a reader's
+output with :meth:`NexusWriter.expected_data`.
+
+A writer is meant to be driven by a single thread (possibly a background thread while a reader
+reads the same directory); it does no internal locking.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import threading
+import time
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import zstandard
+
+__all__ = [
+    "END_SENTINEL",
+    "START_SENTINEL",
+    "NexusWriter",
+    "Written",
+    "format_go_time",
+    "go_json_dumps",
+    "run_workload",
+]
+
+START_SENTINEL = b"BFBFBFBFBFBFBFBF"
+END_SENTINEL = b"FBFBFBFBFBFBFBFB"
+ZSTD_PREFIX = b"zstd:"
+
+Layout = Literal["legacy", "sentinel", "mixed"]
+
+_SEGMENT_RE = re.compile(r"^wal-(\d+)\.(jsonl|tmp)$")
+_CRC_RE = re.compile(rb"^[0-9a-f]{8}$")
+
+# Words for payload content: non-ASCII (2-, 3- and 4-byte UTF-8), quotes, backslashes, control
+# characters that JSON escapes (newline, tab) and the characters Go escapes as \u003c etc.
+_TEXT = (
+    "the deploy pipeline failed because the staging \n migration timed out after thirty seconds "
+    'remember that alice prefers postgres over "quoted" mysql and <tag> weekly summaries of '
+    "incident reports & the retrieval firewall blocks pii \t memories for agents below tier two "
+    "nexus stores every memory in the café ahead log before the queue delivers it to sqlite "
+    "reminder rotate the naïve keys on friday 日本語 メモ 🐟 back\\slash C:\\temp"
+)
+_WORDS = tuple(_TEXT.split(" "))
+_SOURCES = ("claude-desktop", "openclaw", "cursor")
+_SUBJECTS = ("user:alice", "project:nexus", "team:infra")
+
+
+@dataclass(frozen=True)
+class Written:
+    """One line the writer put into a segment (as appended; a later rewrite may re-encode it)."""
+
+    segment: str  # segment file name, e.g. "wal-1795728061386804104.jsonl"
+    line: int  # 0-based line index in that segment
+    payload_id: str
+    idempotency_key: str
+    entry_type: str  # "" for data entries, "checkpoint" otherwise
+    timestamp: str  # the exact timestamp string written
+    # Extras (not part of the required API, but handy for tests):
+    monotonic_seq: int = 0  # 0 for legacy lines (no monotonic_seq key)
+    layout: Literal["legacy", "sentinel"] = "sentinel"
+    compressed: bool = False
+    corrupt: bool = False  # torn tail / merged line: a reader must reject it
+    duplicate: bool = False  # repeated by crash_rotation_duplicate: a reader must drop it
+
+
+def format_go_time(ns: int) -> str:
+    """Format unix nanoseconds like Go's ``time.Time.UTC().Format(time.RFC3339Nano)``."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    if frac == 0:
+        return base + "Z"
+    return f"{base}.{frac:09d}".rstrip("0") + "Z"
+
+
+def go_json_dumps(obj: Any) -> bytes:
+    """Compact JSON as Go's encoding/json writes it (raw UTF-8; <, >, &, U+2028/9 escaped)."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    # These characters can only occur inside JSON strings, so plain replacement is safe.
+    text = (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+    return text.encode("utf-8")
+
+
+def _crc(field: bytes) -> bytes:
+    return b"%08x" % (zlib.crc32(field) & 0xFFFFFFFF)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class NexusWriter:
+    """Writes a Nexus-style WAL directory and remembers what it wrote.
+
+    Extra keyword arguments beyond the required API:
+
+    * ``shuffle_seq``: swap some adjacent ``monotonic_seq`` values inside a batch, as concurrent
+      Nexus writers do (seq unique but not in file order).
+    * ``mac_key`` is used as raw bytes (like Nexus's resolved ``mac_key_file`` string).
+
+    Layout notes: ``legacy`` (v0.1.2) supports neither compression nor checkpoints (ValueError).
+    In ``mixed`` layout, batches alternate legacy/sentinel starting with legacy; compression applies
+    to sentinel lines only and checkpoint lines are always written in sentinel layout.
+    """
+
+    def __init__(
+        self,
+        wal_dir: Path,
+        *,
+        layout: Layout = "sentinel",
+        mac_key: bytes | None = None,
+        compress: bool = False,
+        max_segment_bytes: int = 256 * 1024,
+        precreate: bool = True,
+        checkpoint_every: int = 0,
+        seed: int = 0,
+        payload_bytes: int = 600,
+        shuffle_seq: bool = False,
+    ) -> None:
+        if layout not in ("legacy", "sentinel", "mixed"):
+            raise ValueError(f"unknown layout {layout!r}")
+        if layout == "legacy" and (compress or checkpoint_every):
+            raise ValueError("v0.1.2 (legacy layout) has no compression and no checkpoints")
+        if max_segment_bytes <= 0 or checkpoint_every < 0:
+            raise ValueError("max_segment_bytes must be > 0 and checkpoint_every >= 0")
+        self.wal_dir = Path(wal_dir)
+        self.layout: Layout = layout
+        self.mac_key = mac_key
+        self.compress = compress
+        self.max_segment_bytes = max_segment_bytes
+        self.precreate = precreate
+        self.checkpoint_every = checkpoint_every
+        self.seed = seed
+        self.payload_bytes = payload_bytes
+        self.shuffle_seq = shuffle_seq
+
+        self._rng = random.Random(seed)
+        self._zc = zstandard.ZstdCompressor(level=3)
+        self._zd = zstandard.ZstdDecompressor()
+        self._closed = False
+        self._batches = 0
+        self._data_count = 0  # data entries generated (including lost ones)
+        self._since_checkpoint = 0
+        self._seq = 0
+        self._written: list[Written] = []
+        #: data entries whose bytes went into a corrupt line: the torn_tail entry (also in
+        #: ``written``, as the corrupt line's record) and the entry of the next append that
+        #: continued the torn line. Informational: none of them is in expected_data().
+        self.lost: list[Written] = []
+        self._segments: list[str] = []  # every segment this writer created, in creation order
+        self._lines: dict[str, int] = {}  # segment -> line count (a partial tail counts as one)
+        self._partial: str | None = None  # segment whose last line has no "\n" yet
+
+        self.wal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._last_ns = 0
+        for p in self.wal_dir.iterdir():
+            m = _SEGMENT_RE.match(p.name)
+            if m:
+                self._last_ns = max(self._last_ns, int(m.group(1)))
+        self._active = self._create_segment()
+        self._active_size = 0
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def active_segment(self) -> str:
+        """Name of the segment appends currently go to (newer empty segments may exist)."""
+        return self._active
+
+    @property
+    def written(self) -> list[Written]:
+        """Every line appended so far, in WAL order (segment name, line)."""
+        return sorted(self._written, key=lambda w: (w.segment, w.line))
+
+    @property
+    def segments(self) -> list[str]:
+        """Every segment file this writer created (including empty ones), sorted by name."""
+        return sorted(self._segments)
+
+    def line_count(self, segment: str) -> int:
+        """Lines this writer put in `segment` (a torn, unterminated tail counts as one)."""
+        return self._lines.get(segment, 0)
+
+    def path(self, segment: str) -> Path:
+        return self.wal_dir / segment
+
+    def expected_data(self) -> list[Written]:
+        """Data entries a correct reader emits exactly once, in WAL order."""
+        seen: set[str] = set()
+        out: list[Written] = []
+        for w in self.written:
+            if w.entry_type != "" or w.corrupt or w.duplicate:
+                continue
+            if w.idempotency_key in seen:
+                continue
+            seen.add(w.idempotency_key)
+            out.append(w)
+        return out
+
+    # ------------------------------------------------------------------ naming
+
+    def _next_ns(self) -> int:
+        self._last_ns = max(time.time_ns(), self._last_ns + 1)
+        return self._last_ns
+
+    def _create_segment(self) -> str:
+        name = f"wal-{self._next_ns()}.jsonl"
+        fd = os.open(self.wal_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.wal_dir)
+        self._segments.append(name)
+        self._lines[name] = 0
+        return name
+
+    def _rotate(self) -> None:
+        self._active = self._create_segment()
+        self._active_size = 0
+
+    # ------------------------------------------------------------------ entries
+
+    def _timestamp(self) -> str:
+        ns = time.time_ns()
+        r = self._rng.random()
+        # Real time.Now() almost never has trailing zeros; make the rarer shapes common so that
+        # readers are exercised on "no fraction" and short fractions.
+        if r < 0.03:
+            ns -= ns % 1_000_000_000
+        elif r < 0.08:
+            ns -= ns % 1_000_000
+        elif r < 0.13:
+            ns -= ns % 1_000
+        elif r < 0.18:
+            ns -= ns % 100
+        return format_go_time(ns)
+
+    def _content(self) -> str:
+        words: list[str] = []
+        size = 0
+        start = self._rng.randrange(len(_WORDS))
+        i = start
+        while size < self.payload_bytes:
+            w = _WORDS[i % len(_WORDS)]
+            words.append(w)
+            size += len(w) + 1
+            i += 1
+        return " ".join(words)
+
+    def _data_entry(self, legacy: bool) -> dict[str, Any]:
+        n = self._data_count
+        self._data_count += 1
+        payload_id = f"{self._rng.getrandbits(128):032x}"
+        key = f"idem-s{self.seed}-{n:08d}"
+        source = _SOURCES[n % len(_SOURCES)]
+        subject = _SUBJECTS[n % len(_SUBJECTS)]
+        actor_id = f"user-{n}"
+        payload: dict[str, Any] = {
+            "payload_id": payload_id,
+            "request_id": f"{self._rng.getrandbits(128):032x}",
+            "source": source,
+            "subject": subject,
+            "namespace": "default",
+            "destination": "sqlite",
+            "collection": "memories",
+            "content": self._content(),
+            "model": "claude-sonnet-4",
+            "role": "user",
+            "timestamp": self._timestamp(),
+            "idempotency_key": key,
+            "schema_version": 1,
+            "transform_version": "1.0",
+            "actor_type": "user",
+            "actor_id": actor_id,
+            "metadata": {
+                "seq_in_run": str(n),
+                "session_id": f"sess-s{self.seed}-{n // 100}",
+                "tags": "harness,walwriter",
+                "worker": str(n % 8),
+            },
+            "classification_tier": "public",
+        }
+        entry: dict[str, Any] = {
+            "version": 2,
+            "payload_id": payload_id,
+            "idempotency_key": key,
+            "status": "PENDING",
+            "timestamp": self._timestamp(),
+            "source": source,
+            "destination": "sqlite",
+            "subject": subject,
+            "actor_type": "user",
+            "actor_id": actor_id,
+            "payload": payload,
+        }
+        if not legacy:
+            self._seq += 1
+            entry["entry_type"] = ""
+            entry["monotonic_seq"] = self._seq
+        return entry
+
+    def _checkpoint_entry(self) -> dict[str, Any]:
+        ns = time.time_ns()
+        self._seq += 1
+        return {
+            "version": 2,
+            "payload_id": f"checkpoint-{ns}",
+            "idempotency_key": "",
+            "status": "DELIVERED",
+            "timestamp": format_go_time(ns),
+            "source": "",
+            "destination": "",
+            "subject": "",
+            "actor_type": "",
+            "actor_id": "",
+            "payload": {
+                "segment": self._active,
+                "offset_bytes": self._active_size,
+                "timestamp": format_go_time(time.time_ns()),
+                "applied_count": self._data_count,
+                "state_hash": hashlib.sha256(str(self._seq).encode()).hexdigest(),
+            },
+            "entry_type": "checkpoint",
+            "monotonic_seq": self._seq,
+        }
+
+    def _encode(self, json_bytes: bytes, *, legacy: bool, compress: bool) -> bytes:
+        """One line without the trailing newline."""
+        field = json_bytes
+        if compress:
+            field = ZSTD_PREFIX + base64.b64encode(self._zc.compress(json_bytes))
+        parts = [field, _crc(field)]
+        if self.mac_key is not None:
+            parts.append(hmac.new(self.mac_key, field, hashlib.sha256).hexdigest().encode())
+        if not legacy:
+            parts = [START_SENTINEL, *parts, END_SENTINEL]
+        return b"\t".join(parts)
+
+    def _record(
+        self,
+        entry: dict[str, Any],
+        line: int,
+        *,
+        legacy: bool,
+        compressed: bool,
+        corrupt: bool = False,
+    ) -> Written:
+        return Written(
+            segment=self._active,
+            line=line,
+            payload_id=entry["payload_id"],
+            idempotency_key=entry["idempotency_key"],
+            entry_type=entry.get("entry_type", ""),
+            timestamp=entry["timestamp"],
+            monotonic_seq=entry.get("monotonic_seq", 0),
+            layout="legacy" if legacy else "sentinel",
+            compressed=compressed,
+            corrupt=corrupt,
+        )
+
+    def _batch_legacy(self) -> bool:
+        if self.layout == "legacy":
+            return True
+        if self.layout == "sentinel":
+            return False
+        return self._batches % 2 == 0
+
+    # ------------------------------------------------------------------ appends
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("writer is closed")
+
+    def _append_bytes(self, data: bytes) -> None:
+        fd = os.open(self.wal_dir / self._active, os.O_WRONLY | os.O_APPEND)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._active_size += len(data)
+
+    def append(self, n: int = 1) -> list[Written]:
+        """Append `n` data entries (plus due checkpoints) as one group-commit batch.
+
+        Returns the records of the lines this batch produced. If a torn tail is pending, the
+        first line of the batch lands on the torn line: that entry is lost (see ``lost``) and
+        not returned.
+        """
+        self._check_open()
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        legacy = self._batch_legacy()
+        self._batches += 1
+        if self._partial is None:  # a torn line is always completed by the next append
+            if self._active_size >= self.max_segment_bytes:
+                self._rotate()
+            elif self.precreate and self._active_size >= 0.8 * self.max_segment_bytes:
+                self._create_segment()  # newer, stays empty; appends keep going to _active
+
+        entries: list[tuple[dict[str, Any], bool]] = []  # (entry, is legacy line)
+        for _ in range(n):
+            entries.append((self._data_entry(legacy), legacy))
+            if self.checkpoint_every:
+                self._since_checkpoint += 1
+                if self._since_checkpoint >= self.checkpoint_every:
+                    self._since_checkpoint = 0
+                    entries.append((self._checkpoint_entry(), False))
+        if self.shuffle_seq:
+            self._shuffle_seqs([e for e, leg in entries if not leg])
+
+        chunks: list[bytes] = []
+        records: list[Written] = []
+        line = self._lines[self._active]
+        merge = self._partial == self._active
+        for entry, leg in entries:
+            compressed = self.compress and not leg
+            chunks.append(
+                self._encode(go_json_dumps(entry), legacy=leg, compress=compressed) + b"\n"
+            )
+            if merge:  # continues the torn line: one corrupt line, already recorded
+                rec = self._record(entry, line - 1, legacy=leg, compressed=compressed, corrupt=True)
+                self.lost.append(rec)
+                merge = False
+                continue
+            rec = self._record(entry, line, legacy=leg, compressed=compressed)
+            records.append(rec)
+            line += 1
+        self._append_bytes(b"".join(chunks))
+        self._partial = None
+        self._lines[self._active] = line
+        self._written.extend(records)
+        return records
+
+    def _shuffle_seqs(self, entries: list[dict[str, Any]]) -> None:
+        for i in range(len(entries) - 1):
+            if self._rng.random() < 0.2:
+                a, b = entries[i], entries[i + 1]
+                a["monotonic_seq"], b["monotonic_seq"] = b["monotonic_seq"], a["monotonic_seq"]
+
+    def torn_tail(self) -> None:
+        """Write the first half of one more entry's line with no newline (a crash mid-write).
+
+        The next append continues on the same line, so the segment gets exactly one corrupt
+        line (recorded in ``written`` with ``corrupt=True``). A rewrite before the next append
+        terminates the torn line with "\\n" instead.
+        """
+        self._check_open()
+        legacy = self._batch_legacy()
+        entry = self._data_entry(legacy)
+        compressed = self.compress and not legacy
+        json_bytes = go_json_dumps(entry)
+        full = self._encode(json_bytes, legacy=legacy, compress=compressed)
+        field_start = 0 if legacy else len(START_SENTINEL) + 1
+        field_len = full.index(b"\t", field_start) - field_start
+        cut = field_start + max(1, field_len // 2)  # always inside the JSON field
+        rec = self._record(
+            entry, self._lines[self._active], legacy=legacy, compressed=compressed, corrupt=True
+        )
+        if self._partial == self._active:  # torn twice: still the same single line
+            rec = replace(rec, line=rec.line - 1)
+        else:
+            self._written.append(rec)
+            self._lines[self._active] += 1
+        self.lost.append(rec)
+        self._append_bytes(full[:cut])
+        self._partial = self._active
+
+    def crash_rotation_duplicate(self, k: int = 3) -> None:
+        """Rotate and repeat the last `k` lines of the active segment at the new segment's head."""
+        self._check_open()
+        if self._partial is not None:
+            raise RuntimeError("torn tail pending: append (or rewrite) before rotating")
+        old = self._active
+        raw = self.path(old).read_bytes()
+        lines = raw.split(b"\n")[:-1] if raw else []
+        k = min(k, len(lines))
+        tail = lines[len(lines) - k :] if k else []
+        old_recs = {w.line: w for w in self._written if w.segment == old}
+        self._rotate()
+        if not tail:
+            return
+        self._append_bytes(b"".join(line + b"\n" for line in tail))
+        for i, idx in enumerate(range(len(lines) - k, len(lines))):
+            src = old_recs[idx]
+            self._written.append(
+                Written(
+                    segment=self._active,
+                    line=i,
+                    payload_id=src.payload_id,
+                    idempotency_key=src.idempotency_key,
+                    entry_type=src.entry_type,
+                    timestamp=src.timestamp,
+                    monotonic_seq=src.monotonic_seq,
+                    layout=src.layout,
+                    compressed=src.compressed,
+                    corrupt=src.corrupt,
+                    duplicate=True,
+                )
+            )
+        self._lines[self._active] = k
+
+    def create_empty_segments(self, n: int) -> None:
+        """Create `n` empty segments newer than all others; appends stay on the active one."""
+        self._check_open()
+        for _ in range(n):
+            self._create_segment()
+
+    # ------------------------------------------------------------------ rewrites
+
+    def _parse(self, line: bytes) -> tuple[dict[str, Any], bool] | None:
+        """(entry, is_legacy) for a valid line, None for anything corrupt or partial."""
+        fields = line.split(b"\t")
+        legacy = fields[0] != START_SENTINEL
+        if not legacy:
+            if len(fields) < 4 or fields[-1] != END_SENTINEL:
+                return None
+            fields = fields[1:-1]
+        if len(fields) not in (2, 3):
+            return None
+        field, crc = fields[0], fields[1]
+        if not _CRC_RE.match(crc) or crc != _crc(field):
+            return None
+        if len(fields) == 3 and self.mac_key is not None:
+            mac = hmac.new(self.mac_key, field, hashlib.sha256).hexdigest().encode()
+            if not hmac.compare_digest(mac, fields[2]):
+                return None
+        try:
+            if field.startswith(ZSTD_PREFIX):
+                field = self._zd.decompressobj().decompress(
+                    base64.b64decode(field[len(ZSTD_PREFIX) :], validate=True)
+                )
+            entry = json.loads(field)
+        except (ValueError, zstandard.ZstdError):
+            return None
+        if not isinstance(entry, dict):
+            return None
+        return entry, legacy
+
+    def rewrite(self, segment: str | None = None, *, fraction: float = 0.5) -> None:
+        """Nexus status rewrite of one segment (default: the active one).
+
+        About `fraction` of the PENDING entries (at least one if there are any and fraction > 0)
+        become DELIVERED and are re-encoded in sentinel layout, uncompressed, with fresh CRC/HMAC.
+        Every other line is kept byte-identical, each now ending in "\\n". The result goes to
+        ``wal-<ns>.tmp``, is fsynced and renamed over the segment (new inode, new size).
+        """
+        self._check_open()
+        name = segment if segment is not None else self._active
+        path = self.path(name)
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        pending: list[tuple[int, dict[str, Any]]] = []
+        for i, line in enumerate(lines):
+            parsed = self._parse(line)
+            if parsed is not None and parsed[0].get("status") == "PENDING":
+                pending.append((i, parsed[0]))
+        count = round(fraction * len(pending))
+        if fraction > 0 and pending:
+            count = max(1, count)
+        for i, entry in self._rng.sample(pending, min(count, len(pending))):
+            entry["status"] = "DELIVERED"
+            lines[i] = self._encode(go_json_dumps(entry), legacy=False, compress=False)
+        data = b"".join(line + b"\n" for line in lines)
+
+        tmp = self.wal_dir / f"wal-{self._next_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        _fsync_dir(self.wal_dir)
+        if self._partial == name:
+            self._partial = None  # the torn line is now terminated
+        if name == self._active:
+            self._active_size = len(data)
+
+    def rewrite_recent(self, *, fraction: float = 0.5) -> None:
+        """Rewrite the active segment and the previous non-empty one (a batch spanning rotation).
+
+        If the active segment is empty, the two newest non-empty segments up to it are used.
+        """
+        candidates = [s for s in self.segments if s <= self._active and self._lines[s] > 0]
+        for name in candidates[-2:]:
+            self.rewrite(name, fraction=fraction)
+
+    def close(self) -> None:
+        """Stop writing. The records (``written``, ``expected_data()``) stay available."""
+        self._closed = True
+
+    def __enter__(self) -> NexusWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_workload(
+    wal_dir: Path,
+    total: int,
+    *,
+    batch: int = 50,
+    rewrite_every: int = 300,
+    rate_per_s: float | None = None,
+    stop: threading.Event | None = None,
+    **writer_kwargs: Any,
+) -> NexusWriter:
+    """Append `total` data entries in batches, rewriting recent segments every `rewrite_every`.
+
+    Meant to run in a thread (e.g. ``ThreadPoolExecutor().submit(run_workload, ...)``). Paced to
+    `rate_per_s` entries per second when given. Setting `stop` ends the workload early. The
+    returned writer is closed; its ``written`` / ``expected_data()`` describe what was written.
+    """
+    writer = NexusWriter(Path(wal_dir), **writer_kwargs)
+    start = time.monotonic()
+    done = 0
+    next_rewrite = rewrite_every
+    try:
+        while done < total and not (stop is not None and stop.is_set()):
+            n = min(batch, total - done)
+            writer.append(n)
+            done += n
+            if rewrite_every > 0 and done >= next_rewrite:
+                writer.rewrite_recent()
+                while next_rewrite <= done:
+                    next_rewrite += rewrite_every
+            if rate_per_s:
+                delay = start + done / rate_per_s - time.monotonic()
+                if delay > 0:
+                    if stop is not None:
+                        stop.wait(delay)
+                    else:
+                        time.sleep(delay)
+    finally:
+        writer.close()
+    return writer
