@@ -278,10 +278,10 @@ class WalScanner:
         self._cur = seg
         self._skip_to(seg, start.line, learn=True)
         if start.last_key and self.position.last_key != start.last_key:
-            self._relocate(seg, start)
+            self._relocate(seg, start, names)
         log.info("resuming at %s", self.position)
 
-    def _relocate(self, seg: SegmentFile, start: Position) -> None:
+    def _relocate(self, seg: SegmentFile, start: Position, names: list[str]) -> None:
         """The saved line no longer holds the saved key: find the key in the segment."""
         probe = SegmentFile(self.wal_dir, seg.name)
         found = -1
@@ -302,8 +302,11 @@ class WalScanner:
             return
         log.warning("segment %s: saved entry found at line %d, not %d", seg.name, found, start.line)
         seg.close()
+        # The keys learned while skipping to the wrong line are not all behind us.
+        self._recent = _RecentKeys(self._dedup_window)
+        self._learn_tail_before(names, seg.name)
         self._cur = SegmentFile(self.wal_dir, seg.name)
-        self._skip_to(self._cur, found)
+        self._skip_to(self._cur, found, learn=True)
 
     def _learn_tail_before(self, names: list[str], segment: str) -> None:
         """Remember the keys of the last segment with data before ``segment`` (rotation dups)."""

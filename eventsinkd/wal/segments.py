@@ -64,7 +64,9 @@ class SegmentFile:
         """
         out: list[bytes | None] = []
         budget = max_bytes
-        while budget > 0 and (max_lines is None or len(out) < max_lines):
+        # The byte budget bounds a batch, but never ends a read that has found no
+        # line yet: a line longer than the budget must still reach its newline.
+        while (budget > 0 or not out) and (max_lines is None or len(out) < max_lines):
             chunk_off = self.read_off
             chunk = os.pread(self._fd, CHUNK_BYTES, chunk_off)
             if not chunk:
