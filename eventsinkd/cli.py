@@ -36,14 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tail", help="print memory_written event bodies, one per line")
     _add_wal_args(t)
     t.add_argument("--from", dest="start_at", choices=["beginning", "end"], default="end")
-    t.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep waiting for new entries (default) or stop at the end")
+    t.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep waiting for new entries (default) or stop at the end",
+    )
     t.add_argument("--full", action="store_true", help="include the memory content")
-    t.add_argument("--state-dir", type=Path,
-                   help="save the position here and resume from it (never inside WAL_DIR)")
+    t.add_argument(
+        "--state-dir",
+        type=Path,
+        help="save the position here and resume from it (never inside WAL_DIR)",
+    )
     t.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS")
-    t.add_argument("--force-polling", action="store_true",
-                   help="do not use inotify (network filesystems)")
+    t.add_argument(
+        "--force-polling", action="store_true", help="do not use inotify (network filesystems)"
+    )
 
     v = sub.add_parser("verify", help="check every line of every segment; exit 1 on damage")
     _add_wal_args(v)

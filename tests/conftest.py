@@ -23,7 +23,9 @@ def fixture_mac_key(name: str) -> bytes | None:
     return key.read_bytes().strip() if key.exists() else None
 
 
-def run_cli(*args: str | Path, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str | Path, timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m eventsinkd`` as a real subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "eventsinkd", *map(str, args)],
@@ -47,7 +49,12 @@ async def collect(
 ) -> list[Record]:
     """Read records with a real WalFollower until the end (no follow) or ``until`` says so."""
     follower = WalFollower(
-        wal_dir, LineParser(mac_key), start, follow=follow, poll_interval_s=0.05, **kw  # type: ignore[arg-type]
+        wal_dir,
+        LineParser(mac_key),
+        start,
+        follow=follow,
+        poll_interval_s=0.05,
+        **kw,  # type: ignore[arg-type]
     )
     got: list[Record] = []
 

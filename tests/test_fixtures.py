@@ -27,12 +27,20 @@ def test_tail_from_beginning_yields_the_answer_key(name: str) -> None:
 
 
 def test_tail_full_adds_content() -> None:
-    res = run_cli("tail", FIXTURES / "v012-plain" / "wal", "--from", "beginning", "--no-follow",
-                  "--full")
+    res = run_cli(
+        "tail", FIXTURES / "v012-plain" / "wal", "--from", "beginning", "--no-follow", "--full"
+    )
     first = json.loads(res.stdout.splitlines()[0])
     assert list(first) == [
-        "event_type", "payload_id", "source", "subject", "destination", "timestamp",
-        "actor_type", "actor_id", "content",
+        "event_type",
+        "payload_id",
+        "source",
+        "subject",
+        "destination",
+        "timestamp",
+        "actor_type",
+        "actor_id",
+        "content",
     ]
     assert first["content"]["payload_id"] == first["payload_id"]
 

@@ -37,8 +37,12 @@ class Reader:
 
     def __init__(self, wal_dir: Path, **kw: object) -> None:
         kw.setdefault("poll_interval_s", 0.05)
-        self.follower = WalFollower(wal_dir, LineParser(kw.pop("mac_key", None)),  # type: ignore[arg-type]
-                                    kw.pop("start", "beginning"), **kw)  # type: ignore[arg-type]
+        self.follower = WalFollower(
+            wal_dir,
+            LineParser(kw.pop("mac_key", None)),  # type: ignore[arg-type]
+            kw.pop("start", "beginning"),
+            **kw,
+        )  # type: ignore[arg-type]
         self.records: list[Record] = []
         self.task = asyncio.create_task(self._run())
 
@@ -119,8 +123,9 @@ async def test_hundreds_of_empty_segments_ahead_of_the_active_one(wal_dir: Path)
 async def test_rewrite_of_the_segment_being_read(wal_dir: Path) -> None:
     w = NexusWriter(wal_dir, precreate=False, max_segment_bytes=1 << 30)
     w.append(2000)
-    follower = WalFollower(wal_dir, LineParser(), "beginning", follow=True, batch_lines=100,
-                           poll_interval_s=0.05)
+    follower = WalFollower(
+        wal_dir, LineParser(), "beginning", follow=True, batch_lines=100, poll_interval_s=0.05
+    )
     got: list[Record] = []
     async for batch in follower:
         got.extend(batch.records)
@@ -134,8 +139,9 @@ async def test_rewrite_of_the_segment_being_read(wal_dir: Path) -> None:
     assert follower.scanner.stats.rewrites == 1
 
 
-async def test_truncated_segment_is_logged_and_reading_goes_on(wal_dir: Path,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+async def test_truncated_segment_is_logged_and_reading_goes_on(
+    wal_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     w = NexusWriter(wal_dir, precreate=False)
     w.append(10)
     reader = Reader(wal_dir)
@@ -257,8 +263,13 @@ async def test_live_writer_every_entry_once_in_order(
 ) -> None:
     reader = Reader(wal_dir, force_polling=force_polling, mac_key=kw.get("mac_key"))
     writer = await asyncio.to_thread(
-        run_workload, wal_dir, total, batch=50, rewrite_every=300,
-        max_segment_bytes=2 * 1024 * 1024 if total > 20_000 else 512 * 1024, **kw,
+        run_workload,
+        wal_dir,
+        total,
+        batch=50,
+        rewrite_every=300,
+        max_segment_bytes=2 * 1024 * 1024 if total > 20_000 else 512 * 1024,
+        **kw,
     )
     expected = expected_ids(writer)
     got = await reader.wait_for(len(expected), timeout_s=180)

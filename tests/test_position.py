@@ -27,18 +27,26 @@ def test_no_file_means_no_position(tmp_path: Path) -> None:
     assert PositionStore(tmp_path / "state", tmp_path / "wal").load() is None
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"version":1,"line":3}',
-                                     b'{"version":9,"segment":"a","line":1}',
-                                     b'{"version":1,"segment":"a","line":-1}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[]",
+        b'{"version":1,"line":3}',
+        b'{"version":9,"segment":"a","line":1}',
+        b'{"version":1,"segment":"a","line":-1}',
+    ],
+)
 def test_corrupt_file_is_an_error_with_the_path(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "position.json").write_bytes(content)
-    with pytest.raises(PositionFileError, match="position.json"):
+    with pytest.raises(PositionFileError, match=r"position\.json"):
         PositionStore(tmp_path / "state", tmp_path / "wal").load()
 
 
-def test_unwritable_state_dir_is_reported_not_raised(tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_unwritable_state_dir_is_reported_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "file").write_text("a file where a directory should be")
     store = PositionStore(tmp_path / "file" / "state", tmp_path / "wal")
     assert not store.save(Position("wal-1.jsonl", 1))
@@ -63,8 +71,9 @@ def test_checkpointer_only_moves_forward_and_saves_changes(tmp_path: Path) -> No
     assert os.stat(store.path).st_mtime_ns == mtime
 
 
-async def test_vanished_segment_resumes_at_the_next_one(tmp_path: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+async def test_vanished_segment_resumes_at_the_next_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     wal = tmp_path / "wal"
     w = NexusWriter(wal, precreate=False, max_segment_bytes=16 * 1024)
     for _ in range(10):
@@ -78,8 +87,9 @@ async def test_vanished_segment_resumes_at_the_next_one(tmp_path: Path,
     assert f"saved segment {segs[0]} no longer exists" in caplog.text
 
 
-async def test_saved_key_relocates_when_lines_moved(tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+async def test_saved_key_relocates_when_lines_moved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     wal = tmp_path / "wal"
     w = NexusWriter(wal, precreate=False)
     w.append(20)

@@ -25,12 +25,19 @@ def index_after(expected: list[Written], pos: Position) -> int:
     return sum(1 for w in expected if (w.segment, w.line + 1) <= pos.key())
 
 
-async def read_some(wal_dir: Path, store: PositionStore, n_batches: int, *,
-                    ack_lag: int = 0) -> list[str]:
-    """Resume from the store, read ``n_batches``, acknowledge all but the last ``ack_lag`` records."""
+async def read_some(
+    wal_dir: Path, store: PositionStore, n_batches: int, *, ack_lag: int = 0
+) -> list[str]:
+    """Resume from the store, read ``n_batches``, ack all but the last ``ack_lag`` records."""
     saved = store.load()
-    follower = WalFollower(wal_dir, LineParser(), saved or "beginning", follow=False,
-                           batch_lines=random.randint(1, 300), poll_interval_s=0.05)
+    follower = WalFollower(
+        wal_dir,
+        LineParser(),
+        saved or "beginning",
+        follow=False,
+        batch_lines=random.randint(1, 300),
+        poll_interval_s=0.05,
+    )
     checkpoints = Checkpointer(store)
     got: list[str] = []
     positions: list[Position] = []
@@ -85,8 +92,14 @@ async def test_random_stops_while_nexus_writes(tmp_path: Path) -> None:
 
     def write() -> NexusWriter:
         try:
-            return run_workload(wal, 6000, batch=25, rewrite_every=200, rate_per_s=6000,
-                                max_segment_bytes=128 * 1024)
+            return run_workload(
+                wal,
+                6000,
+                batch=25,
+                rewrite_every=200,
+                rate_per_s=6000,
+                max_segment_bytes=128 * 1024,
+            )
         finally:
             done.set()
 
@@ -103,8 +116,20 @@ async def test_random_stops_while_nexus_writes(tmp_path: Path) -> None:
 
 def _tail(wal: Path, state: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "eventsinkd", "tail", str(wal), "--from", "beginning",
-         "--state-dir", str(state), "--poll-interval", "0.05", *extra],
+        [
+            sys.executable,
+            "-m",
+            "eventsinkd",
+            "tail",
+            str(wal),
+            "--from",
+            "beginning",
+            "--state-dir",
+            str(state),
+            "--poll-interval",
+            "0.05",
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -122,9 +147,17 @@ def test_kill_9_and_restart_from_saved_position(tmp_path: Path) -> None:
     stop = threading.Event()
     result: list[NexusWriter] = []
     writer_thread = threading.Thread(
-        target=lambda: result.append(run_workload(
-            wal, 20_000, batch=20, rewrite_every=400, rate_per_s=2500, stop=stop,
-            max_segment_bytes=256 * 1024)),
+        target=lambda: result.append(
+            run_workload(
+                wal,
+                20_000,
+                batch=20,
+                rewrite_every=400,
+                rate_per_s=2500,
+                stop=stop,
+                max_segment_bytes=256 * 1024,
+            )
+        ),
     )
     writer_thread.start()
     store = PositionStore(state, wal)

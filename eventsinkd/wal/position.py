@@ -77,7 +77,9 @@ class PositionStore:
         try:
             doc = orjson.loads(raw)
             if doc.get("version") != FORMAT_VERSION:
-                raise PositionFileError(f"{self.path}: unknown format version {doc.get('version')!r}")
+                raise PositionFileError(
+                    f"{self.path}: unknown format version {doc.get('version')!r}"
+                )
             pos = Position(str(doc["segment"]), int(doc["line"]), str(doc.get("last_key", "")))
         except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise PositionFileError(f"{self.path} is corrupt ({exc})") from None

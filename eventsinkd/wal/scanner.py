@@ -166,16 +166,20 @@ class WalScanner:
         try:
             names = list_segments(self.wal_dir)
         except FileNotFoundError:
-            return self._not_ready(f"WAL directory {self.wal_dir} does not exist (yet)")
+            self._not_ready(f"WAL directory {self.wal_dir} does not exist (yet)")
+            return None
         except NotADirectoryError:
-            return self._not_ready(f"WAL path {self.wal_dir} is not a directory")
+            self._not_ready(f"WAL path {self.wal_dir} is not a directory")
+            return None
         except PermissionError:
-            return self._not_ready(
+            self._not_ready(
                 f"WAL directory {self.wal_dir} is not readable by uid {os.getuid()}: "
                 "run eventsinkd as the Nexus user or a group with read access"
             )
+            return None
         except OSError as exc:
-            return self._not_ready(f"cannot list WAL directory {self.wal_dir}: {exc}")
+            self._not_ready(f"cannot list WAL directory {self.wal_dir}: {exc}")
+            return None
         if self.error is not None:
             log.info("WAL directory %s is readable again", self.wal_dir)
             self.error = None
@@ -187,7 +191,6 @@ class WalScanner:
             log.error("%s; waiting for it", why)
         self.error = why
         self.at_end = True
-        return None
 
     def _first_with_data_after(self, names: list[str], after: str) -> str | None:
         for name in names[bisect.bisect_right(names, after) :]:
@@ -213,7 +216,9 @@ class WalScanner:
     def _skip_to(self, seg: SegmentFile, line: int, learn: bool = False) -> None:
         skipped, recent = seg.skip_lines(line, keep=self._dedup_window if learn else 1)
         if skipped < line:
-            log.warning("segment %s holds %d lines, fewer than the %d consumed", seg.name, skipped, line)
+            log.warning(
+                "segment %s holds %d lines, fewer than the %d consumed", seg.name, skipped, line
+            )
             self.stats.truncations += 1
         key = ""
         for raw in recent:
@@ -297,7 +302,10 @@ class WalScanner:
         if found < 0:
             log.warning(
                 "segment %s no longer holds entry %s at line %d; resuming at line %d",
-                seg.name, start.last_key, start.line, self.position.line,
+                seg.name,
+                start.last_key,
+                start.line,
+                self.position.line,
             )
             return
         log.warning("segment %s: saved entry found at line %d, not %d", seg.name, found, start.line)

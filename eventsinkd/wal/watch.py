@@ -72,8 +72,12 @@ class Waker:
                     self._changed.set()
             except Exception as exc:  # the directory is missing, unreadable, or gone
                 if not failed_before:
-                    log.info("not watching %s (%s); polling every %.2fs",
-                             self.wal_dir, exc, self.poll_interval_s)
+                    log.info(
+                        "not watching %s (%s); polling every %.2fs",
+                        self.wal_dir,
+                        exc,
+                        self.poll_interval_s,
+                    )
                     failed_before = True
             self.watching = False
             # The watch ended (directory removed?) or never started: try again later.
