@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -10,6 +12,39 @@ from eventsinkd.wal.entry import Entry
 
 MEMORY_WRITTEN = "memory_written"
 ContentMode = Literal["summary", "full"]
+
+# Go's encoding/json (which Nexus's notifier uses) escapes these inside strings.
+# They only ever occur inside JSON strings, so a byte replace is exact.
+_GO_ESCAPES = (
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
+_GO_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+
+
+def go_json(obj: Any) -> bytes:
+    """Compact JSON with the bytes Go's json.Marshal would produce for the same values."""
+    out = orjson.dumps(obj)
+    for raw, escaped in _GO_ESCAPES:
+        if raw in out:
+            out = out.replace(raw, escaped)
+    return out
+
+
+def parse_go_time(value: str) -> float | None:
+    """Unix seconds of a Go RFC 3339 timestamp (up to 9 fraction digits); None if malformed."""
+    m = _GO_TIME.fullmatch(value)
+    if m is None:
+        return None
+    base, frac, zone = m.groups()
+    try:
+        dt = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    except ValueError:
+        return None
+    return dt.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
 def event_type(entry: Entry) -> str | None:
@@ -36,4 +71,24 @@ def event_body(entry: Entry, content: ContentMode = "summary") -> bytes:
     }
     if content == "full":
         body["content"] = entry.payload
-    return orjson.dumps(body)
+    return go_json(body)
+
+
+class Event:
+    """One event on its way to the sinks; bodies are built once per content mode."""
+
+    __slots__ = ("_bodies", "entry", "id", "ticket", "type", "wal_time")
+
+    def __init__(self, kind: str, entry: Entry, ticket: object = None) -> None:
+        self.type = kind
+        self.entry = entry
+        self.id = webhook_id(kind, entry)
+        self.wal_time = parse_go_time(entry.timestamp)
+        self.ticket = ticket  # the engine's acknowledgement handle (block mode)
+        self._bodies: dict[str, bytes] = {}
+
+    def body(self, content: ContentMode) -> bytes:
+        body = self._bodies.get(content)
+        if body is None:
+            body = self._bodies[content] = event_body(self.entry, content)
+        return body

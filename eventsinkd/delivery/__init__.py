@@ -1,0 +1,1 @@
+"""Delivering events: per-sink queues, HTTP workers, retries and signatures."""

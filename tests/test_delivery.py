@@ -1,0 +1,418 @@
+"""The delivery engine against real aiohttp receivers on 127.0.0.1 (shared/spec/events.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
+from webhook_server import WebhookServer
+
+from eventsinkd.config import EventsConfig
+from eventsinkd.delivery.engine import Engine
+from eventsinkd.metrics import Metrics
+from eventsinkd.wal.entry import Entry
+from eventsinkd.wal.position import Position
+from eventsinkd.wal.scanner import Batch, Record
+
+SECRET_A = "whsec_" + base64.b64encode(b"a" * 32).decode()
+SECRET_B = "whsec_" + base64.b64encode(b"b" * 24).decode()
+
+
+def entry(i: int, **kw: Any) -> Entry:
+    fields: dict[str, Any] = {
+        "payload_id": f"p{i:06d}",
+        "idempotency_key": f"idem-{i}",
+        "status": "PENDING",
+        "timestamp": "2026-04-10T12:34:56.1234567Z",
+        "source": "claude-desktop",
+        "destination": "sqlite",
+        "subject": "user:alice",
+        "actor_type": "user",
+        "actor_id": "alice",
+        "payload": {"content": f"memory <{i}> & more"},
+        "entry_type": "",
+        "monotonic_seq": i,
+    }
+    fields.update(kw)
+    return Entry(**fields)
+
+
+def batch(start: int, n: int, **kw: Any) -> Batch:
+    recs = [Record(entry(i, **kw), Position("wal-1.jsonl", i + 1)) for i in range(start, start + n)]
+    return Batch(recs, Position("wal-1.jsonl", start + n))
+
+
+def events_cfg(*sinks: dict[str, Any], **kw: Any) -> EventsConfig:
+    base: dict[str, Any] = {"retry_backoff_seconds": [0.05]}
+    base.update(kw)
+    return EventsConfig.model_validate({**base, "sinks": list(sinks)})
+
+
+class Harness:
+    def __init__(self, cfg: EventsConfig) -> None:
+        self.metrics = Metrics()
+        self.acks: list[Position] = []
+        self.engine = Engine(cfg, self.metrics, self.acks.append)
+
+    def counter(self, name: str, sink: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, {"sink": sink})
+        return value or 0.0
+
+    def accounting(self, sink: str) -> tuple[int, int, int, int]:
+        s = self.engine.sinks[sink].stats
+        return s.offered, s.delivered, s.failed, s.dropped
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[WebhookServer]:
+    srv = await WebhookServer().start()
+    yield srv
+    await srv.stop()
+
+
+async def run(cfg: EventsConfig, *batches: Batch, stop_timeout_s: float = 10) -> Harness:
+    h = Harness(cfg)
+    await h.engine.start()
+    for b in batches:
+        await h.engine.handle(b)
+    await asyncio.wait_for(h.engine.wait_idle(), 60)
+    await h.engine.stop(stop_timeout_s)
+    return h
+
+
+async def test_body_and_headers_match_the_contract(server: WebhookServer) -> None:
+    cfg = events_cfg(
+        {
+            "name": "a",
+            "url": server.url,
+            "secrets": [SECRET_A, SECRET_B],
+            "headers": {"X-Team": "mem"},
+        },
+        {"name": "full", "url": server.url, "content": "full"},
+    )
+    await run(cfg, batch(0, 1))
+    by_sig = {("webhook-signature" in r.headers): r for r in server.requests}
+    signed, full = by_sig[True], by_sig[False]
+    assert signed.body == (
+        b'{"event_type":"memory_written","payload_id":"p000000","source":"claude-desktop",'
+        b'"subject":"user:alice","destination":"sqlite","timestamp":"2026-04-10T12:34:56.1234567Z",'
+        b'"actor_type":"user","actor_id":"alice"}'
+    )
+    assert full.body.endswith(b',"content":{"content":"memory \\u003c0\\u003e \\u0026 more"}}')
+    h = signed.headers
+    assert h["Content-Type"] == "application/json"
+    assert h["User-Agent"].startswith("eventsinkd/")
+    assert h["webhook-id"] == "memory_written:p000000"
+    assert abs(int(h["webhook-timestamp"]) - time.time()) < 60
+    assert h["X-Team"] == "mem"
+    assert len(h["webhook-signature"].split(" ")) == 2
+    # The reference verifier accepts it with either secret of the rotated pair.
+    for secret in (SECRET_A, SECRET_B):
+        assert Webhook(secret).verify(signed.body, h)["payload_id"] == "p000000"
+
+
+async def test_500_then_200_is_retried_and_delivered(server: WebhookServer) -> None:
+    async def flaky(n: int, _r: web.Request) -> web.StreamResponse:
+        return web.Response(status=500 if n == 0 else 200)
+
+    server.behaviour = flaky
+    h = await run(events_cfg({"name": "s", "url": server.url}), batch(0, 1))
+    assert server.ids == ["memory_written:p000000"] * 2
+    assert h.accounting("s") == (1, 1, 0, 0)
+    assert h.counter("eventsinkd_delivery_retries_total", "s") == 1
+    assert (
+        h.metrics.registry.get_sample_value(
+            "eventsinkd_delivery_attempts_total", {"sink": "s", "outcome": "retry_status"}
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize("how", ["seconds", "http-date"])
+async def test_retry_after_is_honoured(server: WebhookServer, how: str) -> None:
+    async def busy(n: int, _r: web.Request) -> web.StreamResponse:
+        if n > 0:
+            return web.Response(status=200)
+        if how == "seconds":
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        when = email.utils.formatdate(time.time() + 2, usegmt=True)
+        return web.Response(status=503, headers={"Retry-After": when})
+
+    server.behaviour = busy
+    h = await run(events_cfg({"name": "s", "url": server.url}), batch(0, 1))
+    assert len(server.requests) == 2
+    waited = server.requests[1].at - server.requests[0].at
+    assert waited >= 0.95  # not the 0.05 s backoff: the header won (an HTTP date has 1 s steps)
+    assert h.accounting("s") == (1, 1, 0, 0)
+
+
+@pytest.mark.parametrize("status", [410, 400, 301])
+async def test_permanent_statuses_fail_without_retry(server: WebhookServer, status: int) -> None:
+    async def gone(_n: int, _r: web.Request) -> web.StreamResponse:
+        return web.Response(status=status)
+
+    server.behaviour = gone
+    h = await run(events_cfg({"name": "s", "url": server.url}), batch(0, 3))
+    assert len(server.requests) == 3
+    assert h.accounting("s") == (3, 0, 3, 0)
+    assert h.counter("bubblefish_events_failed_total", "s") == 3
+
+
+async def test_timeouts_are_retried_then_fail(server: WebhookServer) -> None:
+    async def hang(_n: int, _r: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(5)
+        return web.Response(status=200)
+
+    server.behaviour = hang
+    cfg = events_cfg({"name": "s", "url": server.url, "timeout_seconds": 0.2, "max_retries": 2})
+    h = await run(cfg, batch(0, 1))
+    assert len(server.requests) == 3
+    assert h.accounting("s") == (1, 0, 1, 0)
+    assert (
+        h.metrics.registry.get_sample_value(
+            "eventsinkd_delivery_attempts_total", {"sink": "s", "outcome": "timeout"}
+        )
+        == 3
+    )
+
+
+async def test_connection_refused_then_the_server_appears() -> None:
+    probe = await WebhookServer().start()
+    port = probe.port
+    await probe.stop()  # nothing listens on this port now
+    cfg = events_cfg(
+        {"name": "s", "url": f"http://127.0.0.1:{port}/hook", "max_retries": 50},
+        retry_backoff_seconds=[0.1],
+    )
+    h = Harness(cfg)
+    await h.engine.start()
+    await h.engine.handle(batch(0, 5))
+    await asyncio.sleep(0.5)
+    assert h.engine.sinks["s"].stats.delivered == 0
+    server = await WebhookServer().start(port)
+    try:
+        await server.wait_for(5)
+        await h.engine.stop(5)
+    finally:
+        await server.stop()
+    assert sorted(set(server.ids)) == [f"memory_written:p{i:06d}" for i in range(5)]
+    assert h.accounting("s") == (5, 5, 0, 0)
+    assert (
+        h.metrics.registry.get_sample_value(
+            "eventsinkd_delivery_attempts_total", {"sink": "s", "outcome": "connection_error"}
+        )
+        >= 5
+    )
+
+
+async def test_a_stuck_sink_does_not_slow_a_fast_one(server: WebhookServer) -> None:
+    slow = await WebhookServer().start()
+
+    async def sleep30(_n: int, _r: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        return web.Response(status=200)
+
+    slow.behaviour = sleep30
+    cfg = events_cfg(
+        {"name": "fast", "url": server.url},
+        {"name": "slow", "url": slow.url, "timeout_seconds": 60},
+        max_inflight=5000,
+    )
+    h = Harness(cfg)
+    await h.engine.start()
+    try:
+        for i in range(10):
+            await h.engine.handle(batch(i * 100, 100))
+        await server.wait_for(1000, timeout_s=60)
+        # Every event reached the fast sink while the slow one has not finished a single one.
+        assert len(set(server.ids)) == 1000
+        assert h.engine.sinks["slow"].stats.delivered == 0
+        assert h.engine.sinks["fast"].stats.delivered == 1000
+    finally:
+        await h.engine.stop(0.1)
+        await slow.stop()
+    assert h.accounting("slow") == (1000, 0, 0, 1000)  # left at shutdown: counted as dropped
+
+
+async def test_drop_accounting_is_exact(server: WebhookServer) -> None:
+    release = asyncio.Event()
+
+    async def blocked(_n: int, _r: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(status=200)
+
+    server.behaviour = blocked
+    cfg = events_cfg(
+        {"name": "s", "url": server.url, "timeout_seconds": 30},
+        {"name": "t", "url": server.url, "timeout_seconds": 30, "filter": {"source": ["claude-*"]}},
+        max_inflight=100,
+    )
+    h = Harness(cfg)
+    await h.engine.start()
+    await h.engine.handle(batch(0, 2000))
+    assert h.engine.sinks["s"].stats.dropped == 1900
+    release.set()
+    await asyncio.wait_for(h.engine.wait_idle(), 30)
+    await h.engine.stop(30)
+    for name in ("s", "t"):
+        offered, delivered, failed, dropped = h.accounting(name)
+        assert offered == 2000
+        assert delivered + failed + dropped == offered
+        assert (delivered, dropped) == (100, 1900)
+        assert h.counter("bubblefish_events_dropped_total", name) == 1900
+        assert h.counter("bubblefish_events_delivered_total", name) == 100
+    # Drop mode acknowledges the batch as soon as it is handed over.
+    assert h.acks == [Position("wal-1.jsonl", 2000)]
+
+
+async def test_drop_warnings_are_rate_limited(
+    server: WebhookServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = asyncio.Event()
+
+    async def blocked(_n: int, _r: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(status=200)
+
+    server.behaviour = blocked
+    h = Harness(events_cfg({"name": "s", "url": server.url}, max_inflight=10))
+    await h.engine.start()
+    with caplog.at_level(logging.WARNING):
+        await h.engine.handle(batch(0, 5000))
+    release.set()
+    await h.engine.stop(10)
+    assert h.engine.sinks["s"].stats.dropped == 4990
+    assert caplog.text.count("queue full") == 1
+
+
+async def test_block_mode_loses_nothing_and_acks_only_finished_events(
+    server: WebhookServer,
+) -> None:
+    async def slowish(n: int, _r: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.001 * (n % 7))
+        return web.Response(status=500 if n % 13 == 0 else 200)
+
+    server.behaviour = slowish
+    cfg = events_cfg(
+        {"name": "s", "url": server.url, "concurrency": 8},
+        {"name": "t", "url": server.url, "concurrency": 3},
+        max_inflight=100,
+        overflow="block",
+    )
+    h = Harness(cfg)
+    violations: list[str] = []
+
+    def check(pos: Position) -> None:
+        # Every event at or before an acknowledged position has been received by both sinks.
+        got = server.ids
+        for i in range(pos.line):
+            if got.count(f"memory_written:p{i:06d}") < 2:
+                violations.append(f"acked {pos} before p{i:06d} was delivered to both sinks")
+                return
+        h.acks.append(pos)
+
+    h.engine = Engine(cfg, h.metrics, check)
+    await h.engine.start()
+    for i in range(20):
+        await h.engine.handle(batch(i * 100, 100))
+    await asyncio.wait_for(h.engine.wait_idle(), 60)
+    await h.engine.stop(60)
+    assert violations == []
+    for name in ("s", "t"):
+        assert h.accounting(name) == (2000, 2000, 0, 0)
+    assert h.acks[-1] == Position("wal-1.jsonl", 2000)
+    assert h.acks == sorted(h.acks)
+
+
+async def test_block_mode_holds_the_position_at_an_unfinished_event(server: WebhookServer) -> None:
+    async def first_hangs(n: int, r: web.Request) -> web.StreamResponse:
+        if r.headers["webhook-id"].endswith("p000000"):
+            await asyncio.sleep(30)
+        return web.Response(status=200)
+
+    server.behaviour = first_hangs
+    cfg = events_cfg({"name": "s", "url": server.url, "timeout_seconds": 60}, overflow="block")
+    h = Harness(cfg)
+    await h.engine.start()
+    await h.engine.handle(batch(0, 50))
+    await server.wait_for(50)
+    await asyncio.sleep(0.1)
+    assert h.acks == []  # 49 delivered, but the first is not finished
+    left = await h.engine.stop(0.2)
+    assert left == 1
+    assert h.acks == []  # the unfinished event is re-read after a restart
+    assert h.accounting("s") == (50, 49, 0, 1)
+
+
+async def test_stop_counts_queued_and_in_flight(
+    server: WebhookServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def slow(_n: int, _r: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.5)
+        return web.Response(status=200)
+
+    server.behaviour = slow
+    h = Harness(events_cfg({"name": "s", "url": server.url, "concurrency": 4}))
+    await h.engine.start()
+    await h.engine.handle(batch(0, 40))
+    await asyncio.sleep(0.1)  # 4 in flight, 36 queued
+    with caplog.at_level(logging.WARNING):
+        left = await h.engine.stop(0.7)
+        assert await h.engine.stop(0.7) == left  # a second stop is safe and says the same
+    offered, delivered, failed, dropped = h.accounting("s")
+    assert offered == 40 and failed == 0
+    assert delivered + dropped == 40
+    assert 4 <= delivered < 40
+    assert left == dropped
+    assert f"sink s: {left} event(s) left undelivered at shutdown" in caplog.text
+
+
+async def test_retrying_events_do_not_block_others(server: WebhookServer) -> None:
+    async def fail_odd(_n: int, r: web.Request) -> web.StreamResponse:
+        odd = int(r.headers["webhook-id"][-1]) % 2 == 1
+        return web.Response(status=503 if odd else 200)
+
+    server.behaviour = fail_odd
+    cfg = events_cfg(
+        {"name": "s", "url": server.url, "max_retries": 3}, retry_backoff_seconds=[3600]
+    )
+    h = Harness(cfg)
+    await h.engine.start()
+    await h.engine.handle(batch(0, 200))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while h.engine.sinks["s"].stats.delivered < 100 and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    # The 100 even events got through while the odd ones wait an hour for their retry.
+    assert h.engine.sinks["s"].stats.delivered == 100
+    await h.engine.stop(5)
+    # At shutdown each parked event got one more try (no backoff), then was dropped.
+    assert h.accounting("s") == (200, 100, 0, 100)
+
+
+async def test_filters_and_event_types(server: WebhookServer) -> None:
+    cfg = events_cfg(
+        {"name": "alice", "url": server.url, "filter": {"subject": ["user:alice"]}},
+        {"name": "bob", "url": server.url, "filter": {"subject": ["user:b*"]}},
+        {"name": "none", "url": server.url, "filter": {"event_types": ["memory_deleted"]}},
+    )
+    recs = [
+        Record(entry(1, subject="user:alice"), Position("wal-1.jsonl", 1)),
+        Record(entry(2, subject="user:bob"), Position("wal-1.jsonl", 2)),
+        Record(entry(3, entry_type="checkpoint"), Position("wal-1.jsonl", 3)),
+    ]
+    h = await run(cfg, Batch(recs, Position("wal-1.jsonl", 3)))
+    assert [h.accounting(n)[0] for n in ("alice", "bob", "none")] == [1, 1, 0]
+    assert sorted(json.loads(r.body)["subject"] for r in server.requests) == [
+        "user:alice",
+        "user:bob",
+    ]

@@ -1,0 +1,69 @@
+"""A real aiohttp webhook receiver on 127.0.0.1 with a programmable answer, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    body: bytes
+    headers: dict[str, str]
+    at: float
+
+
+Behaviour = Callable[[int, web.Request], Awaitable[web.StreamResponse]]
+
+
+async def ok(_n: int, _req: web.Request) -> web.StreamResponse:
+    return web.Response(status=204)
+
+
+@dataclass
+class WebhookServer:
+    behaviour: Behaviour = ok
+    requests: list[Received] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.headers["webhook-id"] for r in self.requests]
+
+    async def _handle(self, req: web.Request) -> web.StreamResponse:
+        body = await req.read()
+        n = len(self.requests)
+        self.requests.append(Received(body, dict(req.headers), time.monotonic()))
+        return await self.behaviour(n, req)
+
+    async def start(self, port: int = 0) -> WebhookServer:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def wait_for(self, n: int, timeout_s: float = 30) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(self.requests) < n and loop.time() < deadline:
+            await asyncio.sleep(0.01)
