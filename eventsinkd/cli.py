@@ -1,21 +1,25 @@
-"""eventsinkd: a webhook sidecar for BubbleFish Nexus (command line)."""
+"""eventsinkd: a webhook sidecar for BubbleFish Nexus (command line).
+
+This is the only module that knows about argv; each command calls into the core.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from eventsinkd import __version__
+from eventsinkd.configfile import DEFAULT_PATH, ConfigError, load_config
 from eventsinkd.logs import setup_logging
 from eventsinkd.secrets import SecretError, resolve_secret
 from eventsinkd.wal.lines import LineParser
 
-
-def _parser_for(mac_key: str | None) -> LineParser:
-    key = resolve_secret(mac_key).encode() if mac_key else None
-    return LineParser(key)
+EXIT_CONFIG = 2
 
 
 def _add_wal_args(p: argparse.ArgumentParser) -> None:
@@ -27,13 +31,29 @@ def _add_wal_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="eventsinkd", description=__doc__)
-    ap.add_argument("--version", action="version", version=f"eventsinkd {__version__}")
-    ap.add_argument("--log-level", default="warning", help="debug, info, warning or error")
-    sub = ap.add_subparsers(dest="command", required=True)
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=DEFAULT_PATH,
+        metavar="PATH",
+        help=f"YAML config file (default {DEFAULT_PATH})",
+    )
 
-    t = sub.add_parser("tail", help="print memory_written event bodies, one per line")
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="eventsinkd", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"eventsinkd {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the daemon: tail the WAL and deliver webhooks")
+    _add_config_arg(r)
+
+    c = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")
+    _add_config_arg(c)
+
+    t = sub.add_parser("tail", help="print the memory_written events, one JSON body per line")
     _add_wal_args(t)
     t.add_argument("--from", dest="start_at", choices=["beginning", "end"], default="end")
     t.add_argument(
@@ -52,48 +72,199 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--force-polling", action="store_true", help="do not use inotify (network filesystems)"
     )
+    t.add_argument("--log-level", default="warning")
 
     v = sub.add_parser("verify", help="check every line of every segment; exit 1 on damage")
     _add_wal_args(v)
+
+    h = sub.add_parser("health", help="ask a running daemon; exit 0 if healthy, 1 if not")
+    h.add_argument(
+        "--url",
+        default="http://127.0.0.1:9464/healthz",
+        help="health URL (use /readyz to require a readable WAL)",
+    )
+    h.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+
+    rc = sub.add_parser("receive", help="a webhook receiver that verifies and prints events")
+    rc.add_argument("--host", default="127.0.0.1")
+    rc.add_argument("--port", type=int, default=8080)
+    rc.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="WHSEC",
+        help="whsec_... (literal, env:VAR or file:/path); repeat for rotation",
+    )
+
+    d = sub.add_parser("demo", help="writer, daemon and receiver on this machine, live")
+    d.add_argument("--events", type=int, default=5000, help="memory writes to produce")
+    d.add_argument("--rate", type=float, default=1000.0, help="writes per second")
+    d.add_argument("--keep", action="store_true", help="keep the demo directory")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = {
+        "run": cmd_run,
+        "check-config": cmd_check_config,
+        "tail": cmd_tail,
+        "verify": cmd_verify,
+        "health": cmd_health,
+        "receive": cmd_receive,
+        "demo": cmd_demo,
+    }[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(msg: str, code: int = EXIT_CONFIG) -> int:
+    print(f"eventsinkd: {msg}", file=sys.stderr)
+    return code
+
+
+def _wal_parser(args: argparse.Namespace) -> LineParser:
+    return LineParser(resolve_secret(args.mac_key).encode() if args.mac_key else None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from eventsinkd.daemon import Daemon
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"invalid config, not starting:\n{exc}")
+    setup_logging(cfg.log.level, cfg.log.format)
+    return asyncio.run(Daemon(cfg, args.config).serve())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    wal = cfg.wal.dir
+    if not wal.is_dir():
+        wal_state = "does not exist (yet)"
+    elif not os.access(wal, os.R_OK | os.X_OK):
+        wal_state = f"NOT readable by uid {os.getuid()}"
+    else:
+        wal_state = "readable"
+    print(f"{args.config}: valid")
+    print(
+        f"  wal.dir: {wal} ({wal_state}), start_at {cfg.wal.start_at}, "
+        f"{'polling' if cfg.wal.force_polling else 'inotify + polling'} "
+        f"every {cfg.wal.poll_interval_s}s, HMAC {'checked' if cfg.wal.mac_key else 'not checked'}"
+    )
+    print(f"  state_dir: {cfg.state_dir}")
+    print(
+        f"  events: overflow {cfg.events.overflow}, max_inflight {cfg.events.max_inflight}, "
+        f"shutdown_timeout_s {cfg.events.shutdown_timeout_s}"
+    )
+    for s in cfg.events.sinks:
+        signed = f"signed ({len(s.secrets)} secret(s))" if s.secrets else "unsigned"
+        print(
+            f"  sink {s.name}: {s.url} content={s.content} concurrency={s.concurrency} "
+            f"max_retries={s.max_retries} {signed}"
+        )
+    if not cfg.events.sinks:
+        print("  no sinks: events are read and counted but sent nowhere")
+    print(f"  admin: http://{cfg.admin.listen}/metrics  log: {cfg.log.level} {cfg.log.format}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from eventsinkd.tail import tail
+
     setup_logging(args.log_level)
     try:
-        parser = _parser_for(args.mac_key)
+        parser = _wal_parser(args)
     except SecretError as exc:
-        print(f"eventsinkd: --mac-key: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "verify":
-        from eventsinkd.verify import verify
-
-        try:
-            return verify(args.wal_dir, parser, sys.stdout)
-        except OSError as exc:
-            print(f"eventsinkd: cannot read {args.wal_dir}: {exc}", file=sys.stderr)
-            return 2
-    if args.command == "tail":
-        from eventsinkd.tail import tail
-
-        try:
-            return asyncio.run(
-                tail(
-                    args.wal_dir,
-                    parser,
-                    start_at=args.start_at,
-                    follow=args.follow,
-                    content="full" if args.full else "summary",
-                    state_dir=args.state_dir,
-                    poll_interval_s=args.poll_interval,
-                    force_polling=args.force_polling,
-                    out=sys.stdout.buffer,
-                )
+        return _fail(f"--mac-key: {exc}")
+    try:
+        return asyncio.run(
+            tail(
+                args.wal_dir,
+                parser,
+                start_at=args.start_at,
+                follow=args.follow,
+                content="full" if args.full else "summary",
+                state_dir=args.state_dir,
+                poll_interval_s=args.poll_interval,
+                force_polling=args.force_polling,
+                out=sys.stdout.buffer,
             )
-        except ValueError as exc:  # e.g. a state directory inside the WAL directory
-            print(f"eventsinkd: {exc}", file=sys.stderr)
-            return 2
-        except BrokenPipeError:
-            return 0
-    raise AssertionError(args.command)
+        )
+    except ValueError as exc:  # e.g. a state directory inside the WAL directory
+        return _fail(str(exc))
+    except BrokenPipeError:
+        return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from eventsinkd.verify import verify
+
+    setup_logging("error")
+    try:
+        parser = _wal_parser(args)
+    except SecretError as exc:
+        return _fail(f"--mac-key: {exc}")
+    try:
+        return verify(args.wal_dir, parser, sys.stdout)
+    except OSError as exc:
+        return _fail(f"cannot read {args.wal_dir}: {exc}")
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout) as resp:
+            ok = 200 <= resp.status < 300
+            body = resp.read(4096).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        ok, body = False, exc.read(4096).decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"unhealthy: {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    print(("healthy: " if ok else "unhealthy: ") + body.strip())
+    return 0 if ok else 1
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    from eventsinkd.config import decode_whsec
+    from eventsinkd.receiver import Receiver
+
+    try:
+        keys = [decode_whsec(resolve_secret(s)) for s in args.secret]
+    except (SecretError, ValueError) as exc:
+        return _fail(f"--secret: {exc}")
+
+    async def serve() -> None:
+        receiver = Receiver(keys)
+        await receiver.start(args.host, args.port)
+        check = "verifying signatures" if keys else "NOT verifying signatures (no --secret)"
+        print(
+            f"listening on http://{args.host}:{receiver.port}/ ({check}); Ctrl-C stops", flush=True
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await receiver.stop()
+            print(
+                f"received {receiver.unique} event(s), {receiver.duplicates} repeated, "
+                f"{receiver.bad_signatures} bad signature(s)"
+            )
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc}", 3)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from eventsinkd.demo import run_demo
+
+    return run_demo(events=args.events, rate=args.rate, keep=args.keep)

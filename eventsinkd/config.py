@@ -10,15 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -76,6 +77,14 @@ def decode_whsec(value: str) -> bytes:
     return key
 
 
+def _check_secret(ref: str) -> str:
+    try:
+        decode_whsec(resolve_secret(ref))
+    except SecretError as exc:
+        raise ValueError(str(exc)) from None
+    return ref
+
+
 class SinkConfig(Model):
     name: Annotated[str, Field(description="unique; the sink label of every metric")]
     url: AnyHttpUrl
@@ -86,7 +95,7 @@ class SinkConfig(Model):
     )
     content: Literal["summary", "full"] = "summary"
     concurrency: int = Field(default=4, ge=1, le=1024)
-    secrets: list[str] = Field(
+    secrets: list[Annotated[str, AfterValidator(_check_secret)]] = Field(
         default_factory=list,
         description="whsec_... secrets (literal, env:VAR or file:/path); several = rotation",
         repr=False,
@@ -94,8 +103,6 @@ class SinkConfig(Model):
     headers: dict[str, str] = Field(default_factory=dict)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
-
-    _keys: list[bytes] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -131,20 +138,9 @@ class SinkConfig(Model):
             raise ValueError(f"header(s) {', '.join(clash)} are set by eventsinkd itself")
         return v
 
-    @model_validator(mode="after")
-    def _resolve_secrets(self) -> SinkConfig:
-        keys = []
-        for i, ref in enumerate(self.secrets):
-            try:
-                keys.append(decode_whsec(resolve_secret(ref)))
-            except (SecretError, ValueError) as exc:
-                raise ValueError(f"secrets[{i}]: {exc}") from None
-        self._keys = keys
-        return self
-
-    @property
+    @cached_property
     def signing_keys(self) -> list[bytes]:
-        return self._keys
+        return [decode_whsec(resolve_secret(ref)) for ref in self.secrets]
 
 
 class EventsConfig(Model):
@@ -173,3 +169,71 @@ class EventsConfig(Model):
 
     def backoff_for(self, sink: SinkConfig) -> list[float]:
         return sink.retry_backoff_seconds or self.retry_backoff_seconds
+
+
+class WalConfig(Model):
+    dir: Path
+    mac_key: str | None = Field(
+        default=None,
+        description="Nexus's mac_key_file: env:VAR, file:/path or a literal",
+        repr=False,
+    )
+    start_at: Literal["beginning", "end"] = "end"
+    poll_interval_s: float = Field(default=0.5, gt=0, le=60)
+    force_polling: bool = False
+
+    @field_validator("mac_key")
+    @classmethod
+    def _resolvable(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                resolve_secret(v)
+            except SecretError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @cached_property
+    def mac_key_bytes(self) -> bytes | None:
+        return None if self.mac_key is None else resolve_secret(self.mac_key).encode()
+
+
+class AdminConfig(Model):
+    listen: str = Field(default="127.0.0.1:9464", description="host:port for metrics and health")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class LogConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Config(Model):
+    wal: WalConfig
+    state_dir: Path = Path("/var/lib/eventsinkd")
+    state_save_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _state_outside_wal(self) -> Config:
+        from eventsinkd.wal.position import is_inside
+
+        if is_inside(self.state_dir, self.wal.dir):
+            raise ValueError("state_dir must not be inside wal.dir: eventsinkd never writes there")
+        return self

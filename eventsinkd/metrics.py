@@ -83,3 +83,9 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.reloads = Counter(
+            "eventsinkd_config_reloads_total",
+            "Config reloads (SIGHUP) by result.",
+            ["result"],
+            registry=r,
+        )

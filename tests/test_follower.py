@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from conftest import collect
-from nexus_writer import NexusWriter, run_workload
 
+from eventsinkd.sim.nexus_writer import NexusWriter, run_workload
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.scanner import Record, WalScanner

@@ -17,15 +17,7 @@ from typing import Any
 import pytest
 import zstandard
 
-try:
-    from tests.nexus_writer import NexusWriter, Written, format_go_time, run_workload
-except ImportError:  # pragma: no cover - depends on how pytest puts tests/ on sys.path
-    from nexus_writer import (  # type: ignore[no-redef,import-not-found,unused-ignore]
-        NexusWriter,
-        Written,
-        format_go_time,
-        run_workload,
-    )
+from eventsinkd.sim.nexus_writer import NexusWriter, Written, format_go_time, run_workload
 
 START = b"BFBFBFBFBFBFBFBF"
 END = b"FBFBFBFBFBFBFBFB"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import collect, run_cli
-from nexus_writer import NexusWriter
 
+from eventsinkd.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.position import Checkpointer, Position, PositionFileError, PositionStore
 
 

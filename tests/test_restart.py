@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from nexus_writer import NexusWriter, Written, run_workload
 
+from eventsinkd.sim.nexus_writer import NexusWriter, Written, run_workload
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Checkpointer, Position, PositionStore

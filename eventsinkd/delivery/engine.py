@@ -36,6 +36,7 @@ class Engine:
             s.name: Sink(s, cfg, metrics, self._finished) for s in cfg.sinks
         }
         self._stopped = False
+        self._retiring: set[asyncio.Task[int]] = set()
 
     async def start(self) -> None:
         for sink in self.sinks.values():
@@ -70,9 +71,47 @@ class Engine:
         """Wait until every sink has finished every event it holds."""
         await asyncio.gather(*(s.wait_idle() for s in self.sinks.values()))
 
+    def _same_settings(self, new: EventsConfig) -> bool:
+        old = self.cfg
+        return (
+            old.max_inflight == new.max_inflight
+            and old.retry_backoff_seconds == new.retry_backoff_seconds
+            and old.retry_after_max_seconds == new.retry_after_max_seconds
+        )
+
+    async def reconfigure(self, cfg: EventsConfig) -> list[str]:
+        """Apply a reloaded sink list; unchanged sinks keep their queues. Returns what changed.
+
+        ``overflow`` is fixed for the life of the engine (it decides what the
+        saved position means); the caller keeps it unchanged.
+        """
+        keep_all = self._same_settings(cfg)
+        old, new = self.sinks, {}
+        changes = []
+        for sc in cfg.sinks:
+            cur = old.get(sc.name)
+            if cur is not None and keep_all and cur.cfg == sc:
+                new[sc.name] = cur
+                continue
+            sink = Sink(sc, cfg, self.metrics, self._finished)
+            await sink.start()
+            new[sc.name] = sink
+            changes.append(f"{'changed' if cur is not None else 'added'} sink {sc.name}")
+        retired = [s for name, s in old.items() if new.get(name) is not s]
+        changes += [f"removed sink {s.name}" for s in retired if s.name not in new]
+        self.sinks = new
+        self.cfg = cfg
+        for sink in retired:
+            # The old sink gets the usual shutdown chance to deliver what it holds.
+            task = asyncio.create_task(sink.stop(cfg.shutdown_timeout_s, release=True))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return changes
+
     async def stop(self, timeout_s: float) -> int:
         """Drain every sink concurrently within ``timeout_s``; returns events left undelivered."""
-        left = await asyncio.gather(*(s.stop(timeout_s) for s in self.sinks.values()))
+        sinks = list(self.sinks.values())
+        left = await asyncio.gather(*(s.stop(timeout_s) for s in sinks), *self._retiring)
         total = sum(left)
         if not self._stopped and total:
             log.warning("%d event(s) left undelivered at shutdown", total)

@@ -86,6 +86,7 @@ class Sink:
         self._ordered = cfg.concurrency == 1
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._parked: dict[_Job, asyncio.TimerHandle] = {}
+        self._held: set[_Job] = set()  # queued, in flight or parked
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._room = asyncio.Event()
@@ -133,17 +134,20 @@ class Sink:
     def _https(self) -> bool:
         return self.cfg.url.scheme == "https"
 
-    async def stop(self, timeout_s: float) -> int:
+    async def stop(self, timeout_s: float, *, release: bool = False) -> int:
         """Stop taking events; try each one still held once, for up to ``timeout_s``.
 
         What is left after that is counted as dropped and logged. Returns how
-        many were left. Safe to call more than once.
+        many were left. Safe to call more than once. ``release`` (a sink removed
+        by a reload) also reports the events left as finished, so block mode's
+        position does not wait for a sink that no longer exists; at shutdown they
+        stay unfinished and are read again after the restart.
         """
         if self._stop_task is None:
-            self._stop_task = asyncio.create_task(self._stop(timeout_s))
+            self._stop_task = asyncio.create_task(self._stop(timeout_s, release))
         return await asyncio.shield(self._stop_task)
 
-    async def _stop(self, timeout_s: float) -> int:
+    async def _stop(self, timeout_s: float, release: bool) -> int:
         self._draining.set()
         for job, handle in list(self._parked.items()):
             handle.cancel()
@@ -165,6 +169,10 @@ class Sink:
             )
         self.inflight = 0
         self._m_depth.set(0)
+        left_jobs, self._held = self._held, set()
+        if release and self._on_finish is not None:
+            for job in left_jobs:
+                self._on_finish(job.event)
         if self._session is not None:
             await self._session.close()
         return left
@@ -209,9 +217,12 @@ class Sink:
         self.inflight += 1
         self._m_depth.inc()
         self._idle.clear()
-        self._queue.put_nowait(_Job(event))
+        job = _Job(event)
+        self._held.add(job)
+        self._queue.put_nowait(job)
 
     def _finish(self, job: _Job, outcome: str) -> None:
+        self._held.discard(job)
         now = time.time()
         if outcome == "delivered":
             self.stats.delivered += 1

@@ -21,6 +21,7 @@ What it must survive (shared/spec/nexus-wal.md):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -115,6 +116,28 @@ class WalScanner:
         if self._cur is not None:
             self._cur.close()
             self._cur = None
+
+    def backlog_bytes(self) -> int:
+        """Bytes in the WAL not yet read: the rest of the current segment and all later ones.
+
+        For metrics and status only (it lists and stats the directory).
+        """
+        try:
+            names = list_segments(self.wal_dir)
+        except OSError:
+            return 0
+        cur = self._cur
+        after = cur.name if cur is not None else self.position.segment
+        total = 0
+        if cur is not None:
+            with contextlib.suppress(OSError):
+                total += max(0, cur.size() - cur.read_off)
+        for name in names[bisect.bisect_right(names, after) :]:
+            try:
+                total += os.stat(self.wal_dir / name).st_size
+            except FileNotFoundError:
+                continue
+        return total
 
     # -- one unit of work --------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A test-support stand-in for BubbleFish Nexus's WAL writer.
+"""A stand-in for BubbleFish Nexus's WAL writer (demo, benchmarks and tests).
 
 It writes a WAL directory the way Nexus does (see shared/spec/nexus-wal.md): segment files
 ``wal-<unix ns>.jsonl``, one entry per line in the legacy (v0.1.2) or sentinel layout, CRC-32
@@ -25,11 +25,14 @@ import re
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import zstandard
+
+from eventsinkd.events import go_json
 
 __all__ = [
     "END_SENTINEL",
@@ -37,7 +40,6 @@ __all__ = [
     "NexusWriter",
     "Written",
     "format_go_time",
-    "go_json_dumps",
     "run_workload",
 ]
 
@@ -89,20 +91,6 @@ def format_go_time(ns: int) -> str:
     if frac == 0:
         return base + "Z"
     return f"{base}.{frac:09d}".rstrip("0") + "Z"
-
-
-def go_json_dumps(obj: Any) -> bytes:
-    """Compact JSON as Go's encoding/json writes it (raw UTF-8; <, >, &, U+2028/9 escaped)."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    # These characters can only occur inside JSON strings, so plain replacement is safe.
-    text = (
-        text.replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
-        .replace("\u2028", "\\u2028")
-        .replace("\u2029", "\\u2029")
-    )
-    return text.encode("utf-8")
 
 
 def _crc(field: bytes) -> bytes:
@@ -452,9 +440,7 @@ class NexusWriter:
         merge = self._partial == self._active
         for entry, leg in entries:
             compressed = self.compress and not leg
-            chunks.append(
-                self._encode(go_json_dumps(entry), legacy=leg, compress=compressed) + b"\n"
-            )
+            chunks.append(self._encode(go_json(entry), legacy=leg, compress=compressed) + b"\n")
             if merge:  # continues the torn line: one corrupt line, already recorded
                 rec = self._record(entry, line - 1, legacy=leg, compressed=compressed, corrupt=True)
                 self.lost.append(rec)
@@ -486,7 +472,7 @@ class NexusWriter:
         legacy = self._batch_legacy()
         entry = self._data_entry(legacy)
         compressed = self.compress and not legacy
-        json_bytes = go_json_dumps(entry)
+        json_bytes = go_json(entry)
         full = self._encode(json_bytes, legacy=legacy, compress=compressed)
         field_start = 0 if legacy else len(START_SENTINEL) + 1
         field_len = full.index(b"\t", field_start) - field_start
@@ -599,7 +585,7 @@ class NexusWriter:
             count = max(1, count)
         for i, entry in self._rng.sample(pending, min(count, len(pending))):
             entry["status"] = "DELIVERED"
-            lines[i] = self._encode(go_json_dumps(entry), legacy=False, compress=False)
+            lines[i] = self._encode(go_json(entry), legacy=False, compress=False)
         data = b"".join(line + b"\n" for line in lines)
 
         tmp = self.wal_dir / f"wal-{self._next_ns()}.tmp"
@@ -645,6 +631,7 @@ def run_workload(
     rewrite_every: int = 300,
     rate_per_s: float | None = None,
     stop: threading.Event | None = None,
+    progress: Callable[[int], None] | None = None,
     **writer_kwargs: Any,
 ) -> NexusWriter:
     """Append `total` data entries in batches, rewriting recent segments every `rewrite_every`.
@@ -662,6 +649,8 @@ def run_workload(
             n = min(batch, total - done)
             writer.append(n)
             done += n
+            if progress is not None:
+                progress(done)
             if rewrite_every > 0 and done >= next_rewrite:
                 writer.rewrite_recent()
                 while next_rewrite <= done:

@@ -1,0 +1,510 @@
+"""Delivery throughput: events per second from the engine to a local HTTP receiver.
+
+    python -m bench.delivery            # full run, about 2-3 minutes
+    python -m bench.delivery --quick    # about half a minute
+    python -m bench.delivery --profile  # cProfile of the engine, 0 ms receiver, concurrency 64
+
+Everything stays on 127.0.0.1. The receiver (``bench/receiver.py``) is a separate process
+answering ``204`` after 0 ms or 10 ms; it and the engine (this process) share the machine's
+cores.
+
+1. The receiver alone: a load generator in another process (aiohttp client, 64 keep-alive
+   connections) hammers it for a few seconds. Its rate and the receiver's CPU time per
+   request show how far the receiver is from being the bottleneck.
+2. The engine: one sink pointing at the receiver, ``concurrency`` 1, 8 and 64, drop mode
+   with ``max_inflight`` above N so nothing is dropped. Each run builds a fresh Engine,
+   hands it N events in batches of 500 (synthetic entries, as in tests/test_delivery.py,
+   built before the clock starts), waits for wait_idle(), and takes wall time and this
+   process's CPU time (time.process_time()); delivered must equal N, at the engine and at
+   the receiver. N is calibrated per cell by a warm-up so a run takes about ``--seconds``.
+   The median of ``--runs`` runs is reported.
+
+Nexus's own in-process notifier (Go, v0.1.2), measured on this machine type, is printed
+for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import json
+import pstats
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from bench import machine_summary, nproc
+from eventsinkd.config import EventsConfig
+from eventsinkd.delivery.engine import Engine
+from eventsinkd.metrics import Metrics
+from eventsinkd.wal.entry import Entry
+from eventsinkd.wal.position import Position
+from eventsinkd.wal.scanner import Batch, Record
+
+# Nexus v0.1.2 internal/eventsink, one event at a time, measured on this machine type.
+NEXUS_EVENTS_PER_S = {0: 7_800.0, 10: 93.0}
+LATENCIES_MS = (0, 10)
+CONCURRENCIES = (1, 8, 64)
+BATCH_RECORDS = 500
+MAX_EVENTS = 100_000  # max_inflight of the sink; N never exceeds it, so nothing is dropped
+MIN_EVENTS = 50
+RUN_TIMEOUT_S = 60.0  # one run never waits longer than this for wait_idle()
+CHILD_START_TIMEOUT_S = 15.0
+WAL_FILE = "wal-1.jsonl"
+
+
+# -- the receiver subprocess -----------------------------------------------------------
+
+
+class Receiver:
+    """``python -m bench.receiver`` as a child process; always terminated on exit."""
+
+    def __init__(self, latency_ms: float, impl: str = "raw") -> None:
+        self.latency_ms = latency_ms
+        self.impl = impl
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def __enter__(self) -> Receiver:
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.receiver",
+            "--impl",
+            self.impl,
+            "--latency-ms",
+            str(self.latency_ms),
+            "--max-seconds",
+            "600",
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            self.port = self._read_port()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _read_port(self) -> int:
+        assert self.proc is not None and self.proc.stdout is not None
+        line: list[str] = []
+        reader = threading.Thread(
+            target=lambda: line.append(self.proc.stdout.readline()),  # type: ignore[union-attr]
+            daemon=True,
+        )
+        reader.start()
+        reader.join(CHILD_START_TIMEOUT_S)
+        if not line or not line[0].startswith("PORT "):
+            got = line[0].strip() if line else "nothing"
+            raise RuntimeError(f"receiver did not report its port (got {got!r})")
+        return int(line[0].split()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()  # the receiver exits on stdin EOF...
+        proc.terminate()  # ...and on SIGTERM
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+async def receiver_stats(port: int) -> tuple[int, float]:
+    """(POSTs answered, receiver CPU seconds) from the receiver's ``GET /__stats``."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    try:
+        writer.write(b"GET /__stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    doc = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    return int(doc["requests"]), float(doc["cpu_s"])
+
+
+# -- 1. the receiver alone -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Capacity:
+    impl: str
+    latency_ms: int
+    rate: float  # requests/s the load generator got answered
+    receiver_cpu_us: float  # receiver CPU per request
+    loadgen_cpu_us: float  # load generator CPU per request
+    errors: int
+
+
+def receiver_alone(impl: str, latency_ms: int, seconds: float, connections: int) -> Capacity:
+    with Receiver(latency_ms, impl) as rcv:
+        before = asyncio.run(receiver_stats(rcv.port))
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.receiver",
+            "--load",
+            rcv.url,
+            "--connections",
+            str(connections),
+            "--seconds",
+            str(seconds),
+            "--warmup",
+            "0.5",
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=seconds + 30, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stderr}")
+        after = asyncio.run(receiver_stats(rcv.port))
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    answered = max(1, after[0] - before[0])  # includes the warm-up, like the receiver CPU
+    return Capacity(
+        impl=impl,
+        latency_ms=latency_ms,
+        rate=float(doc["rate"]),
+        receiver_cpu_us=(after[1] - before[1]) / answered * 1e6,
+        loadgen_cpu_us=float(doc["cpu_s"]) / max(1, int(doc["requests"])) * 1e6,
+        errors=int(doc["errors"]),
+    )
+
+
+# -- 2. the engine ---------------------------------------------------------------------
+
+
+def make_batches(n: int, run_id: int) -> list[Batch]:
+    """N synthetic data entries (as tests/test_delivery.py builds them), in batches."""
+    batches: list[Batch] = []
+    recs: list[Record] = []
+    for i in range(n):
+        entry = Entry(
+            payload_id=f"r{run_id}-p{i:07d}",
+            idempotency_key=f"idem-{run_id}-{i}",
+            status="PENDING",
+            timestamp="2026-04-10T12:34:56.1234567Z",
+            source="claude-desktop",
+            destination="sqlite",
+            subject="user:alice",
+            actor_type="user",
+            actor_id="alice",
+            payload={"content": f"memory <{i}> & more"},
+            entry_type="",
+            monotonic_seq=i,
+        )
+        recs.append(Record(entry, Position(WAL_FILE, i + 1)))
+        if len(recs) == BATCH_RECORDS or i == n - 1:
+            batches.append(Batch(recs, Position(WAL_FILE, i + 1)))
+            recs = []
+    return batches
+
+
+@dataclass(slots=True)
+class Sample:
+    events: int
+    wall_s: float
+    cpu_s: float  # this process (the engine)
+    receiver_cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Cell:
+    latency_ms: int
+    concurrency: int
+    events: int = 0
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(s.rate for s in self.samples)
+
+    @property
+    def cpu_ms_per_1000(self) -> float:
+        return statistics.median(s.cpu_s / s.events * 1e6 for s in self.samples)
+
+    @property
+    def receiver_cpu_ms_per_1000(self) -> float:
+        return statistics.median(s.receiver_cpu_s / s.events * 1e6 for s in self.samples)
+
+    @property
+    def wall_s(self) -> float:
+        return statistics.median(s.wall_s for s in self.samples)
+
+
+def events_config(url: str, concurrency: int) -> EventsConfig:
+    return EventsConfig.model_validate(
+        {
+            "max_inflight": MAX_EVENTS,
+            "overflow": "drop",
+            "sinks": [{"name": "bench", "url": url, "concurrency": concurrency}],
+        }
+    )
+
+
+async def deliver(url: str, port: int, concurrency: int, n: int, run_id: int) -> Sample:
+    """One run: a fresh Engine, N events handed over, timed until wait_idle()."""
+    batches = make_batches(n, run_id)
+    engine = Engine(events_config(url, concurrency), Metrics(), lambda _pos: None)
+    await engine.start()
+    try:
+        got_before, rcpu_before = await receiver_stats(port)
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        for batch in batches:
+            await engine.handle(batch)
+        await asyncio.wait_for(engine.wait_idle(), RUN_TIMEOUT_S)
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        got_after, rcpu_after = await receiver_stats(port)
+    finally:
+        left = await engine.stop(5)
+    stats = engine.sinks["bench"].stats
+    if stats.delivered != n or stats.dropped or stats.failed or left:
+        raise RuntimeError(
+            f"delivered {stats.delivered} of {n} (dropped {stats.dropped}, "
+            f"failed {stats.failed}, left {left})"
+        )
+    if got_after - got_before != n:
+        raise RuntimeError(f"the receiver answered {got_after - got_before} requests, not {n}")
+    return Sample(n, wall, cpu, rcpu_after - rcpu_before)
+
+
+async def calibrate(url: str, port: int, concurrency: int, target_s: float) -> int:
+    """Warm up (imports, first connections) and pick N so a run takes about ``target_s``."""
+    n = max(20, 4 * concurrency)
+    spent = 0.0
+    rate = 0.0
+    for _ in range(12):  # doubling warm-ups; bounded
+        sample = await deliver(url, port, concurrency, n, run_id=-1)
+        spent += sample.wall_s
+        rate = sample.rate
+        if sample.wall_s >= min(0.4, target_s / 4) or spent >= target_s / 2:
+            break
+        n = min(MAX_EVENTS, n * 2)
+    return max(MIN_EVENTS, min(MAX_EVENTS, round(rate * target_s / 10) * 10))
+
+
+async def measure_cell(
+    rcv: Receiver, concurrency: int, runs: int, target_s: float, events: int | None
+) -> Cell:
+    cell = Cell(int(rcv.latency_ms), concurrency)
+    cell.events = events or await calibrate(rcv.url, rcv.port, concurrency, target_s)
+    for run_id in range(runs):
+        cell.samples.append(await deliver(rcv.url, rcv.port, concurrency, cell.events, run_id))
+    return cell
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], left: int = 1) -> str:
+    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        out = [
+            f"{c:<{w}}" if i < left or i == len(cells) - 1 else f"{c:>{w}}"
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def capacity_table(caps: list[Capacity], connections: int) -> str:
+    rows = [
+        (
+            c.impl,
+            f"{c.latency_ms} ms",
+            f"{c.rate:,.0f}",
+            f"{c.receiver_cpu_us:,.0f}",
+            f"{1e6 / c.receiver_cpu_us:,.0f}" if c.receiver_cpu_us > 0 else "-",
+            f"{c.loadgen_cpu_us:,.0f}",
+            f"{c.errors}",
+        )
+        for c in caps
+    ]
+    headers = (
+        "receiver",
+        "latency",
+        "req/s",
+        "recv CPU us/req",
+        "recv req/CPU-s",
+        "loadgen CPU us/req",
+        "errors",
+    )
+    title = (
+        f"receiver alone: aiohttp load generator, {connections} keep-alive connections, "
+        "separate processes"
+    )
+    return f"{title}\n{_table(headers, rows, left=2)}"
+
+
+def engine_table(cells: list[Cell], runs: int) -> str:
+    rows = []
+    for c in cells:
+        nexus = NEXUS_EVENTS_PER_S[c.latency_ms]
+        rates = " / ".join(f"{s.rate:,.0f}" for s in c.samples)
+        rows.append(
+            (
+                f"{c.latency_ms} ms",
+                f"{c.concurrency}",
+                f"{c.events:,}",
+                f"{c.rate:,.0f}",
+                f"{c.cpu_ms_per_1000:,.0f}",
+                f"{c.receiver_cpu_ms_per_1000:,.0f}",
+                f"{c.wall_s:.2f}",
+                f"{c.rate / nexus:.2f}x",
+                rates,
+            )
+        )
+    headers = (
+        "receiver",
+        "concurrency",
+        "events N",
+        "events/s",
+        "engine CPU ms/1k ev",
+        "recv CPU ms/1k ev",
+        "wall s",
+        "vs Nexus",
+        f"events/s of each run (median of {runs})",
+    )
+    return _table(headers, rows, left=1)
+
+
+def nexus_lines() -> str:
+    return (
+        "Nexus v0.1.2 in-process notifier (Go), same machine type, one event at a time:\n"
+        f"  ~{NEXUS_EVENTS_PER_S[0]:,.0f} events/s to a 0 ms receiver, "
+        f"~{NEXUS_EVENTS_PER_S[10]:,.0f} events/s to a 10 ms receiver\n"
+        "  ('vs Nexus' = engine events/s / the Nexus figure for the same receiver latency)"
+    )
+
+
+# -- profile ---------------------------------------------------------------------------
+
+
+def profile(n: int, concurrency: int = 64, top: int = 30) -> str:
+    """cProfile of one engine run (0 ms receiver): own time, then cumulative time."""
+    with Receiver(0) as rcv:
+
+        async def go() -> Sample:
+            await calibrate(rcv.url, rcv.port, concurrency, 1.0)  # warm up outside the profile
+            prof.enable()
+            try:
+                return await deliver(rcv.url, rcv.port, concurrency, n, run_id=0)
+            finally:
+                prof.disable()
+
+        prof = cProfile.Profile()
+        sample = asyncio.run(go())
+    buf = io.StringIO()
+    buf.write(
+        f"cProfile: {n:,} events, 0 ms receiver, concurrency {concurrency}: "
+        f"{sample.rate:,.0f} events/s under the profiler\n"
+    )
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    started = time.monotonic()
+    print(f"... {name}", end="", flush=True, file=sys.stderr)
+    try:
+        yield
+    finally:
+        print(f" ({time.monotonic() - started:.1f} s)", flush=True, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.delivery")
+    ap.add_argument("--quick", action="store_true", help="short runs, 1 run per cell")
+    ap.add_argument("--runs", type=int, help="runs per cell (default 3; 1 with --quick)")
+    ap.add_argument("--seconds", type=float, help="target seconds per run (default 4; 1 quick)")
+    ap.add_argument("--events", type=int, help="fixed N per run instead of calibrating")
+    ap.add_argument("--connections", type=int, default=64, help="load generator connections")
+    ap.add_argument("--receiver", choices=("raw", "aiohttp"), default="raw")
+    ap.add_argument("--profile", action="store_true", help="cProfile 0 ms / concurrency 64")
+    args = ap.parse_args(argv)
+    if args.profile:
+        print(profile(args.events or 20_000))
+        return
+    runs = args.runs or (1 if args.quick else 3)
+    target_s = args.seconds or (1.0 if args.quick else 4.0)
+    load_s = 1.5 if args.quick else 3.0
+    if args.events is not None and not MIN_EVENTS <= args.events <= MAX_EVENTS:
+        ap.error(f"--events must be within {MIN_EVENTS}..{MAX_EVENTS}")
+    started = time.monotonic()
+
+    impls = ("raw",) if args.quick else ("raw", "aiohttp")
+    caps: list[Capacity] = []
+    for impl in impls:
+        for latency in LATENCIES_MS:
+            with _stage(f"receiver alone: {impl}, {latency} ms"):
+                caps.append(receiver_alone(impl, latency, load_s, args.connections))
+
+    cells: list[Cell] = []
+    for latency in LATENCIES_MS:
+        with Receiver(latency, args.receiver) as rcv:
+            for conc in CONCURRENCIES:
+                with _stage(f"engine: {latency} ms receiver, concurrency {conc}"):
+                    cell = asyncio.run(measure_cell(rcv, conc, runs, target_s, args.events))
+                cells.append(cell)
+
+    total = time.monotonic() - started
+    print(f"\n== delivery ({total:.0f} s{', quick' if args.quick else ''})")
+    print(machine_summary())
+    print(
+        f"all on 127.0.0.1; receiver, load generator and engine are separate processes "
+        f"sharing the same {nproc()} cores"
+    )
+    print()
+    print(capacity_table(caps, args.connections))
+    print()
+    print(
+        f"engine -> {args.receiver} receiver: one sink, drop mode, max_inflight {MAX_EVENTS:,}, "
+        f"batches of {BATCH_RECORDS}; CPU = time.process_time() of the engine's process"
+    )
+    print(engine_table(cells, runs))
+    print()
+    print(nexus_lines())
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Follow latency: how long after Nexus's fsync does the reader yield an entry?
+
+A writer subprocess (standing in for Nexus) appends sentinel lines of about 1.5 KB at
+a fixed rate, each with write() + fsync(), and records the time right after each
+fsync. The reader, ``WalFollower(follow=True)`` in this process, records the time each
+batch is yielded. Latency = yield time - fsync time, per entry (matched by
+``monotonic_seq``). Both sides use ``time.monotonic_ns()``: on Linux that is
+CLOCK_MONOTONIC, one clock for every process on the machine (and it does not jump
+when NTP steps the wall clock). A line is in the page cache, and so readable, as soon
+as write() returns: an entry can be yielded before the writer's fsync returns, which
+shows as a negative latency (the share of those is reported).
+
+Runs with the default wakeups (watchfiles/inotify, with the poll timer behind it) and
+with ``force_polling=True`` (only the poll timer, ``poll_interval_s`` = 0.5 s by default).
+
+    python -m bench.follow_latency --duration 10 --rate 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import Row, filesystem_of, percentile, print_table
+from bench.walgen import BASE_NS, LineFactory, segment_name
+
+WARMUP_S = 0.5  # let the watcher settle before the first append
+GRACE_S = 3.0  # how long to wait for the last entries after the writer stops
+
+
+def writer(wal_dir: Path, times_file: Path, rate: float, duration_s: float) -> None:
+    """The writer subprocess: appends ``rate`` lines/s for ``duration_s``, fsync after each."""
+    factory = LineFactory()
+    count = int(rate * duration_s)
+    path = wal_dir / segment_name(time.time_ns())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    dir_fd = os.open(wal_dir, os.O_RDONLY)
+    os.fsync(dir_fd)
+    os.close(dir_fd)
+    fsynced: list[int] = []
+    fsync_ns: list[int] = []
+    interval_ns = int(1e9 / rate)
+    start = time.monotonic_ns()
+    try:
+        for i in range(count):
+            line = factory.line(i, BASE_NS + i * interval_ns)
+            due = start + i * interval_ns
+            wait = due - time.monotonic_ns()
+            if wait > 0:
+                time.sleep(wait / 1e9)
+            before = time.monotonic_ns()
+            os.write(fd, line)
+            os.fsync(fd)
+            after = time.monotonic_ns()
+            fsynced.append(after)
+            fsync_ns.append(after - before)
+    finally:
+        os.close(fd)
+    elapsed = (time.monotonic_ns() - start) / 1e9
+    times_file.write_text(json.dumps({"fsynced": fsynced, "write_fsync_ns": fsync_ns}))
+    print(json.dumps({"count": len(fsynced), "seconds": elapsed}), flush=True)
+
+
+@dataclass(slots=True)
+class Result:
+    mode: str
+    written: int
+    received: int
+    write_rate: float
+    latencies_ms: list[float]
+    fsync_ms: list[float]
+    batches: int
+
+
+async def measure(
+    mode: str, rate: float, duration_s: float, work_dir: Path, poll_interval_s: float
+) -> Result:
+    from eventsinkd.wal.follower import WalFollower
+    from eventsinkd.wal.lines import LineParser
+
+    wal_dir = work_dir / f"wal-{mode}"
+    wal_dir.mkdir(mode=0o700)
+    times_file = work_dir / f"times-{mode}.json"
+    follower = WalFollower(
+        wal_dir,
+        LineParser(),
+        start="beginning",
+        follow=True,
+        force_polling=mode == "polling",
+        poll_interval_s=poll_interval_s,
+    )
+    received: dict[int, int] = {}
+    progress = asyncio.Event()
+    batches = 0
+
+    async def consume() -> None:
+        nonlocal batches
+        async for batch in follower:
+            now = time.monotonic_ns()
+            if batch.records:
+                batches += 1
+            for rec in batch.records:
+                received[rec.entry.monotonic_seq] = now
+            progress.set()
+
+    reader = asyncio.create_task(consume())
+    await asyncio.sleep(WARMUP_S)
+    cmd = [sys.executable, "-m", "bench.follow_latency", "--writer", "--wal", str(wal_dir)]
+    cmd += ["--times", str(times_file), "--rate", str(rate), "--duration", str(duration_s)]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=duration_s * 3 + 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"writer failed with exit code {proc.returncode}")
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    doc = json.loads(times_file.read_text())
+    fsynced: list[int] = doc["fsynced"]
+    deadline = time.monotonic() + GRACE_S + poll_interval_s
+    while len(received) < len(fsynced) and (left := deadline - time.monotonic()) > 0:
+        progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(progress.wait(), left)
+    follower.stop()
+    await asyncio.wait_for(reader, timeout=10)
+    latencies = [(received[i + 1] - t) / 1e6 for i, t in enumerate(fsynced) if i + 1 in received]
+    return Result(
+        mode=mode,
+        written=len(fsynced),
+        received=len(latencies),
+        write_rate=summary["count"] / summary["seconds"],
+        latencies_ms=latencies,
+        fsync_ms=[n / 1e6 for n in doc["write_fsync_ns"]],
+        batches=batches,
+    )
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+def rows_for(res: Result, poll_interval_s: float) -> list[Row]:
+    label = f"follow {res.mode}"
+    if res.mode == "polling":
+        label += f" {poll_interval_s:g}s"
+    lat = res.latencies_ms
+    if not lat:
+        return [Row(label, "latency", "n/a", f"nothing received of {res.written:,}")]
+    missing = res.written - res.received
+    early = sum(1 for v in lat if v < 0) / len(lat)
+    got = f"{res.received:,}/{res.written:,} entries in {res.batches:,} batches"
+    if missing:
+        got += f" ({missing:,} MISSING)"
+    return [
+        Row(label, "latency p50", _ms(percentile(lat, 50)), got),
+        Row(label, "latency p99", _ms(percentile(lat, 99)), ""),
+        Row(
+            label,
+            "latency max",
+            _ms(max(lat)),
+            f"min {_ms(min(lat))}; {early:.1%} yielded before the writer's fsync returned",
+        ),
+        Row(
+            label,
+            "writer appends/s",
+            f"{res.write_rate:,.0f}",
+            f"write+fsync p50 {_ms(percentile(res.fsync_ms, 50))}, "
+            f"p99 {_ms(percentile(res.fsync_ms, 99))}",
+        ),
+    ]
+
+
+def run(
+    rate: float = 1000.0,
+    duration_s: float = 10.0,
+    modes: tuple[str, ...] = ("watch", "polling"),
+    *,
+    poll_interval_s: float = 0.5,
+    base_dir: Path | None = None,
+) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="eventsinkd-bench-", dir=base_dir) as tmp:
+        work_dir = Path(tmp)
+        for mode in modes:
+            res = asyncio.run(measure(mode, rate, duration_s, work_dir, poll_interval_s))
+            rows += rows_for(res, poll_interval_s)
+        fs = filesystem_of(work_dir)
+    rows.append(Row("follow", "temp WAL on", fs, f"{work_dir.parent}; {duration_s:g} s per mode"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.follow_latency")
+    ap.add_argument("--rate", type=float, default=1000.0, help="appends per second")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of appends per mode")
+    ap.add_argument("--mode", choices=["watch", "polling", "both"], default="both")
+    ap.add_argument("--poll-interval", type=float, default=0.5)
+    ap.add_argument("--dir", type=Path, help="where to create the temporary WAL")
+    ap.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--wal", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--times", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.writer:
+        writer(args.wal, args.times, args.rate, args.duration)
+        return
+    modes = ("watch", "polling") if args.mode == "both" else (args.mode,)
+    started = time.monotonic()
+    rows = run(
+        args.rate, args.duration, modes, poll_interval_s=args.poll_interval, base_dir=args.dir
+    )
+    print_table(f"follow latency ({time.monotonic() - started:.0f} s)", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""A minimal fast webhook receiver on 127.0.0.1, and a load generator to measure it alone.
+
+Receiver (run as a subprocess by ``bench.delivery``)::
+
+    python -m bench.receiver --latency-ms 10 [--impl raw|aiohttp]
+
+binds an ephemeral port on 127.0.0.1, prints ``PORT <n>`` on stdout, and answers every
+POST with ``204 No Content`` after ``--latency-ms`` (a timer on the event loop, so any
+number of requests wait concurrently). ``GET /__stats`` answers
+``{"requests": <POSTs answered>, "cpu_s": <process CPU seconds>}`` and is not counted.
+It exits on SIGTERM/SIGINT, when its stdin closes (the parent died) or after
+``--max-seconds``.
+
+``--impl raw`` (the default) is a bare asyncio HTTP/1.1 keep-alive protocol - it only
+understands what HTTP clients like aiohttp send (Content-Length bodies) - and costs a few
+tens of microseconds of CPU per request; ``--impl aiohttp`` is an ``aiohttp.web`` server for
+comparison. uvloop is used when it is installed (``--no-uvloop`` to refuse it).
+
+Load generator (also a separate process)::
+
+    python -m bench.receiver --load http://127.0.0.1:<port>/hook --connections 64 --seconds 3
+
+keeps ``--connections`` keep-alive connections busy with webhook-sized POSTs for
+``--seconds`` (after a short warm-up) and prints one JSON line: answered requests,
+requests/s and its own CPU seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+STATS_PATH = "/__stats"
+MAX_HEAD_BYTES = 64 * 1024
+RESPONSE_204 = b"HTTP/1.1 204 No Content\r\nServer: bench-receiver\r\n\r\n"
+RESPONSE_501 = b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+RESPONSE_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+# A body and headers the size of a real event (shared/spec/events.md), for the load generator.
+LOAD_BODY = (
+    b'{"event_type":"memory_written","payload_id":"p000000","source":"claude-desktop",'
+    b'"subject":"user:alice","destination":"sqlite","timestamp":"2026-04-10T12:34:56.1234567Z",'
+    b'"actor_type":"user","actor_id":"alice"}'
+)
+LOAD_HEADERS = {
+    "Content-Type": "application/json",
+    "User-Agent": "bench-loadgen",
+    "webhook-id": "memory_written:p000000",
+    "webhook-timestamp": "1775824496",
+}
+
+
+class Counter:
+    """What the receiver reports on ``GET /__stats``."""
+
+    __slots__ = ("requests",)
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def stats_json(self) -> bytes:
+        return json.dumps({"requests": self.requests, "cpu_s": time.process_time()}).encode()
+
+
+def _stats_response(counter: Counter) -> bytes:
+    body = counter.stats_json()
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# -- raw asyncio HTTP/1.1 server -------------------------------------------------------
+
+
+class RawHttp(asyncio.Protocol):
+    """Just enough HTTP/1.1: keep-alive, Content-Length bodies, pipelining in order."""
+
+    def __init__(self, counter: Counter, latency_s: float) -> None:
+        self.counter = counter
+        self.latency_s = latency_s
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.pending = 0  # POSTs waiting for their answer on this connection
+        self.close_after = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while self.transport is not None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    self._fail(RESPONSE_400)
+                return
+            head = bytes(buf[:end]).lower()
+            if b"transfer-encoding:" in head:
+                self._fail(RESPONSE_501)  # chunked bodies: not needed by the benchmark
+                return
+            length = 0
+            at = head.find(b"\r\ncontent-length:")
+            if at >= 0:
+                stop = head.find(b"\r\n", at + 2)
+                try:
+                    length = int(head[at + 17 : stop if stop >= 0 else None])
+                except ValueError:
+                    self._fail(RESPONSE_400)
+                    return
+            total = end + 4 + length
+            if len(buf) < total:
+                return
+            del buf[:total]
+            if b"\r\nconnection: close" in head:
+                self.close_after = True
+            if head.startswith(b"get " + STATS_PATH.encode()):
+                self._write(_stats_response(self.counter))
+                continue
+            self.pending += 1
+            if self.latency_s > 0:
+                self.loop.call_later(self.latency_s, self._answer)
+            else:
+                self._answer()
+
+    def _answer(self) -> None:
+        # Every answer is the same 204, so answering the oldest pending request is exact.
+        self.pending -= 1
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.counter.requests += 1
+        self._write(RESPONSE_204)
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        if self.close_after and self.pending == 0:
+            self.transport.close()
+
+    def _fail(self, response: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(response)
+        self.transport.close()
+        self.transport = None
+
+
+async def start_raw(counter: Counter, latency_s: float) -> tuple[int, Callable[[], Any]]:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: RawHttp(counter, latency_s), "127.0.0.1", 0, backlog=1024
+    )
+    port: int = server.sockets[0].getsockname()[1]
+
+    async def close() -> None:
+        server.close()
+
+    return port, close
+
+
+# -- aiohttp server --------------------------------------------------------------------
+
+
+async def start_aiohttp(counter: Counter, latency_s: float) -> tuple[int, Callable[[], Any]]:
+    from aiohttp import web
+
+    async def hook(req: web.Request) -> web.StreamResponse:
+        await req.read()
+        if latency_s > 0:
+            await asyncio.sleep(latency_s)
+        counter.requests += 1
+        return web.Response(status=204)
+
+    async def stats(_req: web.Request) -> web.StreamResponse:
+        return web.Response(body=counter.stats_json(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get(STATS_PATH, stats)
+    app.router.add_post("/{tail:.*}", hook)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    port: int = runner.addresses[0][1]
+    return port, runner.cleanup
+
+
+IMPLS = {"raw": start_raw, "aiohttp": start_aiohttp}
+
+
+async def serve(impl: str, latency_ms: float, max_seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def watch_stdin() -> None:  # the parent holds our stdin: EOF means it is gone
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdin.buffer.read()
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+    counter = Counter()
+    port, close = await IMPLS[impl](counter, latency_ms / 1000)
+    print(f"PORT {port}", flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max_seconds)
+    await close()
+    print(json.dumps({"requests": counter.requests, "cpu_s": time.process_time()}), flush=True)
+
+
+# -- load generator --------------------------------------------------------------------
+
+
+async def load(url: str, connections: int, seconds: float, warmup_s: float) -> dict[str, Any]:
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    begin = loop.time() + warmup_s
+    deadline = begin + seconds
+    counted = [0, 0]  # [answered 2xx, errors], inside the measured window only
+    cpu_at_begin: list[float] = []
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while (now := loop.time()) < deadline:
+            ok = False
+            try:
+                async with session.post(url, data=LOAD_BODY, headers=LOAD_HEADERS) as resp:
+                    await resp.read()
+                    ok = 200 <= resp.status < 300
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            if now >= begin and loop.time() <= deadline:
+                counted[0 if ok else 1] += 1
+
+    async def mark_begin() -> None:
+        await asyncio.sleep(warmup_s)
+        cpu_at_begin.append(time.process_time())
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(mark_begin(), *(worker(session) for _ in range(connections)))
+    cpu = time.process_time() - (cpu_at_begin[0] if cpu_at_begin else 0.0)
+    return {
+        "requests": counted[0],
+        "errors": counted[1],
+        "seconds": seconds,
+        "rate": counted[0] / seconds,
+        "cpu_s": cpu,
+    }
+
+
+def _install_uvloop(allowed: bool) -> str:
+    if allowed:
+        try:
+            import uvloop  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            pass
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            return "uvloop"
+    return "asyncio"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.receiver")
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--impl", choices=sorted(IMPLS), default="raw")
+    ap.add_argument("--max-seconds", type=float, default=900.0, help="exit after this long")
+    ap.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
+    ap.add_argument("--load", metavar="URL", help="be the load generator against URL")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--warmup", type=float, default=0.5)
+    args = ap.parse_args(argv)
+    loop_name = _install_uvloop(not args.no_uvloop)
+    if args.load:
+        host = args.load.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+        if host != "127.0.0.1":
+            ap.error("--load only targets 127.0.0.1")
+        out = asyncio.run(load(args.load, args.connections, args.seconds, args.warmup))
+        out["loop"] = loop_name
+        print(json.dumps(out), flush=True)
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.impl, args.latency_ms, args.max_seconds))
+    sys.stdout.flush()
+    os._exit(0)  # do not wait for the stdin-watching thread
+
+
+if __name__ == "__main__":
+    main()

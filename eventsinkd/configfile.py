@@ -1,0 +1,112 @@
+"""Load the YAML config file into :class:`Config`, with errors an operator can act on.
+
+Every problem is one line naming the key path (``events.sinks[1].url``) and,
+where the YAML parser knows it, the file line. Secret values never appear.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from eventsinkd.config import Config
+
+DEFAULT_PATH = Path("/etc/eventsinkd/config.yaml")
+
+Loc = tuple[str | int, ...]
+
+
+class ConfigError(Exception):
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+def key_path(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _lines(node: yaml.Node, loc: Loc, out: dict[Loc, int], dups: list[str]) -> None:
+    """Map every key path to its 1-based line; note duplicate mapping keys."""
+    out[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                dups.append(
+                    f"{key_path((*loc, key))} (line {key_node.start_mark.line + 1}): duplicate key"
+                )
+            seen.add(key)
+            out[(*loc, key)] = key_node.start_mark.line + 1
+            _lines(value_node, (*loc, key), out, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _lines(item, (*loc, i), out, dups)
+
+
+def _line_for(loc: Loc, lines: dict[Loc, int]) -> int | None:
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return msg
+
+
+def parse_config(text: str, path: Path) -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, [f"{where}not valid YAML: {problem}"]) from None
+    if data is None:
+        raise ConfigError(path, ["the file is empty; at least wal.dir is required"])
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the top level must be a mapping of keys"])
+    lines: dict[Loc, int] = {}
+    dups: list[str] = []
+    if node is not None:
+        _lines(node, (), lines, dups)
+    if dups:
+        raise ConfigError(path, dups)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc: Loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
+            line = _line_for(loc, lines)
+            where = f" (line {line})" if line is not None else ""
+            problems.append(f"{key_path(loc)}{where}: {_message(err)}")
+        raise ConfigError(path, problems) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, ["not UTF-8 text"]) from None
+    return parse_config(text, path)

@@ -1,0 +1,1 @@
+"""A stand-in for Nexus's WAL writer, for the demo, the benchmarks and the tests."""
