@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -230,10 +231,12 @@ class Config(Model):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
-    @model_validator(mode="after")
-    def _state_outside_wal(self) -> Config:
+    @field_validator("state_dir")
+    @classmethod
+    def _state_outside_wal(cls, v: Path, info: ValidationInfo) -> Path:
         from eventsinkd.wal.position import is_inside
 
-        if is_inside(self.state_dir, self.wal.dir):
-            raise ValueError("state_dir must not be inside wal.dir: eventsinkd never writes there")
-        return self
+        wal = info.data.get("wal")  # validated first: it is declared first
+        if wal is not None and is_inside(v, wal.dir):
+            raise ValueError("must not be inside wal.dir: eventsinkd never writes there")
+        return v

@@ -141,6 +141,8 @@ class Daemon:
             self._force_exit = True
             if self._reader_task is not None:
                 self._reader_task.cancel()
+            if self.engine is not None:
+                self.engine.abort()
         else:
             log.info("received %s: stopping", signal.Signals(sig).name)
             self._should_exit.set()

@@ -36,7 +36,7 @@ class Engine:
             s.name: Sink(s, cfg, metrics, self._finished) for s in cfg.sinks
         }
         self._stopped = False
-        self._retiring: set[asyncio.Task[int]] = set()
+        self._retiring: dict[asyncio.Task[int], Sink] = {}
 
     async def start(self) -> None:
         for sink in self.sinks.values():
@@ -104,9 +104,14 @@ class Engine:
         for sink in retired:
             # The old sink gets the usual shutdown chance to deliver what it holds.
             task = asyncio.create_task(sink.stop(cfg.shutdown_timeout_s, release=True))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retiring[task] = sink
+            task.add_done_callback(self._retiring.pop)
         return changes
+
+    def abort(self) -> None:
+        """Cut a running :meth:`stop` short: what is still held is left, counted and logged."""
+        for sink in [*self.sinks.values(), *self._retiring.values()]:
+            sink.abort()
 
     async def stop(self, timeout_s: float) -> int:
         """Drain every sink concurrently within ``timeout_s``; returns events left undelivered."""

@@ -94,6 +94,7 @@ class Sink:
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = asyncio.Event()
+        self._abort = asyncio.Event()
         self._stop_task: asyncio.Task[int] | None = None
         self._rlog = RateLimitedLog(log)
         self._static_headers = {
@@ -153,8 +154,11 @@ class Sink:
             handle.cancel()
             self._parked.pop(job, None)
             self._queue.put_nowait(job)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        idle = asyncio.create_task(self._idle.wait())
+        abort = asyncio.create_task(self._abort.wait())
+        await asyncio.wait({idle, abort}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        abort.cancel()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -176,6 +180,10 @@ class Sink:
         if self._session is not None:
             await self._session.close()
         return left
+
+    def abort(self) -> None:
+        """End a running :meth:`stop` now, as if its timeout had passed."""
+        self._abort.set()
 
     async def wait_idle(self) -> None:
         """Wait until every event this sink holds is finished."""

@@ -1,0 +1,329 @@
+"""`eventsinkd run` as a real subprocess, a real WAL writer and real receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from standardwebhooks.webhooks import Webhook
+from webhook_server import WebhookServer
+
+from eventsinkd.sim.nexus_writer import NexusWriter
+from eventsinkd.wal.position import PositionStore
+
+SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Daemon:
+    """One `eventsinkd run` subprocess with its config file and admin URL."""
+
+    def __init__(self, root: Path, sinks: list[dict[str, Any]], **events: Any) -> None:
+        self.root = root
+        self.wal = root / "wal"
+        self.wal.mkdir(exist_ok=True)
+        self.config = root / "config.yaml"
+        self.admin = f"http://127.0.0.1:{free_port()}"
+        self.log = root / "daemon.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.write_config(sinks, **events)
+
+    def write_config(self, sinks: list[dict[str, Any]], **events: Any) -> None:
+        cfg = {
+            "wal": {"dir": str(self.wal), "start_at": "beginning", "poll_interval_s": 0.1},
+            "state_dir": str(self.root / "state"),
+            "state_save_interval_s": 0.2,
+            "events": {
+                "retry_backoff_seconds": [0.1],
+                "shutdown_timeout_s": 5,
+                **events,
+                "sinks": sinks,
+            },
+            "admin": {"listen": self.admin.removeprefix("http://")},
+            "log": {"level": "info", "format": "json"},
+        }
+        self.config.write_text(yaml.safe_dump(cfg))
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "eventsinkd",
+                "run",
+                "-c",
+                str(self.config),
+                stdout=log,
+                stderr=log,
+            )
+        await self.wait_ready()
+
+    async def wait_ready(self, timeout_s: float = 30) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with aiohttp.ClientSession() as s:
+            while loop.time() < deadline:
+                assert self.proc is not None and self.proc.returncode is None, self.log.read_text()
+                try:
+                    async with s.get(f"{self.admin}/readyz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"daemon not ready:\n{self.log.read_text()}")
+
+    async def get(self, path: str) -> str:
+        async with aiohttp.ClientSession() as s, s.get(f"{self.admin}{path}") as r:
+            return await r.text()
+
+    async def metric(self, name: str, sink: str) -> float:
+        text = await self.get("/metrics")
+        m = re.search(rf'^{name}{{sink="{sink}"}} (\S+)$', text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def stop(self, timeout_s: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), timeout_s)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookServer]:
+    srv = await WebhookServer().start()
+    yield srv
+    await srv.stop()
+
+
+async def until(cond: Any, timeout_s: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def expected_ids(w: NexusWriter) -> set[str]:
+    return {f"memory_written:{x.payload_id}" for x in w.expected_data()}
+
+
+async def test_run_delivers_reloads_and_restarts(tmp_path: Path, receiver: WebhookServer) -> None:
+    second = await WebhookServer().start()
+    d = Daemon(tmp_path, [{"name": "a", "url": receiver.url, "secret": SECRET}])
+    w = NexusWriter(d.wal, max_segment_bytes=64 * 1024, checkpoint_every=50)
+    try:
+        await d.start()
+        for _ in range(10):
+            w.append(30)
+        w.rewrite_recent()
+        await until(lambda: set(receiver.ids) >= expected_ids(w))
+        assert sorted(receiver.ids) == sorted(expected_ids(w))  # each exactly once
+        assert await d.metric("bubblefish_events_delivered_total", "a") == 300
+        for r in receiver.requests[:5]:
+            Webhook(SECRET).verify(r.body, r.headers)
+
+        # SIGHUP with a second sink: delivery to it starts, sink a keeps going.
+        d.write_config(
+            [{"name": "a", "url": receiver.url, "secret": SECRET}, {"name": "b", "url": second.url}]
+        )
+        d.signal(signal.SIGHUP)
+        await until(lambda: '"b"' in d.log.read_text() or "added sink b" in d.log.read_text())
+        w.append(20)
+        await until(lambda: len(second.requests) >= 20)
+        assert 'eventsinkd_config_reloads_total{result="success"} 1.0' in await d.get("/metrics")
+
+        # An invalid file on SIGHUP: the running config stays, the failure is counted.
+        d.config.write_text("wal: {dir: 1\n")
+        d.signal(signal.SIGHUP)
+        await until(lambda: "reload failed" in d.log.read_text())
+        w.append(20)
+        await until(lambda: len(second.requests) >= 40)
+        await until(lambda: set(receiver.ids) >= expected_ids(w))
+        assert 'eventsinkd_config_reloads_total{result="failure"} 1.0' in await d.get("/metrics")
+
+        # SIGTERM mid-stream: exits 0 and saves the position.
+        writing = asyncio.create_task(asyncio.to_thread(lambda: [w.append(10) for _ in range(30)]))
+        await asyncio.sleep(0.1)
+        assert await d.stop() == 0
+        await writing
+        saved = PositionStore(tmp_path / "state", d.wal).load()
+        assert saved is not None
+        assert "stopped at" in d.log.read_text()
+        # Restart with the same (valid) config: resumes, does not re-send.
+        d.write_config([{"name": "a", "url": receiver.url, "secret": SECRET}])
+        await d.start()
+        await until(lambda: set(receiver.ids) >= expected_ids(w))
+        await asyncio.sleep(0.5)
+        assert sorted(receiver.ids) == sorted(expected_ids(w))
+        assert await d.stop() == 0
+    finally:
+        if d.proc is not None and d.proc.returncode is None:
+            d.proc.kill()
+        await second.stop()
+
+
+async def test_status_readyz_and_metrics(tmp_path: Path, receiver: WebhookServer) -> None:
+    d = Daemon(tmp_path, [{"name": "a", "url": receiver.url}])
+    w = NexusWriter(d.wal, precreate=False)
+    w.append(5)
+    (d.wal / "wal-0.jsonl").write_bytes(b"not a wal line\n")
+    try:
+        await d.start()
+        await until(lambda: len(receiver.requests) >= 5)
+        status = await d.get("/status")
+        assert '"ready": true' in status and '"queue_depth": 0' in status
+        metrics = await d.get("/metrics")
+        assert 'eventsinkd_wal_lines_rejected_total{reason="partial"} 1.0' in metrics
+        assert "eventsinkd_wal_bytes_behind 0.0" in metrics
+        assert 'eventsinkd_delivery_attempts_total{outcome="delivered",sink="a"} 5.0' in metrics
+        health = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "eventsinkd",
+            "health",
+            "--url",
+            f"{d.admin}/readyz",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert await health.wait() == 0
+    finally:
+        assert await d.stop() == 0
+
+
+async def test_missing_wal_dir_is_not_ready_then_ready(
+    tmp_path: Path, receiver: WebhookServer
+) -> None:
+    d = Daemon(tmp_path, [{"name": "a", "url": receiver.url}])
+    d.wal.rmdir()
+    with d.log.open("ab") as log:
+        d.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "eventsinkd",
+            "run",
+            "-c",
+            str(d.config),
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        await until(lambda: "does not exist" in d.log.read_text())
+        readyz = await d.get("/readyz")
+        assert "does not exist" in readyz
+        health = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "eventsinkd",
+            "health",
+            "--url",
+            f"{d.admin}/readyz",
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        assert await health.wait() == 1
+        w = NexusWriter(d.wal, precreate=False)
+        w.append(3)
+        await d.wait_ready()
+        await until(lambda: len(receiver.requests) >= 3)
+    finally:
+        assert await d.stop() == 0
+
+
+async def test_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("wal: {dir: /w}\nunknown: 1\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "eventsinkd",
+        "run",
+        "-c",
+        str(bad),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"unknown (line 2): unknown key" in err
+    # The admin port is taken: start-up failure, exit 3.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = Daemon(tmp_path, [])
+        d.admin = f"http://127.0.0.1:{port}"
+        d.write_config([])
+        with d.log.open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "eventsinkd",
+                "run",
+                "-c",
+                str(d.config),
+                stdout=log,
+                stderr=log,
+            )
+        assert await asyncio.wait_for(proc.wait(), 30) == 3
+        assert "cannot listen on" in d.log.read_text()
+
+
+async def test_second_signal_stops_at_once(tmp_path: Path) -> None:
+    hang = WebhookServer()
+
+    async def never(_n: int, _r: Any) -> Any:
+        await asyncio.sleep(60)
+
+    hang.behaviour = never
+    await hang.start()
+    d = Daemon(
+        tmp_path, [{"name": "a", "url": hang.url, "timeout_seconds": 60}], shutdown_timeout_s=60
+    )
+    w = NexusWriter(d.wal, precreate=False)
+    w.append(10)
+    try:
+        await d.start()
+        await until(lambda: len(hang.requests) >= 4)
+        d.signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert d.proc is not None and d.proc.returncode is None  # draining, up to 60 s
+        d.signal(signal.SIGINT)
+        assert await asyncio.wait_for(d.proc.wait(), 10) == 0
+        assert "second signal: stopping now" in d.log.read_text()
+        assert "left undelivered at shutdown" in d.log.read_text()
+    finally:
+        await hang.stop()
+
+
+def test_demo_reports_every_event_arrived(tmp_path: Path) -> None:
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, "-m", "eventsinkd", "demo", "--events", "2000", "--rate", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "OK: every written event arrived" in res.stdout
+    assert "events received:           2000 (0 repeated, 0 bad signatures)" in res.stdout
