@@ -123,7 +123,8 @@ def test_check_config_good_and_bad(tmp_path: Path) -> None:
     (tmp_path / "wal").mkdir()
     good.write_text(
         f"wal: {{dir: {tmp_path / 'wal'}}}\nstate_dir: {tmp_path / 's'}\n"
-        f"events:\n  sinks:\n    - {{name: hook, url: 'https://h.example/x', secret: {GOOD_SECRET}}}\n"
+        "events:\n  sinks:\n"
+        f"    - {{name: hook, url: 'https://h.example/x', secret: {GOOD_SECRET}}}\n"
     )
     res = run_cli("check-config", "-c", good)
     assert res.returncode == 0, res.stderr

@@ -163,7 +163,11 @@ async def test_run_delivers_reloads_and_restarts(tmp_path: Path, receiver: Webho
         assert 'eventsinkd_config_reloads_total{result="failure"} 1.0' in await d.get("/metrics")
 
         # SIGTERM mid-stream: exits 0 and saves the position.
-        writing = asyncio.create_task(asyncio.to_thread(lambda: [w.append(10) for _ in range(30)]))
+        def write_more() -> None:
+            for _ in range(30):
+                w.append(10)
+
+        writing = asyncio.ensure_future(asyncio.to_thread(write_more))
         await asyncio.sleep(0.1)
         assert await d.stop() == 0
         await writing
