@@ -21,6 +21,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check eventsinkd tests bench
 	$(BIN)/mypy --strict eventsinkd
 
+demo: $(STAMP)
+	$(BIN)/eventsinkd demo
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
