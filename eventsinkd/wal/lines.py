@@ -141,6 +141,10 @@ class LineParser:
         if body.startswith(ZSTD_PREFIX):
             try:
                 compressed = base64.b64decode(body[len(ZSTD_PREFIX) :], validate=True)
+                # decompress() allocates what the frame header claims, ignoring
+                # max_output_size: check the claim first (-1 means not stated).
+                if zstandard.frame_content_size(compressed) > MAX_DECOMPRESSED_BYTES:
+                    return Reject.DECOMPRESS
                 body = self._zstd.decompress(compressed, max_output_size=MAX_DECOMPRESSED_BYTES)
             except (binascii.Error, zstandard.ZstdError):
                 return Reject.DECOMPRESS
