@@ -31,6 +31,7 @@ import contextlib
 import cProfile
 import io
 import json
+import os
 import pstats
 import statistics
 import subprocess
@@ -161,38 +162,30 @@ class Capacity:
     errors: int
 
 
-def receiver_alone(impl: str, latency_ms: int, seconds: float, connections: int) -> Capacity:
-    with Receiver(latency_ms, impl) as rcv:
-        before = asyncio.run(receiver_stats(rcv.port))
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.receiver",
-            "--load",
-            rcv.url,
-            "--connections",
-            str(connections),
-            "--seconds",
-            str(seconds),
-            "--warmup",
-            "0.5",
-        ]
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=seconds + 30, check=False
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stderr}")
-        after = asyncio.run(receiver_stats(rcv.port))
+def load_receiver(rcv: Receiver, connections: int, seconds: float) -> Capacity:
+    """The load generator (a separate process) against ``rcv`` for ``seconds``."""
+    before = asyncio.run(receiver_stats(rcv.port))
+    cmd = [sys.executable, "-m", "bench.receiver", "--load", rcv.url]
+    cmd += ["--connections", str(connections), "--seconds", str(seconds), "--warmup", "0.5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stderr}")
+    after = asyncio.run(receiver_stats(rcv.port))
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
     answered = max(1, after[0] - before[0])  # includes the warm-up, like the receiver CPU
     return Capacity(
-        impl=impl,
-        latency_ms=latency_ms,
+        impl=rcv.impl,
+        latency_ms=int(rcv.latency_ms),
         rate=float(doc["rate"]),
         receiver_cpu_us=(after[1] - before[1]) / answered * 1e6,
         loadgen_cpu_us=float(doc["cpu_s"]) / max(1, int(doc["requests"])) * 1e6,
         errors=int(doc["errors"]),
     )
+
+
+def receiver_alone(impl: str, latency_ms: int, seconds: float, connections: int) -> Capacity:
+    with Receiver(latency_ms, impl) as rcv:
+        return load_receiver(rcv, connections, seconds)
 
 
 # -- 2. the engine ---------------------------------------------------------------------
@@ -242,6 +235,7 @@ class Cell:
     concurrency: int
     events: int = 0
     samples: list[Sample] = field(default_factory=list)
+    client: Capacity | None = None  # the bare aiohttp client (load generator), same connections
 
     @property
     def rate(self) -> float:
@@ -270,9 +264,9 @@ def events_config(url: str, concurrency: int) -> EventsConfig:
     )
 
 
-async def deliver(url: str, port: int, concurrency: int, n: int, run_id: int) -> Sample:
-    """One run: a fresh Engine, N events handed over, timed until wait_idle()."""
-    batches = make_batches(n, run_id)
+async def deliver(url: str, port: int, concurrency: int, batches: list[Batch]) -> Sample:
+    """One run: a fresh Engine, the batches handed over, timed until wait_idle()."""
+    n = sum(len(b.records) for b in batches)
     engine = Engine(events_config(url, concurrency), Metrics(), lambda _pos: None)
     await engine.start()
     try:
@@ -304,7 +298,7 @@ async def calibrate(url: str, port: int, concurrency: int, target_s: float) -> i
     spent = 0.0
     rate = 0.0
     for _ in range(12):  # doubling warm-ups; bounded
-        sample = await deliver(url, port, concurrency, n, run_id=-1)
+        sample = await deliver(url, port, concurrency, make_batches(n, -1))
         spent += sample.wall_s
         rate = sample.rate
         if sample.wall_s >= min(0.4, target_s / 4) or spent >= target_s / 2:
@@ -319,7 +313,8 @@ async def measure_cell(
     cell = Cell(int(rcv.latency_ms), concurrency)
     cell.events = events or await calibrate(rcv.url, rcv.port, concurrency, target_s)
     for run_id in range(runs):
-        cell.samples.append(await deliver(rcv.url, rcv.port, concurrency, cell.events, run_id))
+        batches = make_batches(cell.events, run_id)
+        cell.samples.append(await deliver(rcv.url, rcv.port, concurrency, batches))
     return cell
 
 
@@ -384,18 +379,22 @@ def engine_table(cells: list[Cell], runs: int) -> str:
                 f"{c.receiver_cpu_ms_per_1000:,.0f}",
                 f"{c.wall_s:.2f}",
                 f"{c.rate / nexus:.2f}x",
+                f"{c.client.rate:,.0f}" if c.client else "-",
+                f"{c.client.loadgen_cpu_us:,.0f}" if c.client else "-",
                 rates,
             )
         )
     headers = (
         "receiver",
-        "concurrency",
+        "conc",
         "events N",
         "events/s",
-        "engine CPU ms/1k ev",
-        "recv CPU ms/1k ev",
+        "CPU ms/1k ev",
+        "recv CPU ms/1k",
         "wall s",
         "vs Nexus",
+        "bare aiohttp req/s",
+        "its CPU ms/1k",
         f"events/s of each run (median of {runs})",
     )
     return _table(headers, rows, left=1)
@@ -406,7 +405,9 @@ def nexus_lines() -> str:
         "Nexus v0.1.2 in-process notifier (Go), same machine type, one event at a time:\n"
         f"  ~{NEXUS_EVENTS_PER_S[0]:,.0f} events/s to a 0 ms receiver, "
         f"~{NEXUS_EVENTS_PER_S[10]:,.0f} events/s to a 10 ms receiver\n"
-        "  ('vs Nexus' = engine events/s / the Nexus figure for the same receiver latency)"
+        "  ('vs Nexus' = engine events/s / the Nexus figure for the same receiver latency)\n"
+        "'bare aiohttp': the load generator (aiohttp client, no engine) against the same\n"
+        "  receiver with as many connections as the engine's concurrency: the client's ceiling"
     )
 
 
@@ -419,9 +420,10 @@ def profile(n: int, concurrency: int = 64, top: int = 30) -> str:
 
         async def go() -> Sample:
             await calibrate(rcv.url, rcv.port, concurrency, 1.0)  # warm up outside the profile
+            batches = make_batches(n, 0)
             prof.enable()
             try:
-                return await deliver(rcv.url, rcv.port, concurrency, n, run_id=0)
+                return await deliver(rcv.url, rcv.port, concurrency, batches)
             finally:
                 prof.disable()
 
@@ -470,6 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.events is not None and not MIN_EVENTS <= args.events <= MAX_EVENTS:
         ap.error(f"--events must be within {MIN_EVENTS}..{MAX_EVENTS}")
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
 
     impls = ("raw",) if args.quick else ("raw", "aiohttp")
     caps: list[Capacity] = []
@@ -484,6 +487,8 @@ def main(argv: list[str] | None = None) -> None:
             for conc in CONCURRENCIES:
                 with _stage(f"engine: {latency} ms receiver, concurrency {conc}"):
                     cell = asyncio.run(measure_cell(rcv, conc, runs, target_s, args.events))
+                with _stage(f"bare aiohttp client: {latency} ms receiver, {conc} connections"):
+                    cell.client = load_receiver(rcv, conc, load_s)
                 cells.append(cell)
 
     total = time.monotonic() - started
@@ -491,7 +496,9 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_summary())
     print(
         f"all on 127.0.0.1; receiver, load generator and engine are separate processes "
-        f"sharing the same {nproc()} cores"
+        f"sharing the same {nproc()} cores; 1-min load average {load_before:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end (other work on the machine skews events/s more "
+        "than CPU per event)"
     )
     print()
     print(capacity_table(caps, args.connections))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import re
 import signal
 import socket
 import sys
@@ -12,101 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-import yaml
+from daemon_harness import SECRET, Daemon, expected_ids, until
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
 from eventsinkd.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.position import PositionStore
-
-SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Daemon:
-    """One `eventsinkd run` subprocess with its config file and admin URL."""
-
-    def __init__(self, root: Path, sinks: list[dict[str, Any]], **events: Any) -> None:
-        self.root = root
-        self.wal = root / "wal"
-        self.wal.mkdir(exist_ok=True)
-        self.config = root / "config.yaml"
-        self.admin = f"http://127.0.0.1:{free_port()}"
-        self.log = root / "daemon.log"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.write_config(sinks, **events)
-
-    def write_config(self, sinks: list[dict[str, Any]], **events: Any) -> None:
-        cfg = {
-            "wal": {"dir": str(self.wal), "start_at": "beginning", "poll_interval_s": 0.1},
-            "state_dir": str(self.root / "state"),
-            "state_save_interval_s": 0.2,
-            "events": {
-                "retry_backoff_seconds": [0.1],
-                "shutdown_timeout_s": 5,
-                **events,
-                "sinks": sinks,
-            },
-            "admin": {"listen": self.admin.removeprefix("http://")},
-            "log": {"level": "info", "format": "json"},
-        }
-        self.config.write_text(yaml.safe_dump(cfg))
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "eventsinkd",
-                "run",
-                "-c",
-                str(self.config),
-                stdout=log,
-                stderr=log,
-            )
-        await self.wait_ready()
-
-    async def wait_ready(self, timeout_s: float = 30) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        async with aiohttp.ClientSession() as s:
-            while loop.time() < deadline:
-                assert self.proc is not None and self.proc.returncode is None, self.log.read_text()
-                try:
-                    async with s.get(f"{self.admin}/readyz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"daemon not ready:\n{self.log.read_text()}")
-
-    async def get(self, path: str) -> str:
-        async with aiohttp.ClientSession() as s, s.get(f"{self.admin}{path}") as r:
-            return await r.text()
-
-    async def metric(self, name: str, sink: str) -> float:
-        text = await self.get("/metrics")
-        m = re.search(rf'^{name}{{sink="{sink}"}} (\S+)$', text, re.M)
-        return float(m.group(1)) if m else 0.0
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def stop(self, timeout_s: float = 15) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), timeout_s)
 
 
 @pytest.fixture
@@ -114,18 +24,6 @@ async def receiver() -> AsyncIterator[WebhookServer]:
     srv = await WebhookServer().start()
     yield srv
     await srv.stop()
-
-
-async def until(cond: Any, timeout_s: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
-def expected_ids(w: NexusWriter) -> set[str]:
-    return {f"memory_written:{x.payload_id}" for x in w.expected_data()}
 
 
 async def test_run_delivers_reloads_and_restarts(tmp_path: Path, receiver: WebhookServer) -> None:

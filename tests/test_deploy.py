@@ -23,17 +23,30 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     exe = shutil.which("eventsinkd") or str(Path(sys.executable).parent / "eventsinkd")
     unit = tmp_path / "eventsinkd.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/eventsinkd", exe))
-    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                         text=True, check=False, timeout=60)
+    res = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert "eventsinkd.service" not in res.stderr, res.stderr  # no warnings about the unit
 
 
 def test_systemd_unit_has_what_operators_rely_on() -> None:
     text = UNIT.read_text()
-    for directive in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
-                      "WatchdogSec=", "StateDirectory=eventsinkd", "ReadOnlyPaths=",
-                      "NoNewPrivileges=true", "ProtectSystem=strict", "PrivateTmp=true"):
+    for directive in (
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "WatchdogSec=",
+        "StateDirectory=eventsinkd",
+        "ReadOnlyPaths=",
+        "NoNewPrivileges=true",
+        "ProtectSystem=strict",
+        "PrivateTmp=true",
+    ):
         assert directive in text
 
 
@@ -41,8 +54,15 @@ def test_dockerfile_installs_like_make() -> None:
     docker = (ROOT / "Dockerfile").read_text()
     make = (ROOT / "Makefile").read_text()
     assert "pip install" in make and "python -m pip install --no-cache-dir ." in docker
-    for needle in ("ARG UID", "USER eventsinkd", "HEALTHCHECK", "eventsinkd\", \"health",
-                   "/etc/eventsinkd/config.yaml", "EXPOSE 9464", "VOLUME"):
+    for needle in (
+        "ARG UID",
+        "USER eventsinkd",
+        "HEALTHCHECK",
+        'eventsinkd", "health',
+        "/etc/eventsinkd/config.yaml",
+        "EXPOSE 9464",
+        "VOLUME",
+    ):
         assert needle in docker
 
 
@@ -53,17 +73,25 @@ def test_sd_notify_ready_reload_watchdog_stopping(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "wal": {"dir": str(wal)}, "state_dir": str(tmp_path / "state"),
-        "admin": {"listen": f"127.0.0.1:{port}"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "wal": {"dir": str(wal)},
+                "state_dir": str(tmp_path / "state"),
+                "admin": {"listen": f"127.0.0.1:{port}"},
+            }
+        )
+    )
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(10)
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
-    proc = subprocess.Popen([sys.executable, "-m", "eventsinkd", "run", "-c", str(config)],
-                            env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventsinkd", "run", "-c", str(config)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     messages: list[str] = []
 
     def wait_for(field: str) -> None:
