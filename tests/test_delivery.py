@@ -421,3 +421,40 @@ async def test_filters_and_event_types(server: WebhookServer) -> None:
         "user:alice",
         "user:bob",
     ]
+
+
+async def test_reconfigure_hands_a_changed_sinks_events_over(server: WebhookServer) -> None:
+    gate = asyncio.Event()
+
+    async def gated(_n: int, _r: web.Request) -> web.StreamResponse:
+        await gate.wait()
+        return web.Response(status=200)
+
+    server.behaviour = gated
+    other = await WebhookServer().start()
+    cfg = events_cfg(
+        {"name": "s", "url": server.url, "concurrency": 2},
+        {"name": "gone", "url": other.url},
+        overflow="block",
+        max_inflight=500,
+    )
+    h = Harness(cfg)
+    await h.engine.start()
+    await h.engine.handle(batch(0, 300))
+    old = h.engine.sinks["s"]
+    changes = await h.engine.reconfigure(
+        events_cfg(
+            {"name": "s", "url": server.url, "concurrency": 8}, overflow="block", max_inflight=500
+        )
+    )
+    assert changes == ["changed sink s", "removed sink gone"]
+    assert h.engine.sinks["s"] is not old
+    gate.set()
+    await asyncio.wait_for(h.engine.wait_idle(), 30)
+    await h.engine.stop(10)
+    await other.stop()
+    # Every event reached the receiver through the old or the new instance; none was dropped.
+    assert {f"memory_written:p{i:06d}" for i in range(300)} <= set(server.ids)
+    assert h.counter("bubblefish_events_dropped_total", "s") == 0
+    assert h.counter("bubblefish_events_delivered_total", "s") >= 300
+    assert h.acks[-1] == Position("wal-1.jsonl", 300)

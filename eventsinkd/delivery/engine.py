@@ -97,13 +97,16 @@ class Engine:
             await sink.start()
             new[sc.name] = sink
             changes.append(f"{'changed' if cur is not None else 'added'} sink {sc.name}")
-        retired = [s for name, s in old.items() if new.get(name) is not s]
-        changes += [f"removed sink {s.name}" for s in retired if s.name not in new]
+        retired = [(s, new.get(name)) for name, s in old.items() if new.get(name) is not s]
+        changes += [f"removed sink {s.name}" for s, successor in retired if successor is None]
         self.sinks = new
         self.cfg = cfg
-        for sink in retired:
-            # The old sink gets the usual shutdown chance to deliver what it holds.
-            task = asyncio.create_task(sink.stop(cfg.shutdown_timeout_s, release=True))
+        for sink, successor in retired:
+            # A changed sink hands what it holds to its successor; a removed one gets the
+            # usual shutdown chance to deliver it.
+            task = asyncio.create_task(
+                sink.stop(cfg.shutdown_timeout_s, release=successor is None, successor=successor)
+            )
             self._retiring[task] = sink
             task.add_done_callback(self._retiring.pop)
         return changes

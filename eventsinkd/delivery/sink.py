@@ -96,6 +96,7 @@ class Sink:
         self._draining = asyncio.Event()
         self._abort = asyncio.Event()
         self._stop_task: asyncio.Task[int] | None = None
+        self._successor: Sink | None = None
         self._rlog = RateLimitedLog(log)
         self._static_headers = {
             "Content-Type": "application/json",
@@ -135,16 +136,22 @@ class Sink:
     def _https(self) -> bool:
         return self.cfg.url.scheme == "https"
 
-    async def stop(self, timeout_s: float, *, release: bool = False) -> int:
+    async def stop(
+        self, timeout_s: float, *, release: bool = False, successor: Sink | None = None
+    ) -> int:
         """Stop taking events; try each one still held once, for up to ``timeout_s``.
 
         What is left after that is counted as dropped and logged. Returns how
         many were left. Safe to call more than once. ``release`` (a sink removed
         by a reload) also reports the events left as finished, so block mode's
         position does not wait for a sink that no longer exists; at shutdown they
-        stay unfinished and are read again after the restart.
+        stay unfinished and are read again after the restart. With a
+        ``successor`` (the same sink, reconfigured by a reload) nothing is left:
+        queued events move to it at once, and in-flight ones that do not get
+        through follow them.
         """
         if self._stop_task is None:
+            self._successor = successor
             self._stop_task = asyncio.create_task(self._stop(timeout_s, release))
         return await asyncio.shield(self._stop_task)
 
@@ -154,6 +161,9 @@ class Sink:
             handle.cancel()
             self._parked.pop(job, None)
             self._queue.put_nowait(job)
+        if self._successor is not None:
+            while not self._queue.empty():
+                self._move(self._queue.get_nowait())
         idle = asyncio.create_task(self._idle.wait())
         abort = asyncio.create_task(self._abort.wait())
         await asyncio.wait({idle, abort}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
@@ -162,6 +172,9 @@ class Sink:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._successor is not None:
+            for job in list(self._held):  # cut off in flight: the successor tries again
+                self._move(job)
         left = self.inflight
         if left:
             self.stats.dropped += left
@@ -180,6 +193,23 @@ class Sink:
         if self._session is not None:
             await self._session.close()
         return left
+
+    def _move(self, job: _Job) -> None:
+        """Hand ``job`` to the successor; it stays unfinished (block mode keeps waiting for it)."""
+        assert self._successor is not None
+        self._held.discard(job)
+        self.inflight -= 1
+        self._m_depth.dec()
+        if self.inflight == 0:
+            self._idle.set()
+        self._successor._adopt(job)
+
+    def _adopt(self, job: _Job) -> None:
+        self.inflight += 1
+        self._m_depth.inc()
+        self._idle.clear()
+        self._held.add(job)
+        self._queue.put_nowait(job)
 
     def abort(self) -> None:
         """End a running :meth:`stop` now, as if its timeout had passed."""
@@ -222,12 +252,7 @@ class Sink:
         self._enqueue(event)
 
     def _enqueue(self, event: Event) -> None:
-        self.inflight += 1
-        self._m_depth.inc()
-        self._idle.clear()
-        job = _Job(event)
-        self._held.add(job)
-        self._queue.put_nowait(job)
+        self._adopt(_Job(event))
 
     def _finish(self, job: _Job, outcome: str) -> None:
         self._held.discard(job)
@@ -281,7 +306,10 @@ class Sink:
                 )
                 return
             if self._draining.is_set():
-                self._finish(job, "dropped")  # its one try at shutdown did not get through
+                if self._successor is not None:
+                    self._move(job)
+                else:
+                    self._finish(job, "dropped")  # its one try at shutdown did not get through
                 return
             delay = backoff_delay(
                 job.attempts, self.backoff, retry_after, self.retry_after_max, self._rng
