@@ -50,23 +50,28 @@ def _vm_kib(field: str) -> int:
     return -1
 
 
-async def _read_with_follower(wal_dir: Path) -> tuple[int, int]:
+async def _read_with_follower(wal_dir: Path, batch_lines: int | None) -> tuple[int, int]:
     from eventsinkd.wal.follower import WalFollower
     from eventsinkd.wal.lines import LineParser
 
-    follower = WalFollower(wal_dir, LineParser(), start="beginning", follow=False)
+    if batch_lines is None:  # the default, whatever it is
+        follower = WalFollower(wal_dir, LineParser(), start="beginning", follow=False)
+    else:
+        follower = WalFollower(
+            wal_dir, LineParser(), start="beginning", follow=False, batch_lines=batch_lines
+        )
     records = 0
     async for batch in follower:
         records += len(batch.records)
     return records, follower.scanner.stats.lines
 
 
-def read_with_follower(wal_dir: Path) -> tuple[int, int]:
+def read_with_follower(wal_dir: Path, batch_lines: int | None = None) -> tuple[int, int]:
     """(entries yielded, lines read) through the real reader."""
-    return asyncio.run(_read_with_follower(wal_dir))
+    return asyncio.run(_read_with_follower(wal_dir, batch_lines))
 
 
-def read_plain(wal_dir: Path) -> tuple[int, int]:
+def read_plain(wal_dir: Path, batch_lines: int | None = None) -> tuple[int, int]:
     """(entries decoded, lines read) by the simplest loop that still checks every line."""
     import orjson
 
@@ -95,21 +100,24 @@ def read_plain(wal_dir: Path) -> tuple[int, int]:
 MODES = {"reader": read_with_follower, "plain": read_plain}
 
 
-def child(mode: str, wal_dir: Path) -> None:
+def child(mode: str, wal_dir: Path, batch_lines: int | None) -> None:
     """Run one measurement and print it as JSON (the subprocess side)."""
     import orjson  # noqa: F401 - imported before the baseline RSS is taken
 
     import eventsinkd.wal.follower  # noqa: F401
 
     rss_before = _vm_kib("VmRSS")
+    cpu_started = time.process_time()
     started = time.perf_counter()
-    entries, lines = MODES[mode](wal_dir)
+    entries, lines = MODES[mode](wal_dir, batch_lines)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     out = {
         "mode": mode,
         "entries": entries,
         "lines": lines,
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "rss_before_kib": rss_before,
         "hwm_kib": _vm_kib("VmHWM"),
         "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -122,6 +130,7 @@ class Run:
     entries: int
     lines: int
     seconds: float
+    cpu_seconds: float
     rss_before_kib: int
     hwm_kib: int
 
@@ -129,17 +138,39 @@ class Run:
     def rate(self) -> float:
         return self.entries / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def cpu_rate(self) -> float:
+        return self.entries / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
 
-def run_child(mode: str, wal_dir: Path, timeout_s: float = CHILD_TIMEOUT_S) -> Run:
+
+def run_child(
+    mode: str, wal_dir: Path, timeout_s: float = CHILD_TIMEOUT_S, batch_lines: int | None = None
+) -> Run:
     cmd = [sys.executable, "-m", "bench.catchup", "--child", mode, "--wal", str(wal_dir)]
+    if batch_lines is not None:
+        cmd += ["--batch-lines", str(batch_lines)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
-    return Run(doc["entries"], doc["lines"], doc["seconds"], doc["rss_before_kib"], doc["hwm_kib"])
+    return Run(
+        doc["entries"],
+        doc["lines"],
+        doc["seconds"],
+        doc["cpu_seconds"],
+        doc["rss_before_kib"],
+        doc["hwm_kib"],
+    )
 
 
-def measure(mode: str, wal_dir: Path, runs: int, expected: int, budget_s: float) -> list[Run]:
+def measure(
+    mode: str,
+    wal_dir: Path,
+    runs: int,
+    expected: int,
+    budget_s: float,
+    batch_lines: int | None = None,
+) -> list[Run]:
     """Up to ``runs`` runs (fewer once ``budget_s`` is spent); checks every entry came out."""
     done: list[Run] = []
     started = time.monotonic()
@@ -147,7 +178,8 @@ def measure(mode: str, wal_dir: Path, runs: int, expected: int, budget_s: float)
         remaining = budget_s - (time.monotonic() - started)
         if done and remaining < done[-1].seconds * 1.5:
             break
-        run = run_child(mode, wal_dir, timeout_s=min(CHILD_TIMEOUT_S, max(remaining, 30.0)))
+        timeout_s = min(CHILD_TIMEOUT_S, max(remaining, 30.0))
+        run = run_child(mode, wal_dir, timeout_s, batch_lines)
         if run.entries != expected:
             raise RuntimeError(f"{mode}: read {run.entries:,} entries, expected {expected:,}")
         done.append(run)
@@ -183,6 +215,7 @@ def run(
     *,
     budget_s: float = 160.0,
     profile_if_slow: bool = True,
+    alt_batch_lines: int | None = 256,
 ) -> list[Row]:
     """Measure the real reader and the plain loop; returns the table rows."""
     started = time.monotonic()
@@ -207,8 +240,14 @@ def run(
         wal = f"{info.bytes / 1e6:,.0f} MB, {info.data_segments} data + "
         wal += f"{info.segments - info.data_segments} empty segments"
         rates = ", ".join(f"{r.rate:,.0f}" for r in reader)
+        cpu_rate = statistics.median(r.cpu_rate for r in reader)
         rows += [
-            Row(label, "reader entries/s", f"{rate:,.0f}", f"median of {len(reader)}: {rates}"),
+            Row(
+                label,
+                "reader entries/s",
+                f"{rate:,.0f}",
+                f"median of {len(reader)}: {rates}; {cpu_rate:,.0f} per CPU-second",
+            ),
             Row(
                 label,
                 "reader MB/s",
@@ -230,6 +269,20 @@ def run(
             ),
             Row(label, "plain loop peak RSS", _mib(max(r.hwm_kib for r in plain)), "VmHWM"),
         ]
+        if n == len(sizes) - 1 and alt_batch_lines:
+            # Smaller batches keep fewer decoded entries alive at once (cache-friendlier).
+            alt = measure("reader", wal_dir, runs, size, 45.0, batch_lines=alt_batch_lines)
+            alt_rate = statistics.median(r.rate for r in alt)
+            alt_rates = ", ".join(f"{r.rate:,.0f}" for r in alt)
+            rows.append(
+                Row(
+                    label,
+                    f"reader, batch_lines={alt_batch_lines}",
+                    f"{alt_rate:,.0f}",
+                    f"entries/s, median of {len(alt)}: {alt_rates}; "
+                    f"peak RSS {_mib(max(r.hwm_kib for r in alt))}",
+                )
+            )
     verdict = "meets" if big_rate >= TARGET_ENTRIES_PER_S else "BELOW"
     rows.append(
         Row("catchup", "target", f"{TARGET_ENTRIES_PER_S:,}", f"reader {verdict} the target")
@@ -249,9 +302,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile the reader over --wal")
     ap.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     ap.add_argument("--wal", type=Path, help="an existing WAL directory (with --child/--profile)")
+    ap.add_argument("--batch-lines", type=int, help="WalFollower batch_lines (with --child)")
     args = ap.parse_args(argv)
     if args.child:
-        child(args.child, args.wal)
+        child(args.child, args.wal, args.batch_lines)
         return
     if args.profile:
         wal_dir = args.wal if args.wal is not None else cached_wal(args.entries)[0]

@@ -1,12 +1,12 @@
 """Delivery throughput: events per second from the engine to a local HTTP receiver.
 
-    python -m bench.delivery            # full run, about 2-3 minutes
+    python -m bench.delivery            # full run, about 2 minutes
     python -m bench.delivery --quick    # about half a minute
     python -m bench.delivery --profile  # cProfile of the engine, 0 ms receiver, concurrency 64
 
 Everything stays on 127.0.0.1. The receiver (``bench/receiver.py``) is a separate process
-answering ``204`` after 0 ms or 10 ms; it and the engine (this process) share the machine's
-cores.
+answering ``204`` after 0 ms or 10 ms; the receiver, the load generator and the engine
+(this process) share the machine's cores.
 
 1. The receiver alone: a load generator in another process (aiohttp client, 64 keep-alive
    connections) hammers it for a few seconds. Its rate and the receiver's CPU time per
@@ -17,10 +17,13 @@ cores.
    built before the clock starts), waits for wait_idle(), and takes wall time and this
    process's CPU time (time.process_time()); delivered must equal N, at the engine and at
    the receiver. N is calibrated per cell by a warm-up so a run takes about ``--seconds``.
-   The median of ``--runs`` runs is reported.
+   The median of ``--runs`` runs is reported. Beside each cell, the bare aiohttp client
+   (the load generator, no engine) with as many connections as the engine's concurrency:
+   the ceiling of the HTTP client the engine uses.
 
 Nexus's own in-process notifier (Go, v0.1.2), measured on this machine type, is printed
-for comparison.
+for comparison. The engine runs on asyncio's own loop, as eventsinkd does; ``--uvloop``
+runs it (and the bare client) on uvloop, if that is installed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import io
 import json
 import os
 import pstats
+import resource
 import statistics
 import subprocess
 import sys
@@ -71,6 +75,7 @@ class Receiver:
         self.latency_ms = latency_ms
         self.impl = impl
         self.port = 0
+        self.loop = "?"  # the receiver's event loop: asyncio, or uvloop when installed
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -89,17 +94,15 @@ class Receiver:
             "--max-seconds",
             "600",
         ]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
-            self.port = self._read_port()
+            self.port, self.loop = self._read_port()
         except BaseException:
             self.close()
             raise
         return self
 
-    def _read_port(self) -> int:
+    def _read_port(self) -> tuple[int, str]:
         assert self.proc is not None and self.proc.stdout is not None
         line: list[str] = []
         reader = threading.Thread(
@@ -111,7 +114,8 @@ class Receiver:
         if not line or not line[0].startswith("PORT "):
             got = line[0].strip() if line else "nothing"
             raise RuntimeError(f"receiver did not report its port (got {got!r})")
-        return int(line[0].split()[1])
+        _, port, loop = line[0].split()
+        return int(port), loop
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -129,9 +133,8 @@ class Receiver:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 async def receiver_stats(port: int) -> tuple[int, float]:
@@ -155,6 +158,7 @@ async def receiver_stats(port: int) -> tuple[int, float]:
 @dataclass(slots=True)
 class Capacity:
     impl: str
+    loop: str  # the receiver's event loop
     latency_ms: int
     rate: float  # requests/s the load generator got answered
     receiver_cpu_us: float  # receiver CPU per request
@@ -162,11 +166,14 @@ class Capacity:
     errors: int
 
 
-def load_receiver(rcv: Receiver, connections: int, seconds: float) -> Capacity:
+def load_receiver(
+    rcv: Receiver, connections: int, seconds: float, *, uvloop: bool = False
+) -> Capacity:
     """The load generator (a separate process) against ``rcv`` for ``seconds``."""
     before = asyncio.run(receiver_stats(rcv.port))
     cmd = [sys.executable, "-m", "bench.receiver", "--load", rcv.url]
     cmd += ["--connections", str(connections), "--seconds", str(seconds), "--warmup", "0.5"]
+    cmd += ["--uvloop"] if uvloop else []
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed ({proc.returncode}):\n{proc.stderr}")
@@ -175,6 +182,7 @@ def load_receiver(rcv: Receiver, connections: int, seconds: float) -> Capacity:
     answered = max(1, after[0] - before[0])  # includes the warm-up, like the receiver CPU
     return Capacity(
         impl=rcv.impl,
+        loop=rcv.loop,
         latency_ms=int(rcv.latency_ms),
         rate=float(doc["rate"]),
         receiver_cpu_us=(after[1] - before[1]) / answered * 1e6,
@@ -183,9 +191,11 @@ def load_receiver(rcv: Receiver, connections: int, seconds: float) -> Capacity:
     )
 
 
-def receiver_alone(impl: str, latency_ms: int, seconds: float, connections: int) -> Capacity:
+def receiver_alone(
+    impl: str, latency_ms: int, seconds: float, connections: int, *, uvloop: bool = False
+) -> Capacity:
     with Receiver(latency_ms, impl) as rcv:
-        return load_receiver(rcv, connections, seconds)
+        return load_receiver(rcv, connections, seconds, uvloop=uvloop)
 
 
 # -- 2. the engine ---------------------------------------------------------------------
@@ -311,6 +321,8 @@ async def measure_cell(
     rcv: Receiver, concurrency: int, runs: int, target_s: float, events: int | None
 ) -> Cell:
     cell = Cell(int(rcv.latency_ms), concurrency)
+    if events:  # a fixed N: still warm up (imports, first connections) once
+        await deliver(rcv.url, rcv.port, concurrency, make_batches(min(events, 200), -1))
     cell.events = events or await calibrate(rcv.url, rcv.port, concurrency, target_s)
     for run_id in range(runs):
         batches = make_batches(cell.events, run_id)
@@ -335,10 +347,10 @@ def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], left: int 
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
-def capacity_table(caps: list[Capacity], connections: int) -> str:
+def capacity_table(caps: list[Capacity], connections: int, client_loop: str) -> str:
     rows = [
         (
-            c.impl,
+            f"{c.impl} ({c.loop})",
             f"{c.latency_ms} ms",
             f"{c.rate:,.0f}",
             f"{c.receiver_cpu_us:,.0f}",
@@ -358,8 +370,8 @@ def capacity_table(caps: list[Capacity], connections: int) -> str:
         "errors",
     )
     title = (
-        f"receiver alone: aiohttp load generator, {connections} keep-alive connections, "
-        "separate processes"
+        f"receiver alone: aiohttp load generator ({client_loop}), {connections} keep-alive "
+        "connections, separate processes"
     )
     return f"{title}\n{_table(headers, rows, left=2)}"
 
@@ -435,12 +447,59 @@ def profile(n: int, concurrency: int = 64, top: int = 30) -> str:
         f"{sample.rate:,.0f} events/s under the profiler\n"
     )
     stats = pstats.Stats(prof, stream=buf)
+    buf.write(_own_time_by_package(stats, n))
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
     return buf.getvalue()
 
 
+PACKAGES = (
+    ("/eventsinkd/", "eventsinkd"),
+    ("/prometheus_client/", "prometheus_client"),
+    ("/aiohttp/", "aiohttp"),
+    ("/multidict/", "multidict/yarl"),
+    ("/yarl/", "multidict/yarl"),
+    ("/asyncio/", "asyncio"),
+    ("/bench/", "bench harness"),
+)
+
+
+def _own_time_by_package(stats: pstats.Stats, n: int) -> str:
+    """Profiled own time summed per package, in microseconds per event."""
+    totals: dict[str, float] = {}
+    for (filename, _line, _func), row in stats.stats.items():  # type: ignore[attr-defined]
+        group = "C builtins" if filename == "~" else "other Python"
+        for marker, name in PACKAGES:
+            if marker in filename:
+                group = name
+                break
+        totals[group] = totals.get(group, 0.0) + row[2]
+    whole = sum(totals.values()) or 1.0
+    lines = ["own time by package (under cProfile, which inflates Python-level calls):"]
+    for name, secs in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:<18} {secs / n * 1e6:7.1f} us/event  {secs / whole:5.1%}")
+    return "\n".join(lines) + "\n\n"
+
+
 # -- main ------------------------------------------------------------------------------
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds all processes have run since boot (/proc/stat), or None if unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    return sum(fields[:3]) / ticks  # user + nice + system (not irq, softirq, steal, idle)
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its (waited-for) children: receivers, load generators."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @contextlib.contextmanager
@@ -462,7 +521,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--connections", type=int, default=64, help="load generator connections")
     ap.add_argument("--receiver", choices=("raw", "aiohttp"), default="raw")
     ap.add_argument("--profile", action="store_true", help="cProfile 0 ms / concurrency 64")
+    ap.add_argument(
+        "--uvloop", action="store_true", help="engine and bare client on uvloop (if installed)"
+    )
     args = ap.parse_args(argv)
+    engine_loop = "asyncio"
+    if args.uvloop:
+        try:
+            import uvloop  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            ap.error("--uvloop: uvloop is not installed")
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        engine_loop = "uvloop"
     if args.profile:
         print(profile(args.events or 20_000))
         return
@@ -473,13 +543,16 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--events must be within {MIN_EVENTS}..{MAX_EVENTS}")
     started = time.monotonic()
     load_before = os.getloadavg()[0]
+    busy_before, own_before = _machine_busy_s(), _own_cpu_s()
 
     impls = ("raw",) if args.quick else ("raw", "aiohttp")
     caps: list[Capacity] = []
     for impl in impls:
         for latency in LATENCIES_MS:
             with _stage(f"receiver alone: {impl}, {latency} ms"):
-                caps.append(receiver_alone(impl, latency, load_s, args.connections))
+                caps.append(
+                    receiver_alone(impl, latency, load_s, args.connections, uvloop=args.uvloop)
+                )
 
     cells: list[Cell] = []
     for latency in LATENCIES_MS:
@@ -488,24 +561,36 @@ def main(argv: list[str] | None = None) -> None:
                 with _stage(f"engine: {latency} ms receiver, concurrency {conc}"):
                     cell = asyncio.run(measure_cell(rcv, conc, runs, target_s, args.events))
                 with _stage(f"bare aiohttp client: {latency} ms receiver, {conc} connections"):
-                    cell.client = load_receiver(rcv, conc, load_s)
+                    cell.client = load_receiver(rcv, conc, load_s, uvloop=args.uvloop)
                 cells.append(cell)
 
     total = time.monotonic() - started
+    busy_after, own = _machine_busy_s(), _own_cpu_s() - own_before
+    others = ""
+    if busy_before is not None and busy_after is not None:
+        other_s = max(0.0, busy_after - busy_before - own)
+        others = (
+            f"; other processes used {other_s:.0f} CPU-s of the {total * nproc():.0f} available "
+            f"({other_s / (total * nproc()):.0%})"
+        )
     print(f"\n== delivery ({total:.0f} s{', quick' if args.quick else ''})")
     print(machine_summary())
     print(
         f"all on 127.0.0.1; receiver, load generator and engine are separate processes "
-        f"sharing the same {nproc()} cores; 1-min load average {load_before:.2f} at the start, "
-        f"{os.getloadavg()[0]:.2f} at the end (other work on the machine skews events/s more "
-        "than CPU per event)"
+        f"sharing the same {nproc()} cores"
+    )
+    print(
+        f"this benchmark used {own:.0f} CPU-s{others}; 1-min load average {load_before:.2f} "
+        f"at the start, {os.getloadavg()[0]:.2f} at the end (other work on the machine skews "
+        "events/s more than CPU per event)"
     )
     print()
-    print(capacity_table(caps, args.connections))
+    print(capacity_table(caps, args.connections, engine_loop))
     print()
     print(
-        f"engine -> {args.receiver} receiver: one sink, drop mode, max_inflight {MAX_EVENTS:,}, "
-        f"batches of {BATCH_RECORDS}; CPU = time.process_time() of the engine's process"
+        f"engine ({engine_loop}) -> {args.receiver} receiver: one sink, drop mode, "
+        f"max_inflight {MAX_EVENTS:,}, batches of {BATCH_RECORDS}; "
+        "CPU = time.process_time() of the engine's process"
     )
     print(engine_table(cells, runs))
     print()

@@ -4,7 +4,7 @@ Receiver (run as a subprocess by ``bench.delivery``)::
 
     python -m bench.receiver --latency-ms 10 [--impl raw|aiohttp]
 
-binds an ephemeral port on 127.0.0.1, prints ``PORT <n>`` on stdout, and answers every
+binds an ephemeral port on 127.0.0.1, prints ``PORT <n> <loop>`` on stdout, and answers every
 POST with ``204 No Content`` after ``--latency-ms`` (a timer on the event loop, so any
 number of requests wait concurrently). ``GET /__stats`` answers
 ``{"requests": <POSTs answered>, "cpu_s": <process CPU seconds>}`` and is not counted.
@@ -14,7 +14,7 @@ It exits on SIGTERM/SIGINT, when its stdin closes (the parent died) or after
 ``--impl raw`` (the default) is a bare asyncio HTTP/1.1 keep-alive protocol - it only
 understands what HTTP clients like aiohttp send (Content-Length bodies) - and costs a few
 tens of microseconds of CPU per request; ``--impl aiohttp`` is an ``aiohttp.web`` server for
-comparison. uvloop is used when it is installed (``--no-uvloop`` to refuse it).
+comparison. The receiver runs on uvloop when it is installed (``--no-uvloop`` to refuse it).
 
 Load generator (also a separate process)::
 
@@ -22,7 +22,8 @@ Load generator (also a separate process)::
 
 keeps ``--connections`` keep-alive connections busy with webhook-sized POSTs for
 ``--seconds`` (after a short warm-up) and prints one JSON line: answered requests,
-requests/s and its own CPU seconds.
+requests/s and its own CPU seconds. It uses asyncio's own loop, like eventsinkd, unless
+given ``--uvloop``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 STATS_PATH = "/__stats"
 MAX_HEAD_BYTES = 64 * 1024
@@ -95,8 +96,7 @@ class RawHttp(asyncio.Protocol):
         self.close_after = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -202,7 +202,7 @@ async def start_aiohttp(counter: Counter, latency_s: float) -> tuple[int, Callab
 IMPLS = {"raw": start_raw, "aiohttp": start_aiohttp}
 
 
-async def serve(impl: str, latency_ms: float, max_seconds: float) -> None:
+async def serve(impl: str, latency_ms: float, max_seconds: float, loop_name: str) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -217,7 +217,7 @@ async def serve(impl: str, latency_ms: float, max_seconds: float) -> None:
     threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
     counter = Counter()
     port, close = await IMPLS[impl](counter, latency_ms / 1000)
-    print(f"PORT {port}", flush=True)
+    print(f"PORT {port} {loop_name}", flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), max_seconds)
     await close()
@@ -283,14 +283,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--impl", choices=sorted(IMPLS), default="raw")
     ap.add_argument("--max-seconds", type=float, default=900.0, help="exit after this long")
-    ap.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
+    ap.add_argument("--no-uvloop", action="store_true", help="receiver: use asyncio's loop")
+    ap.add_argument("--uvloop", action="store_true", help="load generator: use uvloop")
     ap.add_argument("--load", metavar="URL", help="be the load generator against URL")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--warmup", type=float, default=0.5)
     args = ap.parse_args(argv)
-    loop_name = _install_uvloop(not args.no_uvloop)
     if args.load:
+        loop_name = _install_uvloop(args.uvloop)
+        if args.uvloop and loop_name != "uvloop":
+            ap.error("--uvloop: uvloop is not installed")
         host = args.load.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
         if host != "127.0.0.1":
             ap.error("--load only targets 127.0.0.1")
@@ -298,8 +301,9 @@ def main(argv: list[str] | None = None) -> None:
         out["loop"] = loop_name
         print(json.dumps(out), flush=True)
         return
+    loop_name = _install_uvloop(not args.no_uvloop)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.impl, args.latency_ms, args.max_seconds))
+        asyncio.run(serve(args.impl, args.latency_ms, args.max_seconds, loop_name))
     sys.stdout.flush()
     os._exit(0)  # do not wait for the stdin-watching thread
 

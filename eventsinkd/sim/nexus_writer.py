@@ -33,6 +33,7 @@ from typing import Any, Literal
 import zstandard
 
 from eventsinkd.events import go_json
+from eventsinkd.wal.lines import LineParser, Reject
 
 __all__ = [
     "END_SENTINEL",
@@ -50,7 +51,6 @@ ZSTD_PREFIX = b"zstd:"
 Layout = Literal["legacy", "sentinel", "mixed"]
 
 _SEGMENT_RE = re.compile(r"^wal-(\d+)\.(jsonl|tmp)$")
-_CRC_RE = re.compile(rb"^[0-9a-f]{8}$")
 
 # Words for payload content: non-ASCII (2-, 3- and 4-byte UTF-8), quotes, backslashes, control
 # characters that JSON escapes (newline, tab) and the characters Go escapes as \u003c etc.
@@ -159,7 +159,7 @@ class NexusWriter:
 
         self._rng = random.Random(seed)
         self._zc = zstandard.ZstdCompressor(level=3)
-        self._zd = zstandard.ZstdDecompressor()
+        self._checker = LineParser(mac_key)
         self._closed = False
         self._batches = 0
         self._data_count = 0  # data entries generated (including lost ones)
@@ -531,34 +531,16 @@ class NexusWriter:
 
     # ------------------------------------------------------------------ rewrites
 
-    def _parse(self, line: bytes) -> tuple[dict[str, Any], bool] | None:
-        """(entry, is_legacy) for a valid line, None for anything corrupt or partial."""
-        fields = line.split(b"\t")
-        legacy = fields[0] != START_SENTINEL
-        if not legacy:
-            if len(fields) < 4 or fields[-1] != END_SENTINEL:
-                return None
-            fields = fields[1:-1]
-        if len(fields) not in (2, 3):
+    def _parse(self, line: bytes) -> dict[str, Any] | None:
+        """The entry of a valid line, None for anything corrupt or partial."""
+        body = self._checker.check(line)
+        if isinstance(body, Reject):
             return None
-        field, crc = fields[0], fields[1]
-        if not _CRC_RE.match(crc) or crc != _crc(field):
-            return None
-        if len(fields) == 3 and self.mac_key is not None:
-            mac = hmac.new(self.mac_key, field, hashlib.sha256).hexdigest().encode()
-            if not hmac.compare_digest(mac, fields[2]):
-                return None
         try:
-            if field.startswith(ZSTD_PREFIX):
-                field = self._zd.decompressobj().decompress(
-                    base64.b64decode(field[len(ZSTD_PREFIX) :], validate=True)
-                )
-            entry = json.loads(field)
-        except (ValueError, zstandard.ZstdError):
+            entry = json.loads(body)
+        except ValueError:
             return None
-        if not isinstance(entry, dict):
-            return None
-        return entry, legacy
+        return entry if isinstance(entry, dict) else None
 
     def rewrite(self, segment: str | None = None, *, fraction: float = 0.5) -> None:
         """Nexus status rewrite of one segment (default: the active one).
@@ -578,8 +560,8 @@ class NexusWriter:
         pending: list[tuple[int, dict[str, Any]]] = []
         for i, line in enumerate(lines):
             parsed = self._parse(line)
-            if parsed is not None and parsed[0].get("status") == "PENDING":
-                pending.append((i, parsed[0]))
+            if parsed is not None and parsed.get("status") == "PENDING":
+                pending.append((i, parsed))
         count = round(fraction * len(pending))
         if fraction > 0 and pending:
             count = max(1, count)

@@ -115,6 +115,18 @@ class LineParser:
         return self._mac_key is not None
 
     def parse(self, line: bytes) -> Entry | Reject:
+        body = self.check(line)
+        if isinstance(body, Reject):
+            return body
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return Reject.JSON
+        entry = entry_from_json(doc)
+        return Reject.JSON if entry is None else entry
+
+    def check(self, line: bytes) -> bytes | Reject:
+        """The line's JSON bytes (decompressed) if its framing and checksums hold."""
         if len(line) > MAX_LINE_BYTES:
             return Reject.TOO_LONG
         fields = line.split(b"\t")
@@ -148,9 +160,4 @@ class LineParser:
                 body = self._zstd.decompress(compressed, max_output_size=MAX_DECOMPRESSED_BYTES)
             except (binascii.Error, zstandard.ZstdError):
                 return Reject.DECOMPRESS
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return Reject.JSON
-        entry = entry_from_json(doc)
-        return Reject.JSON if entry is None else entry
+        return body
