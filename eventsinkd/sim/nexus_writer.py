@@ -33,6 +33,7 @@ from typing import Any, Literal
 import zstandard
 
 from eventsinkd.events import go_json
+from eventsinkd.sim.entries import EntryMaker, format_go_time
 from eventsinkd.wal.lines import LineParser, Reject
 
 __all__ = [
@@ -52,19 +53,6 @@ Layout = Literal["legacy", "sentinel", "mixed"]
 
 _SEGMENT_RE = re.compile(r"^wal-(\d+)\.(jsonl|tmp)$")
 
-# Words for payload content: non-ASCII (2-, 3- and 4-byte UTF-8), quotes, backslashes, control
-# characters that JSON escapes (newline, tab) and the characters Go escapes as \u003c etc.
-_TEXT = (
-    "the deploy pipeline failed because the staging \n migration timed out after thirty seconds "
-    'remember that alice prefers postgres over "quoted" mysql and <tag> weekly summaries of '
-    "incident reports & the retrieval firewall blocks pii \t memories for agents below tier two "
-    "nexus stores every memory in the café ahead log before the queue delivers it to sqlite "
-    "reminder rotate the naïve keys on friday 日本語 メモ 🐟 back\\slash C:\\temp"
-)
-_WORDS = tuple(_TEXT.split(" "))
-_SOURCES = ("claude-desktop", "openclaw", "cursor")
-_SUBJECTS = ("user:alice", "project:nexus", "team:infra")
-
 
 @dataclass(frozen=True)
 class Written:
@@ -82,15 +70,6 @@ class Written:
     compressed: bool = False
     corrupt: bool = False  # torn tail / merged line: a reader must reject it
     duplicate: bool = False  # repeated by crash_rotation_duplicate: a reader must drop it
-
-
-def format_go_time(ns: int) -> str:
-    """Format unix nanoseconds like Go's ``time.Time.UTC().Format(time.RFC3339Nano)``."""
-    secs, frac = divmod(ns, 1_000_000_000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    if frac == 0:
-        return base + "Z"
-    return f"{base}.{frac:09d}".rstrip("0") + "Z"
 
 
 def _crc(field: bytes) -> bytes:
@@ -158,13 +137,12 @@ class NexusWriter:
         self.shuffle_seq = shuffle_seq
 
         self._rng = random.Random(seed)
+        self._entries = EntryMaker(self._rng, seed, payload_bytes)
         self._zc = zstandard.ZstdCompressor(level=3)
         self._checker = LineParser(mac_key)
         self._closed = False
         self._batches = 0
-        self._data_count = 0  # data entries generated (including lost ones)
         self._since_checkpoint = 0
-        self._seq = 0
         self._written: list[Written] = []
         #: data entries whose bytes went into a corrupt line: the torn_tail entry (also in
         #: ``written``, as the corrupt line's record) and the entry of the next append that
@@ -243,112 +221,6 @@ class NexusWriter:
         self._active = self._create_segment()
         self._active_size = 0
 
-    # ------------------------------------------------------------------ entries
-
-    def _timestamp(self) -> str:
-        ns = time.time_ns()
-        r = self._rng.random()
-        # Real time.Now() almost never has trailing zeros; make the rarer shapes common so that
-        # readers are exercised on "no fraction" and short fractions.
-        if r < 0.03:
-            ns -= ns % 1_000_000_000
-        elif r < 0.08:
-            ns -= ns % 1_000_000
-        elif r < 0.13:
-            ns -= ns % 1_000
-        elif r < 0.18:
-            ns -= ns % 100
-        return format_go_time(ns)
-
-    def _content(self) -> str:
-        words: list[str] = []
-        size = 0
-        start = self._rng.randrange(len(_WORDS))
-        i = start
-        while size < self.payload_bytes:
-            w = _WORDS[i % len(_WORDS)]
-            words.append(w)
-            size += len(w) + 1
-            i += 1
-        return " ".join(words)
-
-    def _data_entry(self, legacy: bool) -> dict[str, Any]:
-        n = self._data_count
-        self._data_count += 1
-        payload_id = f"{self._rng.getrandbits(128):032x}"
-        key = f"idem-s{self.seed}-{n:08d}"
-        source = _SOURCES[n % len(_SOURCES)]
-        subject = _SUBJECTS[n % len(_SUBJECTS)]
-        actor_id = f"user-{n}"
-        payload: dict[str, Any] = {
-            "payload_id": payload_id,
-            "request_id": f"{self._rng.getrandbits(128):032x}",
-            "source": source,
-            "subject": subject,
-            "namespace": "default",
-            "destination": "sqlite",
-            "collection": "memories",
-            "content": self._content(),
-            "model": "claude-sonnet-4",
-            "role": "user",
-            "timestamp": self._timestamp(),
-            "idempotency_key": key,
-            "schema_version": 1,
-            "transform_version": "1.0",
-            "actor_type": "user",
-            "actor_id": actor_id,
-            "metadata": {
-                "seq_in_run": str(n),
-                "session_id": f"sess-s{self.seed}-{n // 100}",
-                "tags": "harness,walwriter",
-                "worker": str(n % 8),
-            },
-            "classification_tier": "public",
-        }
-        entry: dict[str, Any] = {
-            "version": 2,
-            "payload_id": payload_id,
-            "idempotency_key": key,
-            "status": "PENDING",
-            "timestamp": self._timestamp(),
-            "source": source,
-            "destination": "sqlite",
-            "subject": subject,
-            "actor_type": "user",
-            "actor_id": actor_id,
-            "payload": payload,
-        }
-        if not legacy:
-            self._seq += 1
-            entry["entry_type"] = ""
-            entry["monotonic_seq"] = self._seq
-        return entry
-
-    def _checkpoint_entry(self) -> dict[str, Any]:
-        ns = time.time_ns()
-        self._seq += 1
-        return {
-            "version": 2,
-            "payload_id": f"checkpoint-{ns}",
-            "idempotency_key": "",
-            "status": "DELIVERED",
-            "timestamp": format_go_time(ns),
-            "source": "",
-            "destination": "",
-            "subject": "",
-            "actor_type": "",
-            "actor_id": "",
-            "payload": {
-                "segment": self._active,
-                "offset_bytes": self._active_size,
-                "timestamp": format_go_time(time.time_ns()),
-                "applied_count": self._data_count,
-                "state_hash": hashlib.sha256(str(self._seq).encode()).hexdigest(),
-            },
-            "entry_type": "checkpoint",
-            "monotonic_seq": self._seq,
-        }
-
     def _encode(self, json_bytes: bytes, *, legacy: bool, compress: bool) -> bytes:
         """One line without the trailing newline."""
         field = json_bytes
@@ -425,12 +297,14 @@ class NexusWriter:
 
         entries: list[tuple[dict[str, Any], bool]] = []  # (entry, is legacy line)
         for _ in range(n):
-            entries.append((self._data_entry(legacy), legacy))
+            entries.append((self._entries.data_entry(legacy), legacy))
             if self.checkpoint_every:
                 self._since_checkpoint += 1
                 if self._since_checkpoint >= self.checkpoint_every:
                     self._since_checkpoint = 0
-                    entries.append((self._checkpoint_entry(), False))
+                    entries.append(
+                        (self._entries.checkpoint_entry(self._active, self._active_size), False)
+                    )
         if self.shuffle_seq:
             self._shuffle_seqs([e for e, leg in entries if not leg])
 
@@ -470,7 +344,7 @@ class NexusWriter:
         """
         self._check_open()
         legacy = self._batch_legacy()
-        entry = self._data_entry(legacy)
+        entry = self._entries.data_entry(legacy)
         compressed = self.compress and not legacy
         json_bytes = go_json(entry)
         full = self._encode(json_bytes, legacy=legacy, compress=compressed)
