@@ -47,7 +47,7 @@ def entry(i: int, **kw: Any) -> Entry:
 
 
 def batch(start: int, n: int, **kw: Any) -> Batch:
-    recs = [Record(entry(i, **kw), Position("wal-1.jsonl", i + 1)) for i in range(start, start + n)]
+    recs = [Record(entry(i, **kw), "wal-1.jsonl", i + 1) for i in range(start, start + n)]
     return Batch(recs, Position("wal-1.jsonl", start + n))
 
 
@@ -411,9 +411,9 @@ async def test_filters_and_event_types(server: WebhookServer) -> None:
         {"name": "none", "url": server.url, "filter": {"event_types": ["memory_deleted"]}},
     )
     recs = [
-        Record(entry(1, subject="user:alice"), Position("wal-1.jsonl", 1)),
-        Record(entry(2, subject="user:bob"), Position("wal-1.jsonl", 2)),
-        Record(entry(3, entry_type="checkpoint"), Position("wal-1.jsonl", 3)),
+        Record(entry(1, subject="user:alice"), "wal-1.jsonl", 1),
+        Record(entry(2, subject="user:bob"), "wal-1.jsonl", 2),
+        Record(entry(3, entry_type="checkpoint"), "wal-1.jsonl", 3),
     ]
     h = await run(cfg, Batch(recs, Position("wal-1.jsonl", 3)))
     assert [h.accounting(n)[0] for n in ("alice", "bob", "none")] == [1, 1, 0]

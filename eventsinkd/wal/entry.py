@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 DATA = ""  # entry_type of a memory write (absent in v0.1.2 entries)
 
 
-@dataclass(slots=True, frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    # A NamedTuple rather than a dataclass: the reader makes one per WAL line, and
+    # building a tuple costs a fraction of setting twelve slots (see BENCHMARKS.md).
     payload_id: str
     idempotency_key: str
     status: str
@@ -19,8 +19,8 @@ class Entry:
     subject: str
     actor_type: str
     actor_id: str
-    payload: Any
     entry_type: str
+    payload: Any
     monotonic_seq: int
 
     @property

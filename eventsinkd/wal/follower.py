@@ -24,7 +24,7 @@ class WalFollower:
         follow: bool = True,
         poll_interval_s: float = 0.5,
         force_polling: bool = False,
-        batch_lines: int = 1024,
+        batch_lines: int = 256,
     ) -> None:
         self.scanner = WalScanner(wal_dir, parser, start, batch_lines=batch_lines)
         self.waker = Waker(wal_dir, poll_interval_s=poll_interval_s, force_polling=force_polling)

@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import operator
 import zlib
 from enum import StrEnum
 from typing import Any
@@ -64,6 +65,8 @@ _STR_FIELDS = (
     "actor_id",
     "entry_type",
 )
+# Every entry Nexus writes has the first nine; v0.1.2 entries lack entry_type.
+_COMMON = operator.itemgetter(*_STR_FIELDS[:9])
 
 
 def entry_from_json(doc: Any) -> Entry | None:
@@ -74,6 +77,22 @@ def entry_from_json(doc: Any) -> Entry | None:
     """
     if not isinstance(doc, dict):
         return None
+    try:
+        common = _COMMON(doc)
+    except KeyError:
+        return _entry_slow(doc)
+    entry_type = doc.get("entry_type", "")
+    seq = doc.get("monotonic_seq", 0)
+    try:
+        "".join(common)  # the cheapest way to prove they are all str
+    except TypeError:
+        return _entry_slow(doc)
+    if type(entry_type) is not str or type(seq) is not int:
+        return _entry_slow(doc)
+    return Entry._make((*common, entry_type, doc.get("payload"), seq))
+
+
+def _entry_slow(doc: dict[str, Any]) -> Entry | None:
     values: list[str] = []
     for key in _STR_FIELDS:
         value = doc.get(key, "")
@@ -87,20 +106,7 @@ def entry_from_json(doc: Any) -> Entry | None:
         seq = 0
     elif not isinstance(seq, int) or isinstance(seq, bool):
         return None
-    return Entry(
-        payload_id=values[0],
-        idempotency_key=values[1],
-        status=values[2],
-        timestamp=values[3],
-        source=values[4],
-        destination=values[5],
-        subject=values[6],
-        actor_type=values[7],
-        actor_id=values[8],
-        entry_type=values[9],
-        payload=doc.get("payload"),
-        monotonic_seq=seq,
-    )
+    return Entry._make((*values, doc.get("payload"), seq))
 
 
 class LineParser:

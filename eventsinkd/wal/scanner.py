@@ -24,10 +24,10 @@ import bisect
 import contextlib
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.wal.entry import Entry
@@ -42,10 +42,15 @@ StartAt = Literal["beginning", "end"]
 DEDUP_WINDOW = 4096
 
 
-@dataclass(slots=True, frozen=True)
-class Record:
+class Record(NamedTuple):
     entry: Entry
-    position: Position  # the position just after this entry's line
+    segment: str
+    line: int  # lines of the segment consumed once this entry's line is
+
+    @property
+    def position(self) -> Position:
+        """The position just after this entry's line (built on demand: block mode needs it)."""
+        return Position(self.segment, self.line, self.entry.dedup_key)
 
 
 @dataclass(slots=True)
@@ -71,16 +76,19 @@ class _RecentKeys:
     """A bounded set of the most recent dedup keys, oldest evicted first."""
 
     def __init__(self, size: int) -> None:
-        self._size = size
-        self._keys: dict[str, None] = {}
+        self.order: deque[str] = deque()
+        self.keys: set[str] = set()
+        self.size = size
 
     def seen(self, key: str) -> bool:
         """True if ``key`` is in the window; otherwise remember it."""
-        if key in self._keys:
+        keys = self.keys
+        if key in keys:
             return True
-        self._keys[key] = None
-        if len(self._keys) > self._size:
-            del self._keys[next(iter(self._keys))]
+        keys.add(key)
+        self.order.append(key)
+        if len(self.order) > self.size:
+            keys.discard(self.order.popleft())
         return False
 
 
@@ -91,7 +99,7 @@ class WalScanner:
         parser: LineParser,
         start: Position | StartAt = "end",
         *,
-        batch_lines: int = 1024,
+        batch_lines: int = 256,
         dedup_window: int = DEDUP_WINDOW,
     ) -> None:
         self.wal_dir = wal_dir
@@ -359,27 +367,42 @@ class WalScanner:
             return
 
     def _emit(self, cur: SegmentFile, lines: list[bytes | None]) -> Batch:
+        # The hot loop of catching up: keep per-line work to what cannot be avoided.
         records: list[Record] = []
-        base = cur.line - len(lines)
-        stats = self.stats
-        stats.lines += len(lines)
+        append = records.append
+        name = cur.name
+        line_no = cur.line - len(lines)
         parse = self.parser.parse
+        recent = self._recent
+        keys, order, window = recent.keys, recent.order, recent.size
+        counts: dict[str, int] = {}
         key = ""
-        for i, raw in enumerate(lines):
+        for raw in lines:
+            line_no += 1
             entry = Reject.TOO_LONG if raw is None else parse(raw)
             if isinstance(entry, Reject):
-                self._reject(entry, cur.name, base + i + 1)
+                self._reject(entry, name, line_no)
                 key = ""
                 continue
-            key = entry.dedup_key
-            stats.entries[entry.entry_type] += 1
-            if key and self._recent.seen(key):
-                stats.duplicates += 1
-                continue
-            records.append(Record(entry, Position(cur.name, base + i + 1, key)))
+            key = entry.idempotency_key or entry.payload_id
+            kind = entry.entry_type
+            counts[kind] = counts.get(kind, 0) + 1
+            if key:
+                # _RecentKeys.seen(), inlined: this loop runs once per WAL line.
+                if key in keys:
+                    self.stats.duplicates += 1
+                    continue
+                keys.add(key)
+                order.append(key)
+                if len(order) > window:
+                    keys.discard(order.popleft())
+            append(Record(entry, name, line_no))
+        stats = self.stats
+        stats.lines += len(lines)
+        stats.entries.update(counts)
         if records:
             stats.last_timestamp = records[-1].entry.timestamp
-        self.position = Position(cur.name, cur.line, key)
+        self.position = Position(name, cur.line, key)
         return Batch(records, self.position)
 
     def _reject(self, reason: Reject, segment: str, line_no: int) -> None:

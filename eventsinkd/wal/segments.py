@@ -39,6 +39,7 @@ class SegmentFile:
         self.line = 0  # complete lines consumed
         self.read_off = 0  # bytes read from the file (consumed lines + pending tail)
         self._tail = b""  # bytes after the last newline read so far
+        self._ready: list[bytes | None] = []  # complete lines read but not handed out yet
         self._skipping = False  # inside a line longer than MAX_LINE_BYTES
 
     def close(self) -> None:
@@ -62,46 +63,44 @@ class SegmentFile:
         A line longer than MAX_LINE_BYTES comes back as ``TOO_LONG`` (None) once
         its newline is seen; its bytes are never held in memory.
         """
-        out: list[bytes | None] = []
-        budget = max_bytes
+        if not self._ready:
+            self._fill(max_bytes)
+        ready = self._ready
+        if max_lines is None or len(ready) <= max_lines:
+            out, self._ready = ready, []
+        else:
+            out, self._ready = ready[:max_lines], ready[max_lines:]
+        self.line += len(out)
+        return out
+
+    def _fill(self, max_bytes: int) -> None:
+        """Read chunks into ``_ready`` (complete lines) and ``_tail`` (the rest)."""
+        ready = self._ready
         # The byte budget bounds a batch, but never ends a read that has found no
         # line yet: a line longer than the budget must still reach its newline.
-        while (budget > 0 or not out) and (max_lines is None or len(out) < max_lines):
-            chunk_off = self.read_off
-            chunk = os.pread(self._fd, CHUNK_BYTES, chunk_off)
+        budget = max_bytes
+        while budget > 0 or not ready:
+            chunk = os.pread(self._fd, CHUNK_BYTES, self.read_off)
             if not chunk:
                 break
+            self.read_off += len(chunk)
             budget -= len(chunk)
             nl = chunk.rfind(b"\n")
             if nl < 0:
-                self.read_off += len(chunk)
                 self._hold(chunk)
                 continue
-            cut = False
-            if max_lines is not None:
-                need = max_lines - len(out)
-                if chunk.count(b"\n") > need:
-                    nl = -1
-                    for _ in range(need):
-                        nl = chunk.find(b"\n", nl + 1)
-                    cut = True
             data = self._tail + chunk[:nl] if self._tail else chunk[:nl]
             self._tail = b""
-            lines: list[bytes | None] = list(data.split(b"\n"))
+            lines: list[bytes | None] = data.split(b"\n")  # type: ignore[assignment]
             if self._skipping:
                 lines[0] = TOO_LONG
                 self._skipping = False
-            for i, ln in enumerate(lines):
-                if ln is not None and len(ln) > MAX_LINE_BYTES:
-                    lines[i] = TOO_LONG
-            out.extend(lines)
-            if cut:
-                self.read_off = chunk_off + nl + 1
-            else:
-                self.read_off = chunk_off + len(chunk)
-                self._hold(chunk[nl + 1 :])
-        self.line += len(out)
-        return out
+            if len(data) > MAX_LINE_BYTES:  # only then can one of them be too long
+                lines = [
+                    TOO_LONG if ln is not None and len(ln) > MAX_LINE_BYTES else ln for ln in lines
+                ]
+            ready.extend(lines)
+            self._hold(chunk[nl + 1 :])
 
     def _hold(self, rest: bytes) -> None:
         if self._skipping:
