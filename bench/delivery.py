@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from bench import machine_summary, nproc
 from eventsinkd.config import EventsConfig
@@ -201,6 +202,14 @@ def receiver_alone(
 # -- 2. the engine ---------------------------------------------------------------------
 
 
+def _record(entry: Entry, line: int) -> Record:
+    """A Record of WAL_FILE (``Record(entry, segment, line)``, or the older
+    ``Record(entry, position)``)."""
+    if "segment" in getattr(Record, "_fields", ()):
+        return Record(entry, WAL_FILE, line)
+    return cast(Any, Record)(entry, Position(WAL_FILE, line))  # type: ignore[no-any-return]
+
+
 def make_batches(n: int, run_id: int) -> list[Batch]:
     """N synthetic data entries (as tests/test_delivery.py builds them), in batches."""
     batches: list[Batch] = []
@@ -220,7 +229,7 @@ def make_batches(n: int, run_id: int) -> list[Batch]:
             entry_type="",
             monotonic_seq=i,
         )
-        recs.append(Record(entry, Position(WAL_FILE, i + 1)))
+        recs.append(_record(entry, i + 1))
         if len(recs) == BATCH_RECORDS or i == n - 1:
             batches.append(Batch(recs, Position(WAL_FILE, i + 1)))
             recs = []

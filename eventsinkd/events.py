@@ -77,15 +77,19 @@ def event_body(entry: Entry, content: ContentMode = "summary") -> bytes:
 class Event:
     """One event on its way to the sinks; bodies are built once per content mode."""
 
-    __slots__ = ("_bodies", "entry", "id", "ticket", "type", "wal_time")
+    __slots__ = ("_bodies", "entry", "id", "ticket", "type")
 
     def __init__(self, kind: str, entry: Entry, ticket: object = None) -> None:
         self.type = kind
         self.entry = entry
         self.id = webhook_id(kind, entry)
-        self.wal_time = parse_go_time(entry.timestamp)
         self.ticket = ticket  # the engine's acknowledgement handle (block mode)
         self._bodies: dict[str, bytes] = {}
+
+    @property
+    def wal_time(self) -> float | None:
+        """Unix time the WAL gave the entry (parsed when a sink needs it, not per event)."""
+        return parse_go_time(self.entry.timestamp)
 
     def body(self, content: ContentMode) -> bytes:
         body = self._bodies.get(content)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from eventsinkd import __version__
-from eventsinkd.config import EventsConfig, SinkConfig, TlsConfig
+from eventsinkd.config import EventsConfig, FilterConfig, SinkConfig, TlsConfig
 from eventsinkd.delivery.filters import EventFilter
 from eventsinkd.delivery.outcome import Outcome, backoff_delay, classify, parse_retry_after
 from eventsinkd.delivery.signing import sign
@@ -80,7 +80,7 @@ class Sink:
         self.retry_after_max = events.retry_after_max_seconds
         self.stats = SinkStats()
         self.inflight = 0  # accepted and not finished: queued, in flight or parked for a retry
-        self._filter = EventFilter(cfg.filter)
+        self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish
         self._rng = rng or random.Random()
         self._ordered = cfg.concurrency == 1
@@ -111,9 +111,11 @@ class Sink:
         self._m_retries = m.retries.labels(self.name)
         self._m_latency = m.delivery_latency.labels(self.name)
         self._m_duration = m.request_duration.labels(self.name)
-        self._m_depth = m.queue_depth.labels(self.name)
-        self._m_last_ok = m.last_success.labels(self.name)
-        self._m_last_fail = m.last_failure.labels(self.name)
+        # Read at scrape time rather than updated per event (the per-event cost shows in
+        # profiles). A reloaded sink of the same name takes the callbacks over.
+        m.queue_depth.labels(self.name).set_function(lambda: self.inflight)
+        m.last_success.labels(self.name).set_function(lambda: self.stats.last_success or 0.0)
+        m.last_failure.labels(self.name).set_function(lambda: self.stats.last_failure or 0.0)
         self._m_attempts = {o: m.attempts.labels(self.name, o.value) for o in Outcome}
 
     # -- lifecycle -----------------------------------------------------------------
@@ -185,7 +187,6 @@ class Sink:
                 left,
             )
         self.inflight = 0
-        self._m_depth.set(0)
         left_jobs, self._held = self._held, set()
         if release and self._on_finish is not None:
             for job in left_jobs:
@@ -199,14 +200,12 @@ class Sink:
         assert self._successor is not None
         self._held.discard(job)
         self.inflight -= 1
-        self._m_depth.dec()
         if self.inflight == 0:
             self._idle.set()
         self._successor._adopt(job)
 
     def _adopt(self, job: _Job) -> None:
         self.inflight += 1
-        self._m_depth.inc()
         self._idle.clear()
         self._held.add(job)
         self._queue.put_nowait(job)
@@ -222,7 +221,7 @@ class Sink:
     # -- taking events -------------------------------------------------------------
 
     def accepts(self, event: Event) -> bool:
-        return self._filter.matches(event.type, event.entry)
+        return self._filter is None or self._filter.matches(event.type, event.entry)
 
     def offer(self, event: Event) -> bool:
         """Drop mode: queue ``event`` if there is room, else drop and count it. Never waits."""
@@ -261,9 +260,9 @@ class Sink:
             self.stats.delivered += 1
             self._m_delivered.inc()
             self.stats.last_success = now
-            self._m_last_ok.set(now)
-            if job.event.wal_time is not None:
-                self._m_latency.observe(max(0.0, now - job.event.wal_time))
+            wal_time = job.event.wal_time
+            if wal_time is not None:
+                self._m_latency.observe(max(0.0, now - wal_time))
         elif outcome == "failed":
             self.stats.failed += 1
             self._m_failed.inc()
@@ -271,7 +270,6 @@ class Sink:
             self.stats.dropped += 1
             self._m_dropped.inc()
         self.inflight -= 1
-        self._m_depth.dec()
         if self.inflight < self.max_inflight:
             self._room.set()
         if self.inflight == 0:
@@ -356,7 +354,6 @@ class Sink:
         if outcome is not Outcome.DELIVERED:
             now = time.time()
             self.stats.last_failure = now
-            self._m_last_fail.set(now)
             self._rlog.log(
                 logging.WARNING,
                 f"attempt:{outcome.value}",
