@@ -97,6 +97,19 @@ class Daemon:
         return await asyncio.wait_for(self.proc.wait(), timeout_s)
 
 
+async def cli(*args: str) -> int:
+    """Exit code of ``eventsinkd ARGS`` run as a subprocess (output discarded)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "eventsinkd",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await proc.wait()
+
+
 async def until(cond: Any, timeout_s: float = 30) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import SECRET, Daemon, expected_ids, until
+from daemon_harness import SECRET, Daemon, cli, expected_ids, until
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
@@ -99,16 +99,7 @@ async def test_status_readyz_and_metrics(tmp_path: Path, receiver: WebhookServer
         assert 'eventsinkd_wal_lines_rejected_total{reason="partial"} 1.0' in metrics
         assert "eventsinkd_wal_bytes_behind 0.0" in metrics
         assert 'eventsinkd_delivery_attempts_total{outcome="delivered",sink="a"} 5.0' in metrics
-        health = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "eventsinkd",
-            "health",
-            "--url",
-            f"{d.admin}/readyz",
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert await health.wait() == 0
+        assert await cli("health", "--url", f"{d.admin}/readyz") == 0
     finally:
         assert await d.stop() == 0
 
@@ -118,31 +109,12 @@ async def test_missing_wal_dir_is_not_ready_then_ready(
 ) -> None:
     d = Daemon(tmp_path, [{"name": "a", "url": receiver.url}])
     d.wal.rmdir()
-    with d.log.open("ab") as log:
-        d.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "eventsinkd",
-            "run",
-            "-c",
-            str(d.config),
-            stdout=log,
-            stderr=log,
-        )
+    await d.start(wait=False)
     try:
         await until(lambda: "does not exist" in d.log.read_text())
         readyz = await d.get("/readyz")
         assert "does not exist" in readyz
-        health = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "eventsinkd",
-            "health",
-            "--url",
-            f"{d.admin}/readyz",
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        assert await health.wait() == 1
+        assert await cli("health", "--url", f"{d.admin}/readyz") == 1
         w = NexusWriter(d.wal, precreate=False)
         w.append(3)
         await d.wait_ready()
@@ -174,18 +146,9 @@ async def test_exit_codes(tmp_path: Path) -> None:
         d = Daemon(tmp_path, [])
         d.admin = f"http://127.0.0.1:{port}"
         d.write_config([])
-        with d.log.open("ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "eventsinkd",
-                "run",
-                "-c",
-                str(d.config),
-                stdout=log,
-                stderr=log,
-            )
-        assert await asyncio.wait_for(proc.wait(), 30) == 3
+        await d.start(wait=False)
+        assert d.proc is not None
+        assert await asyncio.wait_for(d.proc.wait(), 30) == 3
         assert "cannot listen on" in d.log.read_text()
 
 

@@ -23,23 +23,28 @@ async def receiver() -> AsyncIterator[WebhookServer]:
     await srv.stop()
 
 
+def steady_writes(wal: Path, rate_per_s: float) -> asyncio.Future[NexusWriter]:
+    """3,000 entries from a Nexus-like writer in a thread: rotation and rewrites included."""
+    return asyncio.ensure_future(
+        asyncio.to_thread(
+            run_workload,
+            wal,
+            3000,
+            batch=15,
+            rewrite_every=300,
+            rate_per_s=rate_per_s,
+            max_segment_bytes=128 * 1024,
+        )
+    )
+
+
 @pytest.mark.parametrize("overflow", ["block", "drop"])
 async def test_kill_9_during_a_steady_stream(
     tmp_path: Path, receiver: WebhookServer, overflow: str
 ) -> None:
     rng = random.Random(overflow)
     d = Daemon(tmp_path, [{"name": "s", "url": receiver.url}], overflow=overflow)
-    writing = asyncio.ensure_future(
-        asyncio.to_thread(
-            run_workload,
-            d.wal,
-            3000,
-            batch=15,
-            rewrite_every=300,
-            rate_per_s=400,
-            max_segment_bytes=128 * 1024,
-        )
-    )
+    writing = steady_writes(d.wal, rate_per_s=400)
     await d.start()
     runs: list[tuple[int, Position | None]] = []  # (first request index, position resumed from)
     runs.append((0, None))
@@ -90,17 +95,7 @@ async def test_reload_storm_loses_nothing_in_block_mode(
 ) -> None:
     d = Daemon(tmp_path, [{"name": "s", "url": receiver.url}], overflow="block")
     await d.start()
-    writing = asyncio.ensure_future(
-        asyncio.to_thread(
-            run_workload,
-            d.wal,
-            3000,
-            batch=15,
-            rewrite_every=300,
-            rate_per_s=600,
-            max_segment_bytes=128 * 1024,
-        )
-    )
+    writing = steady_writes(d.wal, rate_per_s=600)
     try:
         for i in range(50):
             if i % 2 == 0:
