@@ -3,6 +3,7 @@
     python -m bench.delivery            # full run, about 2 minutes
     python -m bench.delivery --quick    # about half a minute
     python -m bench.delivery --profile  # cProfile of the engine, 0 ms receiver, concurrency 64
+    python -m bench.delivery --asyncio  # the engine on asyncio's own loop instead of uvloop
 
 Everything stays on 127.0.0.1. The receiver (``bench/receiver.py``) is a separate process
 answering ``204`` after 0 ms or 10 ms; the receiver, the load generator and the engine
@@ -22,8 +23,9 @@ answering ``204`` after 0 ms or 10 ms; the receiver, the load generator and the 
    the ceiling of the HTTP client the engine uses.
 
 Nexus's own in-process notifier (Go, v0.1.2), measured on this machine type, is printed
-for comparison. The engine runs on asyncio's own loop, as eventsinkd does; ``--uvloop``
-runs it (and the bare client) on uvloop, if that is installed.
+for comparison. The engine runs on uvloop, as ``eventsinkd run`` does when uvloop is
+installed (it falls back to asyncio's loop otherwise, and says so); ``--asyncio`` runs it on
+asyncio's own loop for comparison. The bare client runs on the same loop as the engine.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from bench import machine_summary, nproc
+from bench import Row, machine_summary, nproc
 from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.metrics import Metrics
@@ -64,6 +66,7 @@ MIN_EVENTS = 50
 RUN_TIMEOUT_S = 60.0  # one run never waits longer than this for wait_idle()
 CHILD_START_TIMEOUT_S = 15.0
 WAL_FILE = "wal-1.jsonl"
+T = TypeVar("T")
 
 
 # -- the receiver subprocess -----------------------------------------------------------
@@ -72,9 +75,18 @@ WAL_FILE = "wal-1.jsonl"
 class Receiver:
     """``python -m bench.receiver`` as a child process; always terminated on exit."""
 
-    def __init__(self, latency_ms: float, impl: str = "raw") -> None:
+    def __init__(
+        self,
+        latency_ms: float,
+        impl: str = "raw",
+        *,
+        record_arrivals: bool = False,
+        max_seconds: float = 600.0,
+    ) -> None:
         self.latency_ms = latency_ms
         self.impl = impl
+        self.record_arrivals = record_arrivals
+        self.max_seconds = max_seconds
         self.port = 0
         self.loop = "?"  # the receiver's event loop: asyncio, or uvloop when installed
         self.proc: subprocess.Popen[str] | None = None
@@ -93,8 +105,10 @@ class Receiver:
             "--latency-ms",
             str(self.latency_ms),
             "--max-seconds",
-            "600",
+            str(self.max_seconds),
         ]
+        if self.record_arrivals:
+            cmd.append("--record-arrivals")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             self.port, self.loop = self._read_port()
@@ -138,18 +152,26 @@ class Receiver:
             proc.stdout.close()
 
 
-async def receiver_stats(port: int) -> tuple[int, float]:
-    """(POSTs answered, receiver CPU seconds) from the receiver's ``GET /__stats``."""
+async def receiver_doc(port: int, query: str = "") -> dict[str, Any]:
+    """The receiver's ``GET /__stats`` document (``query`` e.g. ``"arrivals=1"``)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    target = "/__stats" + (f"?{query}" if query else "")
     try:
-        writer.write(b"GET /__stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
         await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 5)
+        raw = await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    doc = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    doc: dict[str, Any] = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    return doc
+
+
+async def receiver_stats(port: int) -> tuple[int, float]:
+    """(POSTs answered, receiver CPU seconds) from the receiver's ``GET /__stats``."""
+    doc = await receiver_doc(port)
     return int(doc["requests"]), float(doc["cpu_s"])
 
 
@@ -435,7 +457,7 @@ def nexus_lines() -> str:
 # -- profile ---------------------------------------------------------------------------
 
 
-def profile(n: int, concurrency: int = 64, top: int = 30) -> str:
+def profile(n: int, concurrency: int = 64, top: int = 30, loop: str = "uvloop") -> str:
     """cProfile of one engine run (0 ms receiver): own time, then cumulative time."""
     with Receiver(0) as rcv:
 
@@ -449,10 +471,10 @@ def profile(n: int, concurrency: int = 64, top: int = 30) -> str:
                 prof.disable()
 
         prof = cProfile.Profile()
-        sample = asyncio.run(go())
+        sample = run_on(loop, go())
     buf = io.StringIO()
     buf.write(
-        f"cProfile: {n:,} events, 0 ms receiver, concurrency {concurrency}: "
+        f"cProfile: {n:,} events, 0 ms receiver, concurrency {concurrency}, {loop}: "
         f"{sample.rate:,.0f} events/s under the profiler\n"
     )
     stats = pstats.Stats(prof, stream=buf)
@@ -521,6 +543,165 @@ def _stage(name: str) -> Iterator[None]:
         print(f" ({time.monotonic() - started:.1f} s)", flush=True, file=sys.stderr)
 
 
+def resolve_loop(use_asyncio: bool = False) -> str:
+    """The loop the engine runs on: uvloop like ``eventsinkd run``, unless asked for asyncio's
+    own loop or uvloop is not installed (the daemon then falls back to asyncio's loop too)."""
+    if use_asyncio:
+        return "asyncio"
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_on(loop: str, coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)`` on ``loop`` ("uvloop" or "asyncio"), without touching the global
+    event loop policy (the other benchmarks in the same process keep asyncio's loop)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop == "uvloop":
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+@dataclass(slots=True)
+class Report:
+    loop: str
+    receiver: str
+    connections: int
+    runs: int
+    quick: bool
+    caps: list[Capacity] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)
+    seconds: float = 0.0
+    machine_note: str = ""
+
+
+def measure_all(
+    *,
+    quick: bool = False,
+    runs: int | None = None,
+    seconds: float | None = None,
+    events: int | None = None,
+    connections: int = 64,
+    receiver: str = "raw",
+    loop: str = "uvloop",
+) -> Report:
+    """The receiver alone, then the engine in every cell (progress on stderr)."""
+    rep = Report(loop, receiver, connections, runs or (1 if quick else 3), quick)
+    target_s = seconds or (1.0 if quick else 4.0)
+    load_s = 1.5 if quick else 3.0
+    on_uvloop = loop == "uvloop"
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    busy_before, own_before = _machine_busy_s(), _own_cpu_s()
+
+    impls = ("raw",) if quick else ("raw", "aiohttp")
+    for impl in impls:
+        for latency in LATENCIES_MS:
+            with _stage(f"receiver alone: {impl}, {latency} ms"):
+                rep.caps.append(
+                    receiver_alone(impl, latency, load_s, connections, uvloop=on_uvloop)
+                )
+
+    for latency in LATENCIES_MS:
+        with Receiver(latency, receiver) as rcv:
+            for conc in CONCURRENCIES:
+                with _stage(f"engine ({loop}): {latency} ms receiver, concurrency {conc}"):
+                    cell = run_on(loop, measure_cell(rcv, conc, rep.runs, target_s, events))
+                with _stage(f"bare aiohttp client: {latency} ms receiver, {conc} connections"):
+                    cell.client = load_receiver(rcv, conc, load_s, uvloop=on_uvloop)
+                rep.cells.append(cell)
+
+    rep.seconds = time.monotonic() - started
+    busy_after, own = _machine_busy_s(), _own_cpu_s() - own_before
+    others = ""
+    if busy_before is not None and busy_after is not None:
+        avail = rep.seconds * nproc()
+        other_s = max(0.0, busy_after - busy_before - own)
+        others = (
+            f"; other processes used {other_s:.0f} CPU-s of the {avail:.0f} available "
+            f"({other_s / avail:.0%})"
+        )
+    rep.machine_note = (
+        f"this benchmark used {own:.0f} CPU-s{others}; 1-min load average {load_before:.2f} "
+        f"at the start, {os.getloadavg()[0]:.2f} at the end (other work on the machine skews "
+        "events/s more than CPU per event)"
+    )
+    return rep
+
+
+def print_report(rep: Report) -> None:
+    quick = ", quick" if rep.quick else ""
+    print(f"\n== delivery ({rep.seconds:.0f} s{quick}; engine on {rep.loop})")
+    print(machine_summary())
+    print(
+        f"all on 127.0.0.1; receiver, load generator and engine are separate processes "
+        f"sharing the same {nproc()} cores"
+    )
+    print(rep.machine_note)
+    print()
+    print(capacity_table(rep.caps, rep.connections, rep.loop))
+    print()
+    print(
+        f"engine on {rep.loop} -> {rep.receiver} receiver: one sink, drop mode, "
+        f"max_inflight {MAX_EVENTS:,}, batches of {BATCH_RECORDS}; "
+        "CPU = time.process_time() of the engine's process"
+    )
+    print(engine_table(rep.cells, rep.runs))
+    print()
+    print(nexus_lines())
+    sys.stdout.flush()
+
+
+def summary_rows(rep: Report) -> list[Row]:
+    """The figures ``python -m bench`` puts in its summary table."""
+    label = f"delivery engine ({rep.loop})"
+    rows = []
+    for cap in rep.caps:
+        if cap.impl != rep.receiver:
+            continue
+        per_cpu = f"{1e6 / cap.receiver_cpu_us:,.0f}" if cap.receiver_cpu_us > 0 else "-"
+        rows.append(
+            Row(
+                "delivery receiver alone",
+                f"{cap.latency_ms} ms receiver req/s",
+                f"{cap.rate:,.0f}",
+                f"{rep.connections} connections ({cap.loop}); {cap.receiver_cpu_us:,.0f} us "
+                f"CPU/req = {per_cpu} req per receiver CPU-second",
+            )
+        )
+    for c in rep.cells:
+        nexus = NEXUS_EVENTS_PER_S[c.latency_ms]
+        rates = " / ".join(f"{s.rate:,.0f}" for s in c.samples)
+        client = f"; bare client {c.client.rate:,.0f} req/s" if c.client else ""
+        rows.append(
+            Row(
+                label,
+                f"{c.latency_ms} ms, conc {c.concurrency} events/s",
+                f"{c.rate:,.0f}",
+                f"{c.rate / nexus:.2f}x Nexus; {c.cpu_ms_per_1000:,.0f} CPU-ms/1k ev; "
+                f"median of {len(c.samples)} ({rates}){client}",
+            )
+        )
+    return rows
+
+
+def run(
+    *,
+    quick: bool = False,
+    runs: int | None = None,
+    use_asyncio: bool = False,
+) -> list[Row]:
+    """Measure, print the detailed report, return the summary rows (for ``python -m bench``)."""
+    rep = measure_all(quick=quick, runs=runs, loop=resolve_loop(use_asyncio))
+    print_report(rep)
+    return summary_rows(rep)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.delivery")
     ap.add_argument("--quick", action="store_true", help="short runs, 1 run per cell")
@@ -531,80 +712,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--receiver", choices=("raw", "aiohttp"), default="raw")
     ap.add_argument("--profile", action="store_true", help="cProfile 0 ms / concurrency 64")
     ap.add_argument(
-        "--uvloop", action="store_true", help="engine and bare client on uvloop (if installed)"
+        "--asyncio",
+        action="store_true",
+        help="engine and bare client on asyncio's own loop (default: uvloop, as the daemon)",
     )
     args = ap.parse_args(argv)
-    engine_loop = "asyncio"
-    if args.uvloop:
-        try:
-            import uvloop  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            ap.error("--uvloop: uvloop is not installed")
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        engine_loop = "uvloop"
+    loop = resolve_loop(args.asyncio)
+    if not args.asyncio and loop != "uvloop":
+        print("uvloop is not installed: the engine runs on asyncio's loop", file=sys.stderr)
     if args.profile:
-        print(profile(args.events or 20_000))
+        print(profile(args.events or 20_000, loop=loop))
         return
-    runs = args.runs or (1 if args.quick else 3)
-    target_s = args.seconds or (1.0 if args.quick else 4.0)
-    load_s = 1.5 if args.quick else 3.0
     if args.events is not None and not MIN_EVENTS <= args.events <= MAX_EVENTS:
         ap.error(f"--events must be within {MIN_EVENTS}..{MAX_EVENTS}")
-    started = time.monotonic()
-    load_before = os.getloadavg()[0]
-    busy_before, own_before = _machine_busy_s(), _own_cpu_s()
-
-    impls = ("raw",) if args.quick else ("raw", "aiohttp")
-    caps: list[Capacity] = []
-    for impl in impls:
-        for latency in LATENCIES_MS:
-            with _stage(f"receiver alone: {impl}, {latency} ms"):
-                caps.append(
-                    receiver_alone(impl, latency, load_s, args.connections, uvloop=args.uvloop)
-                )
-
-    cells: list[Cell] = []
-    for latency in LATENCIES_MS:
-        with Receiver(latency, args.receiver) as rcv:
-            for conc in CONCURRENCIES:
-                with _stage(f"engine: {latency} ms receiver, concurrency {conc}"):
-                    cell = asyncio.run(measure_cell(rcv, conc, runs, target_s, args.events))
-                with _stage(f"bare aiohttp client: {latency} ms receiver, {conc} connections"):
-                    cell.client = load_receiver(rcv, conc, load_s, uvloop=args.uvloop)
-                cells.append(cell)
-
-    total = time.monotonic() - started
-    busy_after, own = _machine_busy_s(), _own_cpu_s() - own_before
-    others = ""
-    if busy_before is not None and busy_after is not None:
-        other_s = max(0.0, busy_after - busy_before - own)
-        others = (
-            f"; other processes used {other_s:.0f} CPU-s of the {total * nproc():.0f} available "
-            f"({other_s / (total * nproc()):.0%})"
-        )
-    print(f"\n== delivery ({total:.0f} s{', quick' if args.quick else ''})")
-    print(machine_summary())
-    print(
-        f"all on 127.0.0.1; receiver, load generator and engine are separate processes "
-        f"sharing the same {nproc()} cores"
+    rep = measure_all(
+        quick=args.quick,
+        runs=args.runs,
+        seconds=args.seconds,
+        events=args.events,
+        connections=args.connections,
+        receiver=args.receiver,
+        loop=loop,
     )
-    print(
-        f"this benchmark used {own:.0f} CPU-s{others}; 1-min load average {load_before:.2f} "
-        f"at the start, {os.getloadavg()[0]:.2f} at the end (other work on the machine skews "
-        "events/s more than CPU per event)"
-    )
-    print()
-    print(capacity_table(caps, args.connections, engine_loop))
-    print()
-    print(
-        f"engine ({engine_loop}) -> {args.receiver} receiver: one sink, drop mode, "
-        f"max_inflight {MAX_EVENTS:,}, batches of {BATCH_RECORDS}; "
-        "CPU = time.process_time() of the engine's process"
-    )
-    print(engine_table(cells, runs))
-    print()
-    print(nexus_lines())
-    sys.stdout.flush()
+    print_report(rep)
 
 
 if __name__ == "__main__":

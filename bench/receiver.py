@@ -6,9 +6,15 @@ Receiver (run as a subprocess by ``bench.delivery``)::
 
 binds an ephemeral port on 127.0.0.1, prints ``PORT <n> <loop>`` on stdout, and answers every
 POST with ``204 No Content`` after ``--latency-ms`` (a timer on the event loop, so any
-number of requests wait concurrently). ``GET /__stats`` answers
-``{"requests": <POSTs answered>, "cpu_s": <process CPU seconds>}`` and is not counted.
-It exits on SIGTERM/SIGINT, when its stdin closes (the parent died) or after
+number of requests wait concurrently; a huge value makes a receiver that never answers).
+``GET /__stats`` answers ``{"requests": <POSTs answered>, "received": <POSTs received>,
+"cpu_s": <process CPU seconds>, "first_ns": ..., "last_ns": ...}`` and is not counted;
+``first_ns``/``last_ns`` are the arrival times of the first and last POST, in
+``time.monotonic_ns()`` (CLOCK_MONOTONIC: on Linux one clock for every process, so they
+compare with times taken in other processes). With ``--record-arrivals`` the receiver also
+keeps the arrival time of every ``webhook-id`` (the first one, if an id arrives twice), and
+``GET /__stats?arrivals=1`` adds ``"arrivals": {<webhook-id>: <monotonic ns>}`` and
+``"unique"``. It exits on SIGTERM/SIGINT, when its stdin closes (the parent died) or after
 ``--max-seconds``.
 
 ``--impl raw`` (the default) is a bare asyncio HTTP/1.1 keep-alive protocol - it only
@@ -63,17 +69,46 @@ LOAD_HEADERS = {
 class Counter:
     """What the receiver reports on ``GET /__stats``."""
 
-    __slots__ = ("requests",)
+    __slots__ = ("arrivals", "first_ns", "last_ns", "received", "requests")
 
-    def __init__(self) -> None:
-        self.requests = 0
+    def __init__(self, record_arrivals: bool = False) -> None:
+        self.requests = 0  # POSTs answered
+        self.received = 0  # POSTs received (answered or not yet)
+        self.first_ns = 0
+        self.last_ns = 0
+        self.arrivals: dict[str, int] | None = {} if record_arrivals else None
 
-    def stats_json(self) -> bytes:
-        return json.dumps({"requests": self.requests, "cpu_s": time.process_time()}).encode()
+    def arrived(self, webhook_id: str | None) -> None:
+        """A POST has been read in full (called before its answer is scheduled)."""
+        now = time.monotonic_ns()
+        if not self.received:
+            self.first_ns = now
+        self.last_ns = now
+        self.received += 1
+        if self.arrivals is not None and webhook_id is not None:
+            self.arrivals.setdefault(webhook_id, now)
+
+    def stats_json(self, arrivals: bool = False) -> bytes:
+        doc: dict[str, Any] = {
+            "requests": self.requests,
+            "received": self.received,
+            "cpu_s": time.process_time(),
+            "first_ns": self.first_ns,
+            "last_ns": self.last_ns,
+        }
+        if self.arrivals is not None:
+            doc["unique"] = len(self.arrivals)
+            if arrivals:
+                doc["arrivals"] = self.arrivals
+        return json.dumps(doc).encode()
 
 
-def _stats_response(counter: Counter) -> bytes:
-    body = counter.stats_json()
+def _wants_arrivals(target: str) -> bool:
+    return "arrivals=1" in target.partition("?")[2].split("&")
+
+
+def _stats_response(counter: Counter, arrivals: bool = False) -> bytes:
+    body = counter.stats_json(arrivals)
     head = (
         f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
@@ -110,7 +145,8 @@ class RawHttp(asyncio.Protocol):
                 if len(buf) > MAX_HEAD_BYTES:
                     self._fail(RESPONSE_400)
                 return
-            head = bytes(buf[:end]).lower()
+            raw_head = bytes(buf[:end])
+            head = raw_head.lower()
             if b"transfer-encoding:" in head:
                 self._fail(RESPONSE_501)  # chunked bodies: not needed by the benchmark
                 return
@@ -130,8 +166,17 @@ class RawHttp(asyncio.Protocol):
             if b"\r\nconnection: close" in head:
                 self.close_after = True
             if head.startswith(b"get " + STATS_PATH.encode()):
-                self._write(_stats_response(self.counter))
+                target = head.split(b" ", 2)[1].decode("latin-1")
+                self._write(_stats_response(self.counter, _wants_arrivals(target)))
                 continue
+            webhook_id = None
+            if self.counter.arrivals is not None:
+                at = head.find(b"\r\nwebhook-id:")
+                if at >= 0:  # the value in its original case (lower() keeps the offsets)
+                    stop = head.find(b"\r\n", at + 2)
+                    value = raw_head[at + 13 : stop if stop >= 0 else None]
+                    webhook_id = value.strip().decode("latin-1")
+            self.counter.arrived(webhook_id)
             self.pending += 1
             if self.latency_s > 0:
                 self.loop.call_later(self.latency_s, self._answer)
@@ -180,13 +225,15 @@ async def start_aiohttp(counter: Counter, latency_s: float) -> tuple[int, Callab
 
     async def hook(req: web.Request) -> web.StreamResponse:
         await req.read()
+        counter.arrived(req.headers.get("webhook-id"))
         if latency_s > 0:
             await asyncio.sleep(latency_s)
         counter.requests += 1
         return web.Response(status=204)
 
-    async def stats(_req: web.Request) -> web.StreamResponse:
-        return web.Response(body=counter.stats_json(), content_type="application/json")
+    async def stats(req: web.Request) -> web.StreamResponse:
+        body = counter.stats_json(req.query.get("arrivals") == "1")
+        return web.Response(body=body, content_type="application/json")
 
     app = web.Application()
     app.router.add_get(STATS_PATH, stats)
@@ -202,7 +249,9 @@ async def start_aiohttp(counter: Counter, latency_s: float) -> tuple[int, Callab
 IMPLS = {"raw": start_raw, "aiohttp": start_aiohttp}
 
 
-async def serve(impl: str, latency_ms: float, max_seconds: float, loop_name: str) -> None:
+async def serve(
+    impl: str, latency_ms: float, max_seconds: float, loop_name: str, record_arrivals: bool = False
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -215,7 +264,7 @@ async def serve(impl: str, latency_ms: float, max_seconds: float, loop_name: str
             loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
-    counter = Counter()
+    counter = Counter(record_arrivals)
     port, close = await IMPLS[impl](counter, latency_ms / 1000)
     print(f"PORT {port} {loop_name}", flush=True)
     with contextlib.suppress(TimeoutError):
@@ -284,6 +333,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--impl", choices=sorted(IMPLS), default="raw")
     ap.add_argument("--max-seconds", type=float, default=900.0, help="exit after this long")
     ap.add_argument("--no-uvloop", action="store_true", help="receiver: use asyncio's loop")
+    ap.add_argument(
+        "--record-arrivals",
+        action="store_true",
+        help="receiver: keep each webhook-id's arrival time (GET /__stats?arrivals=1)",
+    )
     ap.add_argument("--uvloop", action="store_true", help="load generator: use uvloop")
     ap.add_argument("--load", metavar="URL", help="be the load generator against URL")
     ap.add_argument("--connections", type=int, default=64)
@@ -303,7 +357,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     loop_name = _install_uvloop(not args.no_uvloop)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.impl, args.latency_ms, args.max_seconds, loop_name))
+        asyncio.run(
+            serve(args.impl, args.latency_ms, args.max_seconds, loop_name, args.record_arrivals)
+        )
     sys.stdout.flush()
     os._exit(0)  # do not wait for the stdin-watching thread
 

@@ -32,6 +32,7 @@ from eventsinkd.wal.scanner import StartAt, WalScanner
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+EXIT_FAILURE = 1  # the reader died of an unexpected error: let systemd restart us
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 STATUS_EVERY_S = 5.0
@@ -56,6 +57,7 @@ class Daemon:
         self._should_exit: asyncio.Event | None = None
         self._reload: asyncio.Event | None = None
         self._force_exit = False
+        self._failed = False
         self._reader_task: asyncio.Task[None] | None = None
         self.metrics.registry.register(ReaderCollector(self))
 
@@ -166,7 +168,7 @@ class Daemon:
                 return code
             await self._main_loop()
             await self._shutdown()
-            return EXIT_OK
+            return EXIT_FAILURE if self._failed else EXIT_OK
         finally:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -242,6 +244,7 @@ class Daemon:
                 if self._reader_task.done():
                     if not self._reader_task.cancelled() and self._reader_task.exception():
                         log.error("the WAL reader failed", exc_info=self._reader_task.exception())
+                        self._failed = True
                     break
                 if self._reload.is_set():
                     self._reload.clear()
@@ -260,7 +263,7 @@ class Daemon:
         # 1. Stop reading. In block mode the reader may wait for room in a full
         #    sink: what it had not handed over yet is read again after a restart.
         self.follower.stop()
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(self._reader_task), 1.0)
         if not self._reader_task.done():
             self._reader_task.cancel()

@@ -150,27 +150,43 @@ class WalScanner:
     # -- one unit of work --------------------------------------------------
 
     def step(self) -> Batch | None:
-        """Read what is new; a Batch when the position moved, None when idle."""
-        names = self._list()
-        if names is None:
+        """Read what is new; a Batch when the position moved, None when idle.
+
+        Never raises for trouble with the files: a WAL that cannot be read makes
+        the scanner not ready (with the reason in ``error``) until it can.
+        """
+        try:
+            return self._step()
+        except OSError as exc:
+            self._not_ready(self._describe(exc))
             return None
-        if self._start is not None:
-            start, self._start = self._start, None
-            self._begin(start, names)
-        if self._cur is None:
-            nxt = self._first_with_data_after(names, self.position.segment)
-            if nxt is None:
-                self.at_end = True
+
+    def _step(self) -> Batch | None:
+        if self._start is not None or self._cur is None:
+            names = self._list()
+            if names is None:
                 return None
-            self._open(nxt)
-            return Batch([], self.position)
+            if self._start is not None:
+                start, self._start = self._start, None
+                self._begin(start, names)
+            if self._cur is None:
+                nxt = self._first_with_data_after(names, self.position.segment)
+                if nxt is None:
+                    self.at_end = True
+                    return None
+                self._open(nxt)
+                return Batch([], self.position)
         cur = self._cur
+        assert cur is not None
         gone = self._check_identity(cur)
         cur = self._cur
         lines = cur.read_lines(max_lines=self._batch_lines)
-        if lines:
+        if lines:  # the common case while catching up: no directory listing needed
             self.at_end = False
             return self._emit(cur, lines)
+        names = self._list()
+        if names is None:
+            return None
         # The current segment is finished once it is gone or a later segment
         # holds data. Decide that before the final read: Nexus wrote (and
         # fsynced) the last lines here before its first line there.
@@ -196,26 +212,26 @@ class WalScanner:
     def _list(self) -> list[str] | None:
         try:
             names = list_segments(self.wal_dir)
-        except FileNotFoundError:
-            self._not_ready(f"WAL directory {self.wal_dir} does not exist (yet)")
-            return None
-        except NotADirectoryError:
-            self._not_ready(f"WAL path {self.wal_dir} is not a directory")
-            return None
-        except PermissionError:
-            self._not_ready(
-                f"WAL directory {self.wal_dir} is not readable by uid {os.getuid()}: "
-                "run eventsinkd as the Nexus user or a group with read access"
-            )
-            return None
         except OSError as exc:
-            self._not_ready(f"cannot list WAL directory {self.wal_dir}: {exc}")
+            self._not_ready(self._describe(exc))
             return None
         if self.error is not None:
             log.info("WAL directory %s is readable again", self.wal_dir)
             self.error = None
         self.stats.segments = len(names)
         return names
+
+    def _describe(self, exc: OSError) -> str:
+        if isinstance(exc, FileNotFoundError) and not self.wal_dir.exists():
+            return f"WAL directory {self.wal_dir} does not exist (yet)"
+        if isinstance(exc, NotADirectoryError):
+            return f"WAL path {self.wal_dir} is not a directory"
+        if isinstance(exc, PermissionError):
+            return (
+                f"WAL directory {self.wal_dir} is not readable by uid {os.getuid()}: "
+                "run eventsinkd as the Nexus user or a group with read access"
+            )
+        return f"cannot read the WAL in {self.wal_dir}: {exc}"
 
     def _not_ready(self, why: str) -> None:
         if why != self.error:
