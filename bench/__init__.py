@@ -1,8 +1,9 @@
-"""Benchmarks for eventsinkd's WAL reader.
+"""Benchmarks for eventsinkd: the WAL reader, the delivery engine, and the real daemon end to end.
 
-``python -m bench`` runs them all and prints a table; each module also runs alone
-(``python -m bench.catchup``, ``python -m bench.follow_latency``, ``python -m bench.walgen``).
-Generated WALs are cached under ``bench/results/`` (git-ignored).
+``python -m bench`` runs them all (not the soak test) and prints one table; each module also
+runs alone (``python -m bench.catchup``, ``python -m bench.follow_latency``,
+``python -m bench.delivery``, ``python -m bench.e2e``, ``python -m bench.walgen``,
+``python -m bench.soak``). Generated WALs are cached under ``bench/results/`` (git-ignored).
 """
 
 from __future__ import annotations

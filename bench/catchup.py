@@ -215,7 +215,6 @@ def run(
     *,
     budget_s: float = 160.0,
     profile_if_slow: bool = True,
-    alt_batch_lines: int | None = 256,
 ) -> list[Row]:
     """Measure the real reader and the plain loop; returns the table rows."""
     started = time.monotonic()
@@ -269,20 +268,6 @@ def run(
             ),
             Row(label, "plain loop peak RSS", _mib(max(r.hwm_kib for r in plain)), "VmHWM"),
         ]
-        if n == len(sizes) - 1 and alt_batch_lines:
-            # Smaller batches keep fewer decoded entries alive at once (cache-friendlier).
-            alt = measure("reader", wal_dir, runs, size, 45.0, batch_lines=alt_batch_lines)
-            alt_rate = statistics.median(r.rate for r in alt)
-            alt_rates = ", ".join(f"{r.rate:,.0f}" for r in alt)
-            rows.append(
-                Row(
-                    label,
-                    f"reader, batch_lines={alt_batch_lines}",
-                    f"{alt_rate:,.0f}",
-                    f"entries/s, median of {len(alt)}: {alt_rates}; "
-                    f"peak RSS {_mib(max(r.hwm_kib for r in alt))}",
-                )
-            )
     verdict = "meets" if big_rate >= TARGET_ENTRIES_PER_S else "BELOW"
     rows.append(
         Row("catchup", "target", f"{TARGET_ENTRIES_PER_S:,}", f"reader {verdict} the target")

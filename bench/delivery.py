@@ -695,11 +695,12 @@ def run(
     quick: bool = False,
     runs: int | None = None,
     use_asyncio: bool = False,
-) -> list[Row]:
-    """Measure, print the detailed report, return the summary rows (for ``python -m bench``)."""
+) -> tuple[list[Row], Report]:
+    """Measure and print the detailed report; the summary rows and the report (for
+    ``python -m bench``)."""
     rep = measure_all(quick=quick, runs=runs, loop=resolve_loop(use_asyncio))
     print_report(rep)
-    return summary_rows(rep)
+    return summary_rows(rep), rep
 
 
 def main(argv: list[str] | None = None) -> None:

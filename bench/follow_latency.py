@@ -12,8 +12,10 @@ shows as a negative latency (the share of those is reported).
 
 Runs with the default wakeups (watchfiles/inotify, with the poll timer behind it) and
 with ``force_polling=True`` (only the poll timer, ``poll_interval_s`` = 0.5 s by default).
+Each mode runs ``--runs`` times (a fresh WAL and reader each time); each figure is the
+median of the runs' figures.
 
-    python -m bench.follow_latency --duration 10 --rate 1000
+    python -m bench.follow_latency --duration 10 --rate 1000 --runs 3
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,33 +154,56 @@ def _ms(value: float) -> str:
     return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
-def rows_for(res: Result, poll_interval_s: float) -> list[Row]:
-    label = f"follow {res.mode}"
-    if res.mode == "polling":
+def rows_for(results: list[Result], poll_interval_s: float) -> list[Row]:
+    """Rows for one mode: each figure the median over ``results`` (one per run)."""
+    mode = results[0].mode
+    label = f"follow {mode}"
+    if mode == "polling":
         label += f" {poll_interval_s:g}s"
-    lat = res.latencies_ms
-    if not lat:
-        return [Row(label, "latency", "n/a", f"nothing received of {res.written:,}")]
-    missing = res.written - res.received
-    early = sum(1 for v in lat if v < 0)
-    got = f"{res.received:,}/{res.written:,} entries in {res.batches:,} batches"
+    runs = [r for r in results if r.latencies_ms]
+    written = sum(r.written for r in results)
+    received = sum(r.received for r in results)
+    if not runs:
+        return [Row(label, "latency", "n/a", f"nothing received of {written:,}")]
+
+    def med(fn: Callable[[Result], float]) -> float:
+        return statistics.median(fn(r) for r in runs)
+
+    def each(fn: Callable[[Result], float]) -> str:
+        return "runs: " + " / ".join(_ms(fn(r)) for r in runs) if len(runs) > 1 else ""
+
+    def p50(r: Result) -> float:
+        return percentile(r.latencies_ms, 50)
+
+    def p99(r: Result) -> float:
+        return percentile(r.latencies_ms, 99)
+
+    def worst(r: Result) -> float:
+        return max(r.latencies_ms)
+
+    missing = written - received
+    early = sum(1 for r in runs for v in r.latencies_ms if v < 0)
+    lowest = min(min(r.latencies_ms) for r in runs)
+    got = f"median of {len(runs)}; {received:,}/{written:,} entries"
+    got += f" in {sum(r.batches for r in results):,} batches"
     if missing:
         got += f" ({missing:,} MISSING)"
+    fsync = [v for r in results for v in r.fsync_ms]
     return [
-        Row(label, "latency p50", _ms(percentile(lat, 50)), got),
-        Row(label, "latency p99", _ms(percentile(lat, 99)), ""),
+        Row(label, "latency p50", _ms(med(p50)), f"{got}; {each(p50)}".rstrip("; ")),
+        Row(label, "latency p99", _ms(med(p99)), each(p99)),
         Row(
             label,
             "latency max",
-            _ms(max(lat)),
-            f"min {_ms(min(lat))}; {early:,} yielded before the writer's fsync returned",
+            _ms(med(worst)),
+            f"{each(worst)}; min {_ms(lowest)}; {early:,} yielded before the writer's fsync "
+            "returned".lstrip("; "),
         ),
         Row(
             label,
             "writer appends/s",
-            f"{res.write_rate:,.0f}",
-            f"write+fsync p50 {_ms(percentile(res.fsync_ms, 50))}, "
-            f"p99 {_ms(percentile(res.fsync_ms, 99))}",
+            f"{med(lambda r: r.write_rate):,.0f}",
+            f"write+fsync p50 {_ms(percentile(fsync, 50))}, p99 {_ms(percentile(fsync, 99))}",
         ),
     ]
 
@@ -186,6 +213,7 @@ def run(
     duration_s: float = 10.0,
     modes: tuple[str, ...] = ("watch", "polling"),
     *,
+    runs: int = 3,
     poll_interval_s: float = 0.5,
     base_dir: Path | None = None,
 ) -> list[Row]:
@@ -193,17 +221,31 @@ def run(
     with tempfile.TemporaryDirectory(prefix="eventsinkd-bench-", dir=base_dir) as tmp:
         work_dir = Path(tmp)
         for mode in modes:
-            res = asyncio.run(measure(mode, rate, duration_s, work_dir, poll_interval_s))
-            rows += rows_for(res, poll_interval_s)
+            results = []
+            for i in range(runs):
+                run_dir = work_dir / f"{mode}-{i}"
+                run_dir.mkdir()
+                results.append(
+                    asyncio.run(measure(mode, rate, duration_s, run_dir, poll_interval_s))
+                )
+            rows += rows_for(results, poll_interval_s)
         fs = filesystem_of(work_dir)
-    rows.append(Row("follow", "temp WAL on", fs, f"{work_dir.parent}; {duration_s:g} s per mode"))
+    rows.append(
+        Row(
+            "follow",
+            "temp WAL on",
+            fs,
+            f"{work_dir.parent}; {runs} x {duration_s:g} s per mode at {rate:,.0f} appends/s",
+        )
+    )
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.follow_latency")
     ap.add_argument("--rate", type=float, default=1000.0, help="appends per second")
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds of appends per mode")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of appends per run")
+    ap.add_argument("--runs", type=int, default=3, help="runs per mode (median reported)")
     ap.add_argument("--mode", choices=["watch", "polling", "both"], default="both")
     ap.add_argument("--poll-interval", type=float, default=0.5)
     ap.add_argument("--dir", type=Path, help="where to create the temporary WAL")
@@ -217,7 +259,12 @@ def main(argv: list[str] | None = None) -> None:
     modes = ("watch", "polling") if args.mode == "both" else (args.mode,)
     started = time.monotonic()
     rows = run(
-        args.rate, args.duration, modes, poll_interval_s=args.poll_interval, base_dir=args.dir
+        args.rate,
+        args.duration,
+        modes,
+        runs=args.runs,
+        poll_interval_s=args.poll_interval,
+        base_dir=args.dir,
     )
     print_table(f"follow latency ({time.monotonic() - started:.0f} s)", rows)
 
