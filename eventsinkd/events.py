@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -75,24 +76,25 @@ def event_body(entry: Entry, content: ContentMode = "summary") -> bytes:
 
 
 class Event:
-    """One event on its way to the sinks; bodies are built once per content mode."""
+    """One event on its way to the sinks.
 
-    __slots__ = ("_bodies", "entry", "id", "ticket", "type")
+    The bodies the sinks need are rendered once, up front, and the entry is not
+    kept: a queued event costs its body bytes, not the whole decoded memory.
+    """
 
-    def __init__(self, kind: str, entry: Entry, ticket: object = None) -> None:
+    __slots__ = ("_bodies", "id", "ticket", "timestamp", "type")
+
+    def __init__(self, kind: str, entry: Entry, contents: Iterable[ContentMode]) -> None:
         self.type = kind
-        self.entry = entry
         self.id = webhook_id(kind, entry)
-        self.ticket = ticket  # the engine's acknowledgement handle (block mode)
-        self._bodies: dict[str, bytes] = {}
+        self.timestamp = entry.timestamp
+        self.ticket: object = None  # the engine's acknowledgement handle (block mode)
+        self._bodies = {content: event_body(entry, content) for content in contents}
+
+    def body(self, content: ContentMode) -> bytes:
+        return self._bodies[content]
 
     @property
     def wal_time(self) -> float | None:
         """Unix time the WAL gave the entry (parsed when a sink needs it, not per event)."""
-        return parse_go_time(self.entry.timestamp)
-
-    def body(self, content: ContentMode) -> bytes:
-        body = self._bodies.get(content)
-        if body is None:
-            body = self._bodies[content] = event_body(self.entry, content)
-        return body
+        return parse_go_time(self.timestamp)

@@ -53,8 +53,11 @@ class Engine:
             kind = event_type(rec.entry)
             if kind is None:
                 continue
-            event = Event(kind, rec.entry)
-            targets = [s for s in sinks if s.accepts(event)]
+            entry = rec.entry
+            targets = [s for s in sinks if s.accepts(kind, entry)]
+            if not targets:
+                continue  # the batch end moves the position past it
+            event = Event(kind, entry, {s.cfg.content for s in targets})
             if not self.block:
                 for sink in targets:
                     sink.offer(event)

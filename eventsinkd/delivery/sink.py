@@ -28,6 +28,7 @@ from eventsinkd.delivery.signing import sign
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics
 from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.wal.entry import Entry
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,8 @@ class Sink:
 
     # -- taking events -------------------------------------------------------------
 
-    def accepts(self, event: Event) -> bool:
-        return self._filter is None or self._filter.matches(event.type, event.entry)
+    def accepts(self, kind: str, entry: Entry) -> bool:
+        return self._filter is None or self._filter.matches(kind, entry)
 
     def offer(self, event: Event) -> bool:
         """Drop mode: queue ``event`` if there is room, else drop and count it. Never waits."""
@@ -243,11 +244,12 @@ class Sink:
 
     async def put(self, event: Event) -> None:
         """Block mode: wait for room, then queue ``event``."""
-        self.stats.offered += 1
-        self._m_offered.inc()
         while self.inflight >= self.max_inflight:
             self._room.clear()
             await self._room.wait()
+        # Counted once it is held, so offered = delivered + failed + dropped + queue depth.
+        self.stats.offered += 1
+        self._m_offered.inc()
         self._enqueue(event)
 
     def _enqueue(self, event: Event) -> None:

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.wal.directory import SegmentDirectory
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, Reject
 from eventsinkd.wal.position import Position
-from eventsinkd.wal.segments import SegmentFile, list_segments
+from eventsinkd.wal.segments import SegmentFile
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class WalScanner:
         self._batch_lines = batch_lines
         self._dedup_window = dedup_window
         self._recent = _RecentKeys(dedup_window)
+        self._dir = SegmentDirectory(wal_dir)
         self._cur: SegmentFile | None = None
         self._cur_gone = False
         self._rlog = RateLimitedLog(log)
@@ -128,24 +130,19 @@ class WalScanner:
     def backlog_bytes(self) -> int:
         """Bytes in the WAL not yet read: the rest of the current segment and all later ones.
 
-        For metrics and status only (it lists and stats the directory).
+        For metrics and status only (it stats the later segments).
         """
         try:
-            names = list_segments(self.wal_dir)
+            names = self._dir.names()
         except OSError:
             return 0
         cur = self._cur
-        after = cur.name if cur is not None else self.position.segment
         total = 0
         if cur is not None:
             with contextlib.suppress(OSError):
                 total += max(0, cur.size() - cur.read_off)
-        for name in names[bisect.bisect_right(names, after) :]:
-            try:
-                total += os.stat(self.wal_dir / name).st_size
-            except FileNotFoundError:
-                continue
-        return total
+        after = cur.name if cur is not None else self.position.segment
+        return total + self._dir.size_after(names, after)
 
     # -- one unit of work --------------------------------------------------
 
@@ -170,7 +167,7 @@ class WalScanner:
                 start, self._start = self._start, None
                 self._begin(start, names)
             if self._cur is None:
-                nxt = self._first_with_data_after(names, self.position.segment)
+                nxt = self._dir.first_with_data_after(names, self.position.segment)
                 if nxt is None:
                     self.at_end = True
                     return None
@@ -190,7 +187,7 @@ class WalScanner:
         # The current segment is finished once it is gone or a later segment
         # holds data. Decide that before the final read: Nexus wrote (and
         # fsynced) the last lines here before its first line there.
-        nxt = self._first_with_data_after(names, cur.name)
+        nxt = self._dir.first_with_data_after(names, cur.name)
         if not gone and nxt is None:
             self.at_end = True
             return None
@@ -211,7 +208,7 @@ class WalScanner:
 
     def _list(self) -> list[str] | None:
         try:
-            names = list_segments(self.wal_dir)
+            names = self._dir.names()
         except OSError as exc:
             self._not_ready(self._describe(exc))
             return None
@@ -238,15 +235,6 @@ class WalScanner:
             log.error("%s; waiting for it", why)
         self.error = why
         self.at_end = True
-
-    def _first_with_data_after(self, names: list[str], after: str) -> str | None:
-        for name in names[bisect.bisect_right(names, after) :]:
-            try:
-                if os.stat(self.wal_dir / name).st_size > 0:
-                    return name
-            except FileNotFoundError:
-                continue
-        return None
 
     def _open(self, name: str, line: int = 0) -> SegmentFile | None:
         try:
