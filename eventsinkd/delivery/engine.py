@@ -57,11 +57,18 @@ class Engine:
             targets = [s for s in sinks if s.accepts(kind, entry)]
             if not targets:
                 continue  # the batch end moves the position past it
-            event = Event(kind, entry, {s.cfg.content for s in targets})
             if not self.block:
+                # A flood against full sinks only counts drops: no body is rendered for them.
+                open_sinks = [s for s in targets if s.has_room]
                 for sink in targets:
-                    sink.offer(event)
+                    if not sink.has_room:
+                        sink.drop()
+                if open_sinks:
+                    event = Event(kind, entry, {s.cfg.content for s in open_sinks})
+                    for sink in open_sinks:
+                        sink.offer(event)
                 continue
+            event = Event(kind, entry, {s.cfg.content for s in targets})
             event.ticket = self.tracker.track(rec.position, len(targets))
             for sink in targets:
                 await sink.put(event)

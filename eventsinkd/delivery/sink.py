@@ -224,23 +224,33 @@ class Sink:
     def accepts(self, kind: str, entry: Entry) -> bool:
         return self._filter is None or self._filter.matches(kind, entry)
 
+    @property
+    def has_room(self) -> bool:
+        return self.inflight < self.max_inflight and not self._draining.is_set()
+
     def offer(self, event: Event) -> bool:
         """Drop mode: queue ``event`` if there is room, else drop and count it. Never waits."""
+        if not self.has_room:
+            self.drop()
+            return False
         self.stats.offered += 1
         self._m_offered.inc()
-        if self.inflight >= self.max_inflight or self._draining.is_set():
-            self.stats.dropped += 1
-            self._m_dropped.inc()
-            self._rlog.log(
-                logging.WARNING,
-                "drop",
-                "sink %s: queue full (%d events), dropping events",
-                self.name,
-                self.max_inflight,
-            )
-            return False
         self._enqueue(event)
         return True
+
+    def drop(self) -> None:
+        """Count an event this sink had no room for (the warning is rate-limited)."""
+        self.stats.offered += 1
+        self._m_offered.inc()
+        self.stats.dropped += 1
+        self._m_dropped.inc()
+        self._rlog.log(
+            logging.WARNING,
+            "drop",
+            "sink %s: queue full (%d events), dropping events",
+            self.name,
+            self.max_inflight,
+        )
 
     async def put(self, event: Event) -> None:
         """Block mode: wait for room, then queue ``event``."""
