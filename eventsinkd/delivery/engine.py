@@ -103,7 +103,9 @@ class Engine:
             if cur is not None and keep_all and cur.cfg == sc:
                 new[sc.name] = cur
                 continue
-            sink = Sink(sc, cfg, self.metrics, self._finished)
+            sink = Sink(
+                sc, cfg, self.metrics, self._finished, stats=cur.stats if cur is not None else None
+            )
             await sink.start()
             new[sc.name] = sink
             changes.append(f"{'changed' if cur is not None else 'added'} sink {sc.name}")

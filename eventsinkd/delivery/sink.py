@@ -73,13 +73,16 @@ class Sink:
         on_finish: Callable[[Event], None] | None = None,
         *,
         rng: random.Random | None = None,
+        stats: SinkStats | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.max_inflight = events.max_inflight
         self.backoff = events.backoff_for(cfg)
         self.retry_after_max = events.retry_after_max_seconds
-        self.stats = SinkStats()
+        # A sink reconfigured by a reload shares its predecessor's figures, as the
+        # Prometheus counters of the same name do.
+        self.stats = stats if stats is not None else SinkStats()
         self.inflight = 0  # accepted and not finished: queued, in flight or parked for a retry
         self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish
