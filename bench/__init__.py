@@ -4,17 +4,37 @@
 runs alone (``python -m bench.catchup``, ``python -m bench.follow_latency``,
 ``python -m bench.delivery``, ``python -m bench.e2e``, ``python -m bench.walgen``,
 ``python -m bench.soak``). Generated WALs are cached under ``bench/results/`` (git-ignored).
+
+This module holds what every benchmark shares and that is cheap to import (the catch-up
+child measures its RSS after importing it): the machine's description, the /proc readers,
+the CPU accounting, medians and percentiles, progress lines and the results table.
+``bench.common`` holds the 127.0.0.1 plumbing (ports, the receiver child process).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import resource
+import socket
+import statistics
 import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
+
+# Nexus v0.1.2 internal/eventsink, one event at a time, measured on this machine type: events/s
+# by receiver latency (ms). The delivery and end-to-end benchmarks measure the same grid.
+NEXUS_EVENTS_PER_S = {0: 7_800.0, 10: 93.0}
+LATENCIES_MS = (0, 10)
+CONCURRENCIES = (1, 8, 64)
 
 
 @dataclass(slots=True, frozen=True)
@@ -25,6 +45,9 @@ class Row:
     measure: str
     value: str
     detail: str = ""
+
+
+# -- the machine -----------------------------------------------------------------------
 
 
 def cpu_model() -> str:
@@ -69,11 +92,112 @@ def filesystem_of(path: Path) -> str:
     return fstype
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- processes, from /proc -------------------------------------------------------------
+
+
+def proc_cpu_s(pid: int | str = "self") -> float:
+    """utime + stime of ``pid`` in seconds (``/proc/<pid>/stat``, clock ticks)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status_kib(
+    pid: int | str = "self", keys: Iterable[str] = ("VmRSS", "VmHWM")
+) -> dict[str, int]:
+    """Memory figures of ``pid`` in KiB from ``/proc/<pid>/status`` (-1 for any missing)."""
+    out = dict.fromkeys(keys, -1)
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            key = line.split(":", 1)[0]
+            if key in out:
+                out[key] = int(line.split()[1])
+    return out
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all processes have run since boot (/proc/stat), or None if unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields[:3]) / CLK_TCK  # user + nice + system (not irq, softirq, steal, idle)
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its (waited-for) children: receivers, load generators."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass(slots=True, frozen=True)
+class CpuUse:
+    """What a benchmark used, and what the rest of the machine used meanwhile."""
+
+    seconds: float  # wall time
+    own_s: float  # this process and its waited-for children
+    other_s: float | None  # every other process; None when /proc/stat is unreadable
+
+    @property
+    def available_s(self) -> float:
+        return self.seconds * nproc()
+
+
+class CpuMeter:
+    """Started on creation; ``read()`` gives the CPU used since then, by us and by the others
+    (other work on the machine skews the figures)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._busy = machine_busy_s()
+        self._own = own_cpu_s()
+
+    def read(self) -> CpuUse:
+        seconds = time.monotonic() - self.started
+        busy, own = machine_busy_s(), own_cpu_s() - self._own
+        other = None
+        if self._busy is not None and busy is not None:
+            other = max(0.0, busy - self._busy - own)
+        return CpuUse(seconds, own, other)
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def median_of(items: Iterable[T], fn: Callable[[T], float]) -> float:
+    """The median of ``fn`` over ``items`` (which must not be empty)."""
+    return statistics.median(fn(x) for x in items)
+
+
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile of ``values`` (which must not be empty)."""
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Progress on stderr: ``... name`` and, when it is over, how long it took."""
+    started = time.monotonic()
+    print(f"... {name}", end="", flush=True, file=sys.stderr)
+    try:
+        yield
+    finally:
+        print(f" ({time.monotonic() - started:.1f} s)", flush=True, file=sys.stderr)
 
 
 def format_table(rows: list[Row]) -> str:

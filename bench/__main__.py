@@ -9,17 +9,26 @@ summary ends with the comparison with Nexus's own in-process notifier.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable
 
-from bench import Row, catchup, delivery, e2e, follow_latency, machine_summary, print_table
+from bench import (
+    NEXUS_EVENTS_PER_S,
+    Row,
+    catchup,
+    delivery,
+    e2e,
+    follow_latency,
+    machine_summary,
+    print_table,
+)
+from bench.e2e.burst import median_dropped
 
 # Nexus v0.1.2's notifier (internal/eventsink), measured on this machine type.
-NEXUS_0MS = delivery.NEXUS_EVENTS_PER_S[0]
-NEXUS_10MS = delivery.NEXUS_EVENTS_PER_S[10]
+NEXUS_0MS = NEXUS_EVENTS_PER_S[0]
+NEXUS_10MS = NEXUS_EVENTS_PER_S[10]
 NEXUS_BURST_DROPPED = 1_000  # of a 2,000-event burst, with its default queue of 1,000
 
 
@@ -64,10 +73,7 @@ def nexus_rows(rep: delivery.Report | None, res: e2e.Results | None) -> list[Row
             )
         )
     if res is not None and res.bursts:
-        got = {
-            mode: statistics.median(b.dropped for b in results)
-            for mode, results in res.bursts.items()
-        }
+        got = {mode: median_dropped(results) for mode, results in res.bursts.items()}
         value = " / ".join(f"{mode} {n:,.0f}" for mode, n in got.items())
         rows.append(
             Row(

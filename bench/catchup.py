@@ -31,7 +31,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import Row, print_table
+from bench import Row, print_table, proc_status_kib
 from bench.walgen import cached_wal
 
 TARGET_ENTRIES_PER_S = 100_000
@@ -40,14 +40,11 @@ START = b"BFBFBFBFBFBFBFBF"
 
 
 def _vm_kib(field: str) -> int:
+    """``field`` of this process's /proc/self/status in KiB, -1 if unreadable."""
     try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
+        return proc_status_kib("self", (field,))[field]
     except (OSError, ValueError):
-        pass
-    return -1
+        return -1
 
 
 async def _read_with_follower(wal_dir: Path, batch_lines: int | None) -> tuple[int, int]:

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import Row, filesystem_of, percentile, print_table
+from bench import Row, filesystem_of, median_of, percentile, print_table
 from bench.walgen import BASE_NS, LineFactory, segment_name
 
 WARMUP_S = 0.5  # let the watcher settle before the first append
@@ -166,9 +165,6 @@ def rows_for(results: list[Result], poll_interval_s: float) -> list[Row]:
     if not runs:
         return [Row(label, "latency", "n/a", f"nothing received of {written:,}")]
 
-    def med(fn: Callable[[Result], float]) -> float:
-        return statistics.median(fn(r) for r in runs)
-
     def each(fn: Callable[[Result], float]) -> str:
         return "runs: " + " / ".join(_ms(fn(r)) for r in runs) if len(runs) > 1 else ""
 
@@ -190,19 +186,19 @@ def rows_for(results: list[Result], poll_interval_s: float) -> list[Row]:
         got += f" ({missing:,} MISSING)"
     fsync = [v for r in results for v in r.fsync_ms]
     return [
-        Row(label, "latency p50", _ms(med(p50)), f"{got}; {each(p50)}".rstrip("; ")),
-        Row(label, "latency p99", _ms(med(p99)), each(p99)),
+        Row(label, "latency p50", _ms(median_of(runs, p50)), f"{got}; {each(p50)}".rstrip("; ")),
+        Row(label, "latency p99", _ms(median_of(runs, p99)), each(p99)),
         Row(
             label,
             "latency max",
-            _ms(med(worst)),
+            _ms(median_of(runs, worst)),
             f"{each(worst)}; min {_ms(lowest)}; {early:,} yielded before the writer's fsync "
             "returned".lstrip("; "),
         ),
         Row(
             label,
             "writer appends/s",
-            f"{med(lambda r: r.write_rate):,.0f}",
+            f"{median_of(runs, lambda r: r.write_rate):,.0f}",
             f"write+fsync p50 {_ms(percentile(fsync, 50))}, p99 {_ms(percentile(fsync, 99))}",
         ),
     ]

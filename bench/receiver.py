@@ -44,7 +44,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 STATS_PATH = "/__stats"
 MAX_HEAD_BYTES = 64 * 1024
@@ -238,6 +241,14 @@ async def start_aiohttp(counter: Counter, latency_s: float) -> tuple[int, Callab
     app = web.Application()
     app.router.add_get(STATS_PATH, stats)
     app.router.add_post("/{tail:.*}", hook)
+    return await serve_app(app)
+
+
+async def serve_app(app: web.Application) -> tuple[int, Callable[[], Any]]:
+    """Serve ``app`` on an ephemeral port of 127.0.0.1: (the port, the coroutine that stops it).
+    Also what the soak test's in-process receivers start with."""
+    from aiohttp import web
+
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)

@@ -22,11 +22,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiohttp import web
 
+from bench import free_port, proc_status_kib
+from bench.receiver import serve_app
 from eventsinkd.sim.nexus_writer import NexusWriter
 
 HEALTHY, FLAKY = "healthy", "flaky"
@@ -38,7 +42,7 @@ class Receiver:
         self.requests = 0
         self.arrivals: dict[str, float] = {}
         self.port = 0
-        self._runner: web.AppRunner | None = None
+        self._close: Callable[[], Any] | None = None
 
     async def _handle(self, req: web.Request) -> web.Response:
         await req.read()
@@ -51,28 +55,21 @@ class Receiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port, self._close = await serve_app(app)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._close is not None:
+            await self._close()
 
 
 def proc_figures(pid: int) -> tuple[float, int]:
     """(RSS in MiB, open file descriptors) of a process, from /proc."""
-    rss_kb = 0
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                rss_kb = int(line.split()[1])
+    rss_kb = proc_status_kib(pid, ("VmRSS",))["VmRSS"]
     return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: int) -> float:
+    """Interpolated percentile (statistics.quantiles), not ``bench.percentile``'s nearest rank."""
     if not values:
         return float("nan")
     return (
@@ -89,12 +86,7 @@ async def soak(minutes: float, rate: float, window_minutes: float) -> int:
     healthy, flaky = Receiver(), Receiver(fail_every=7)
     await healthy.start()
     await flaky.start()
-    admin_port = 0
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        admin_port = s.getsockname()[1]
+    admin_port = free_port()
     config = root / "config.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -1,0 +1,85 @@
+"""b. Latency from a line's fsync (when ``append`` returns) to its arrival at the receiver.
+
+Matched per ``webhook-id``; both sides take ``time.monotonic_ns()`` (CLOCK_MONOTONIC, one
+clock for every process on Linux). The writer appends at a fixed rate, each append one fsync;
+when fsyncs cannot keep up with the rate, appends carry more than one entry (group commit, as
+Nexus does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench import percentile
+from bench.common import Receiver
+from bench.e2e.common import Daemon, Paced, new_writer, paced_write, stage, wait_for, wal_files
+
+if TYPE_CHECKING:
+    from bench.e2e import Results
+
+LATENCY_RATES = (100, 1_000, 5_000)
+
+
+@dataclass(slots=True)
+class LatWindow:
+    written: int
+    arrived: int
+    appends: int
+    write_rate: float
+    latencies_ms: list[float]
+
+    def pct(self, p: float) -> float:
+        return percentile(self.latencies_ms, p)
+
+
+@dataclass(slots=True)
+class LatResult:
+    rate: int
+    windows: list[LatWindow] = field(default_factory=list)
+    dropped: int = 0
+    segments: tuple[int, int] = (0, 0)  # segment files in the WAL at the end, empty ones
+
+
+def _unique_at_least(rcv: Receiver, n: int) -> Callable[[], bool]:
+    """Whether ``n`` distinct webhook-ids have arrived at ``rcv``."""
+    return lambda: bool(rcv.stats()["unique"] >= n)
+
+
+def latency_rate(rcv: Receiver, rate: int, windows: int, window_s: float, work: Path) -> LatResult:
+    res = LatResult(rate)
+    root = work / f"lat-{rate}"
+    with Daemon(root, [{"name": "bench", "url": rcv.url}]).start() as d:
+        w = new_writer(d.wal)
+        base = rcv.stats()["unique"]
+        warm = paced_write(w, 50, 0.4)  # warm-up: the first connections, the watcher
+        wait_for(_unique_at_least(rcv, base + len(warm.fsynced)), 10, "the warm-up")
+        runs: list[Paced] = []
+        for _ in range(windows):
+            p = paced_write(w, rate, window_s)
+            runs.append(p)
+            target = base + len(warm.fsynced) + sum(len(r.fsynced) for r in runs)
+            with contextlib.suppress(RuntimeError):
+                wait_for(_unique_at_least(rcv, target), 5.0, "the last arrivals")
+            time.sleep(0.2)
+        w.close()
+        res.dropped = d.sink("bench")["dropped"]
+        res.segments = wal_files(d.wal)
+    arrivals: dict[str, int] = rcv.stats(arrivals=True)["arrivals"]
+    for p in runs:
+        lat = [(arrivals[k] - t) / 1e6 for k, t in p.fsynced.items() if k in arrivals]
+        res.windows.append(LatWindow(len(p.fsynced), len(lat), p.appends, p.rate, lat))
+    return res
+
+
+def measure(res: Results, work: Path) -> None:
+    """Every rate in turn, against one receiver that records arrivals, into ``res``."""
+    s = res.settings
+    with Receiver(0, record_arrivals=True) as rcv:
+        for rate in LATENCY_RATES:
+            with stage(f"latency at {rate:,} appends/s"):
+                res.latencies.append(latency_rate(rcv, rate, s.lat_windows, s.lat_window_s, work))

@@ -1,0 +1,231 @@
+"""The end-to-end figures as rows of the results table, in the order they are measured."""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING
+
+from bench import NEXUS_EVENTS_PER_S, Row, median_of
+from bench.e2e.burst import NEXUS_BURST, median_dropped
+from bench.e2e.idle import LEFTOVER_EMPTY_SEGMENTS
+from bench.e2e.memory import MemResult
+
+if TYPE_CHECKING:
+    from bench.e2e import Results
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:,.1f} MiB"
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.1f}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def throughput_rows(res: Results) -> list[Row]:
+    rows: list[Row] = []
+    runs_of = f"median of {res.settings.runs}"
+    for latency, cap in sorted(res.capacities.items()):
+        per_cpu = 1e6 / cap.receiver_cpu_us if cap.receiver_cpu_us > 0 else 0.0
+        rows.append(
+            Row(
+                "e2e receiver alone",
+                f"{latency} ms receiver req/s",
+                f"{cap.rate:,.0f}",
+                f"aiohttp load generator, 64 connections; receiver {cap.receiver_cpu_us:,.0f} us "
+                f"CPU/req = {per_cpu:,.0f} req per CPU-second",
+            )
+        )
+    for c in res.cells:
+        rates = " / ".join(f"{r.rate:,.0f}" for r in c.runs)
+        nexus = NEXUS_EVENTS_PER_S[c.latency_ms]
+        rows.append(
+            Row(
+                f"e2e throughput ({c.loop})",
+                f"{c.latency_ms} ms, conc {c.concurrency} events/s",
+                f"{c.rate:,.0f}",
+                f"{runs_of} ({rates}) x {c.events:,} ev; {c.rate / nexus:.2f}x Nexus; "
+                f"receiver busy {c.receiver_busy:.0%}",
+            )
+        )
+        rows.append(
+            Row(
+                f"e2e throughput ({c.loop})",
+                f"{c.latency_ms} ms, conc {c.concurrency} CPU-s/1k ev",
+                f"{c.cpu_per_1k:.3f}",
+                f"daemon utime+stime; delivered {c.delivered:,} = written {c.written:,}; "
+                f"peak RSS {mib(c.hwm_kib)}",
+            )
+        )
+    if res.cells:
+        rows.append(
+            Row(
+                "e2e throughput",
+                "method",
+                "pre-written",
+                "WAL pre-written by NexusWriter (group commits of 100), segments renamed into the "
+                "followed WAL dir at once: catch-up + delivery; overflow block, max_inflight 1,000",
+            )
+        )
+    return rows
+
+
+def latency_rows(res: Results) -> list[Row]:
+    rows: list[Row] = []
+    for lr in res.latencies:
+        label = f"e2e latency {lr.rate:,}/s"
+        if not any(w.latencies_ms for w in lr.windows):
+            rows.append(Row(label, "fsync->arrival", "n/a", "nothing arrived"))
+            continue
+        wins = [w for w in lr.windows if w.latencies_ms]
+        written = sum(w.written for w in lr.windows)
+        missing = written - sum(w.arrived for w in lr.windows)
+        p50 = median_of(wins, lambda w: w.pct(50))
+        p99 = median_of(wins, lambda w: w.pct(99))
+        mx = median_of(wins, lambda w: max(w.latencies_ms))
+        per_append = written / max(1, sum(w.appends for w in lr.windows))
+        rate = median_of(lr.windows, lambda w: w.write_rate)
+        mn = min(min(w.latencies_ms) for w in wins)
+        rows.append(
+            Row(
+                label,
+                "p50 / p99 / max ms",
+                f"{_ms(p50)} / {_ms(p99)} / {_ms(mx)}",
+                f"median of {len(wins)} x {res.settings.lat_window_s:g} s; wrote {rate:,.0f}/s, "
+                f"{per_append:.1f} entries/append; {written - missing:,}/{written:,} arrived"
+                f"{f' ({missing:,} MISSING)' if missing else ''}; dropped {lr.dropped:,}; "
+                f"min {_ms(mn)} ms; p99 of each: "
+                + " / ".join(_ms(w.pct(99)) for w in wins)
+                + f"; WAL at the end: {lr.segments[0]:,} segments, {lr.segments[1]:,} empty",
+            )
+        )
+    if res.latencies:
+        rows.append(
+            Row(
+                "e2e latency",
+                "setup",
+                "concurrency 4",
+                "0 ms receiver, drop mode, max_inflight 1,000, inotify + 0.5 s poll; "
+                "from append's fsync return to the receiver reading the request "
+                "(CLOCK_MONOTONIC in both processes); one append = one fsync; 50 MiB segments",
+            )
+        )
+    return rows
+
+
+def idle_rows(res: Results) -> list[Row]:
+    idle = res.idle
+    if idle is None:
+        return []
+    n = len(idle.idle_pct)
+    rows = [
+        Row(
+            "e2e idle cost",
+            "CPU%, no writes",
+            f"{statistics.median(idle.idle_pct):.2f} %",
+            f"% of one core, median of {n} x {idle.window_s:g} s ("
+            + " / ".join(f"{v:.2f}" for v in idle.idle_pct)
+            + f"); idle RSS {mib(idle.idle_rss_kib)}",
+        ),
+        Row(
+            "e2e idle cost",
+            f"CPU%, {res.settings.idle_rate:,.0f} events/s",
+            f"{statistics.median(idle.loaded_pct):.1f} %",
+            f"median of {n} x {idle.window_s:g} s ("
+            + " / ".join(f"{v:.1f}" for v in idle.loaded_pct)
+            + f"); wrote {idle.write_rate:,.0f}/s; WAL {idle.segments[0]} segments, "
+            f"{idle.segments[1]} empty",
+        ),
+    ]
+    if idle.leftover_pct:
+        rows.append(
+            Row(
+                "e2e idle cost",
+                f"CPU%, same + {LEFTOVER_EMPTY_SEGMENTS:,} empty segs",
+                f"{statistics.median(idle.leftover_pct):.1f} %",
+                f"median of {len(idle.leftover_pct)} x {idle.window_s:g} s ("
+                + " / ".join(f"{v:.1f}" for v in idle.leftover_pct)
+                + f"); {LEFTOVER_EMPTY_SEGMENTS:,} empty segments older than the active one "
+                f"added (as rotations leave them); in all delivered {idle.delivered:,}/"
+                f"{idle.written:,}, dropped {idle.dropped:,}",
+            )
+        )
+    return rows
+
+
+def memory_rows(res: Results) -> list[Row]:
+    rows: list[Row] = []
+    groups: dict[tuple[str, int], list[MemResult]] = {}
+    for m in res.memory:
+        groups.setdefault((m.mode, m.max_inflight), []).append(m)
+    for (mode, mi), ms in groups.items():
+        hwm = statistics.median(m.hwm_kib for m in ms)
+        m = sorted(ms, key=lambda x: x.hwm_kib)[(len(ms) - 1) // 2]  # the median run
+        if mode == "drop":
+            how = "read it all"
+            speed = f" ({m.lines_read / m.seconds:,.0f}/s incl. start-up)" if m.seconds else ""
+        else:
+            how, speed = "then reading paused", ""
+        state = how if m.finished else f"stopped at the {m.seconds:.0f} s bound"
+        each = f"median of {len(ms)} (" + " / ".join(mib(x.hwm_kib) for x in ms) + "); "
+        rows.append(
+            Row(
+                f"e2e memory, {mode} mode",
+                f"peak RSS, max_inflight {mi:,}",
+                mib(hwm),
+                f"VmHWM, {each if len(ms) > 1 else ''}read {m.lines_read:,}/{m.entries:,} "
+                f"lines in {m.seconds:.1f} s{speed}, {state}; held {m.held:,}, dropped "
+                f"{m.dropped:,}; VmRSS sampled max {mib(m.rss_sampled_max_kib)}, at end "
+                f"{mib(m.rss_end_kib)}",
+            )
+        )
+    if res.memory:
+        idle_rss = f"{mib(res.idle.idle_rss_kib)}" if res.idle is not None else "n/a"
+        rows.append(
+            Row(
+                "e2e memory",
+                "backlog / sink",
+                res.mem_wal,
+                f"dead sink (connection refused; retries parked); idle daemon RSS {idle_rss}",
+            )
+        )
+    return rows
+
+
+def burst_rows(res: Results) -> list[Row]:
+    rows: list[Row] = []
+    for mode, results in res.bursts.items():
+        detail = (
+            f"median of {len(results)}; offered {results[0].offered:,}, held {results[0].held:,}, "
+            f"read {results[0].lines_read:,} lines"
+        )
+        if mode == "block":
+            detail += "; reading paused (the rest waits in the WAL)"
+        rows.append(
+            Row(
+                f"e2e burst {NEXUS_BURST:,}, blocked rcv",
+                f"{mode} mode, dropped",
+                f"{median_dropped(results):,.0f}",
+                detail + "; Nexus drops ~1,000 (queue 1,000)",
+            )
+        )
+    return rows
+
+
+def error_rows(res: Results) -> list[Row]:
+    return [
+        Row("e2e ERROR", err.split(":", 1)[0], "failed", err.split(":", 1)[1][:300])
+        for err in res.errors
+    ]
+
+
+def rows_for(res: Results) -> list[Row]:
+    """Every figure in ``res`` (the ones not measured give no rows), then the errors."""
+    return [
+        *throughput_rows(res),
+        *latency_rows(res),
+        *idle_rows(res),
+        *memory_rows(res),
+        *burst_rows(res),
+        *error_rows(res),
+    ]
