@@ -117,6 +117,12 @@ class Daemon:
                 "read": str(scanner.position) if scanner else None,
                 "acknowledged": str(acked) if acked else None,
                 "saved": str(saved) if saved else None,
+                # Block mode: the position cannot pass the oldest event a sink still holds.
+                "oldest_unfinished": (
+                    str(oldest)
+                    if self.engine and (oldest := self.engine.tracker.oldest_unfinished)
+                    else None
+                ),
             },
             "lag": self.lag(),
             "reader": {
@@ -147,10 +153,6 @@ class Daemon:
                 self.engine.abort()
         else:
             log.info("received %s: stopping", signal.Signals(sig).name)
-            self._should_exit.set()
-
-    def request_exit(self) -> None:
-        if self._should_exit is not None:
             self._should_exit.set()
 
     # -- lifecycle ---------------------------------------------------------------

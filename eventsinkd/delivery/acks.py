@@ -27,9 +27,6 @@ class AckTracker:
         self._ack = ack
         self._pending: deque[Ticket] = deque()
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     @property
     def oldest_unfinished(self) -> Position | None:
         return self._pending[0].position if self._pending else None
