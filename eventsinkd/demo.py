@@ -120,25 +120,22 @@ async def _demo(root: Path, events: int, rate: float) -> int:
         )
     writer_box: list[NexusWriter] = []
     appended = [0]
-    done = threading.Event()
 
     def write() -> None:
-        try:
-            writer_box.append(
-                run_workload(
-                    root / "wal",
-                    events,
-                    batch=max(1, int(rate // 50)),
-                    rewrite_every=500,
-                    rate_per_s=rate,
-                    mac_key=mac_key.encode(),
-                    checkpoint_every=100,
-                    max_segment_bytes=512 * 1024,
-                    seed=int(time.time()),
-                )
+        writer_box.append(
+            run_workload(
+                root / "wal",
+                events,
+                batch=max(1, int(rate // 50)),
+                rewrite_every=500,
+                rate_per_s=rate,
+                mac_key=mac_key.encode(),
+                checkpoint_every=100,
+                max_segment_bytes=512 * 1024,
+                seed=int(time.time()),
+                progress=lambda n: appended.__setitem__(0, n),
             )
-        finally:
-            done.set()
+        )
 
     writer_thread = threading.Thread(target=write, name="nexus-writer", daemon=True)
     writer_thread.start()
