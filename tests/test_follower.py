@@ -281,3 +281,14 @@ async def test_live_writer_every_entry_once_in_order(
     stats = reader.follower.scanner.stats
     assert stats.rejected == {}
     assert stats.rewrites > 0
+
+
+def test_start_at_end_is_not_a_truncation(wal_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    w = NexusWriter(wal_dir, precreate=False)
+    w.append(10)
+    scanner = WalScanner(wal_dir, LineParser(), "end")
+    assert scanner.step() is None
+    scanner.close()
+    assert scanner.position.segment == w.active_segment and scanner.position.line == 10
+    assert scanner.stats.truncations == 0
+    assert "fewer than" not in caplog.text

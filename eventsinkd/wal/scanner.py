@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 StartAt = Literal["beginning", "end"]
 # Rotation-crash duplicates are at most a group-commit batch (256 lines) apart.
 DEDUP_WINDOW = 4096
+ALL_LINES = 1 << 62
 
 
 class Record(NamedTuple):
@@ -248,9 +249,11 @@ class WalScanner:
             self._skip_to(seg, line)
         return seg
 
-    def _skip_to(self, seg: SegmentFile, line: int, learn: bool = False) -> None:
-        skipped, recent = seg.skip_lines(line, keep=self._dedup_window if learn else 1)
-        if skipped < line:
+    def _skip_to(self, seg: SegmentFile, line: int | None, learn: bool = False) -> None:
+        """Consume ``line`` lines of ``seg`` (None: all of them) and set the position there."""
+        want = ALL_LINES if line is None else line
+        skipped, recent = seg.skip_lines(want, keep=self._dedup_window if learn else 1)
+        if line is not None and skipped < line:
             log.warning(
                 "segment %s holds %d lines, fewer than the %d consumed", seg.name, skipped, line
             )
@@ -302,7 +305,7 @@ class WalScanner:
             self._learn_tail_before(names, with_data[-1])
             seg = SegmentFile(self.wal_dir, with_data[-1])
             self._cur = seg
-            self._skip_to(seg, 1 << 62, learn=True)
+            self._skip_to(seg, None, learn=True)
             log.info("starting at the end of the WAL: %s", self.position)
             return
         assert isinstance(start, Position)
@@ -361,7 +364,7 @@ class WalScanner:
             try:
                 if prev.size() == 0:
                     continue
-                _, recent = prev.skip_lines(1 << 62, keep=self._dedup_window)
+                _, recent = prev.skip_lines(ALL_LINES, keep=self._dedup_window)
             finally:
                 prev.close()
             for raw in recent:
