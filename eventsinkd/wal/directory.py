@@ -7,7 +7,9 @@ cost grows with the number of files, and Nexus never deletes segments and can
 pre-create hundreds of empty ones. So:
 
 * the listing is reused while the directory's mtime is unchanged (appends do
-  not change it; creating, renaming or deleting a segment does), and redone at
+  not change it; creating, renaming or deleting a segment does), redone at most
+  every ``MIN_RELIST_S`` when it does change (Nexus can create a segment per
+  group commit, and a listing costs time in proportion to the files), and at
   least every ``RELIST_S`` for filesystems with coarse timestamps;
 * the later-data check stats only segments not seen empty before and the
   newest one (where Nexus's next write lands), and sweeps all of them every
@@ -24,6 +26,7 @@ from pathlib import Path
 from eventsinkd.wal.segments import list_segments
 
 RELIST_S = 1.0
+MIN_RELIST_S = 0.1
 SWEEP_S = 0.5
 
 
@@ -40,12 +43,13 @@ class SegmentDirectory:
         """Segment names in WAL order; raises OSError when the directory cannot be read."""
         st = os.stat(self.path)
         ident = (st.st_dev, st.st_ino, st.st_mtime_ns)
-        now = time.monotonic()
-        if ident != self._ident or now - self._listed_at >= RELIST_S:
+        since = time.monotonic() - self._listed_at
+        if (ident != self._ident and since >= MIN_RELIST_S) or since >= RELIST_S:
+            # The identity is taken before listing: a change during the listing
+            # leaves it different, so the next call lists again.
             self._names = list_segments(self.path)
             self._ident = ident
-            self._listed_at = now
-            self._seen_empty.intersection_update(self._names)
+            self._listed_at = time.monotonic()
         return self._names
 
     def first_with_data_after(self, names: list[str], after: str) -> str | None:
@@ -59,8 +63,14 @@ class SegmentDirectory:
                 quick.append(later[-1])
             if not any(self._has_data(n) for n in quick):
                 return None
-        else:
-            self._swept_at = now
+            for name in later:
+                if self._has_data(name):
+                    return name
+            return None
+        # The sweep: every later segment, and only those are remembered as empty
+        # (older names are behind the reader for good), so the set stays small.
+        self._swept_at = now
+        self._seen_empty.clear()
         for name in later:
             if self._has_data(name):
                 return name
