@@ -380,21 +380,7 @@ class NexusWriter:
         self._append_bytes(b"".join(line + b"\n" for line in tail))
         for i, idx in enumerate(range(len(lines) - k, len(lines))):
             src = old_recs[idx]
-            self._written.append(
-                Written(
-                    segment=self._active,
-                    line=i,
-                    payload_id=src.payload_id,
-                    idempotency_key=src.idempotency_key,
-                    entry_type=src.entry_type,
-                    timestamp=src.timestamp,
-                    monotonic_seq=src.monotonic_seq,
-                    layout=src.layout,
-                    compressed=src.compressed,
-                    corrupt=src.corrupt,
-                    duplicate=True,
-                )
-            )
+            self._written.append(replace(src, segment=self._active, line=i, duplicate=True))
         self._lines[self._active] = k
 
     def create_empty_segments(self, n: int) -> None:
