@@ -98,6 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="whsec_... (literal, env:VAR or file:/path); repeat for rotation",
     )
 
+    dl = sub.add_parser("dead-letters", help="list, replay or purge events given up on")
+    dl_sub = dl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dl_list = dl_sub.add_parser("list", help="print the dead letters")
+    dl_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    dl_replay = dl_sub.add_parser(
+        "replay", help="send them again (through the running daemon if there is one)"
+    )
+    dl_replay.add_argument(
+        "--id", dest="ids", action="append", metavar="WEBHOOK_ID", help="only these (repeat)"
+    )
+    dl_purge = dl_sub.add_parser("purge", help="delete them")
+    dl_purge.add_argument("--before", metavar="TIME", help="only those last tried before TIME")
+    for p in (dl_list, dl_replay, dl_purge):
+        _add_config_arg(p)
+        p.add_argument("--sink", metavar="NAME", help="only this sink's letters")
+
+    rw = sub.add_parser("rewind", help="move a sink's cursor back and deliver again from there")
+    _add_config_arg(rw)
+    rw.add_argument("--sink", required=True, metavar="NAME")
+    rw.add_argument(
+        "--to", required=True, metavar="WHERE", help="beginning, an RFC 3339 time, or a payload_id"
+    )
+
     d = sub.add_parser("demo", help="writer, daemon and receiver on this machine, live")
     d.add_argument("--events", type=int, default=5000, help="memory writes to produce")
     d.add_argument("--rate", type=float, default=1000.0, help="writes per second")
@@ -115,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         "health": cmd_health,
         "receive": cmd_receive,
         "demo": cmd_demo,
+        "dead-letters": cmd_dead_letters,
+        "rewind": cmd_rewind,
     }[args.command]
     try:
         return handler(args)
@@ -274,6 +299,37 @@ def cmd_receive(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc}", 3)
     return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from eventsinkd import manage
+
+    try:
+        cfg = load_config(args.config)
+        if args.action == "list":
+            return manage.list_letters(cfg, args.sink, args.json, sys.stdout)
+        if args.action == "purge":
+            before = manage.parse_time(args.before) if args.before else None
+            return manage.purge_letters(cfg, args.sink, before, sys.stdout)
+        return manage.replay_letters(cfg, args.sink, args.ids, sys.stdout)
+    except ConfigError as exc:
+        return _fail(f"invalid config:\n{exc}")
+    except (manage.UsageError, ValueError) as exc:
+        return _fail(str(exc))
+
+
+def cmd_rewind(args: argparse.Namespace) -> int:
+    from eventsinkd import manage
+
+    setup_logging("warning")
+    try:
+        return manage.rewind(load_config(args.config), args.sink, args.to, sys.stdout)
+    except ConfigError as exc:
+        return _fail(f"invalid config:\n{exc}")
+    except (manage.UsageError, ValueError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(str(exc), 1)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

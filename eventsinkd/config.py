@@ -102,6 +102,10 @@ class SinkConfig(Model):
         repr=False,
     )
     headers: dict[str, str] = Field(default_factory=dict)
+    start_at: Literal["beginning", "end"] | None = Field(
+        default=None,
+        description="where a sink without a saved cursor starts; default wal.start_at",
+    )
     filter: FilterConfig = Field(default_factory=FilterConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
 
@@ -149,6 +153,9 @@ class EventsConfig(Model):
     overflow: Literal["drop", "block"] = "drop"
     retry_backoff_seconds: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0, 300.0])
     retry_after_max_seconds: float = Field(default=300.0, ge=0)
+    pause_after_failures: int = Field(
+        default=5, ge=1, description="retryable failures in a row that pause a sink"
+    )
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
     sinks: list[SinkConfig] = Field(default_factory=list)
 
@@ -218,6 +225,14 @@ class AdminConfig(Model):
         return int(self.listen.rpartition(":")[2])
 
 
+class DeadLettersConfig(Model):
+    max_mb: float = Field(default=100.0, gt=0, description="per sink; the oldest are evicted")
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 1024 * 1024)
+
+
 class LogConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -228,6 +243,7 @@ class Config(Model):
     state_dir: Path = Path("/var/lib/eventsinkd")
     state_save_interval_s: float = Field(default=1.0, gt=0, le=3600)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    dead_letters: DeadLettersConfig = Field(default_factory=DeadLettersConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -1,9 +1,11 @@
 """``eventsinkd run``: the daemon's lifecycle.
 
-Start-up: position store, delivery engine, admin server (a taken port is a
-start-up failure, exit 3), then the WAL reader. Shutdown, in this order: stop
-reading, let the sinks drain within ``events.shutdown_timeout_s``, save the
-position. Signal handlers only set state; a second SIGTERM/SIGINT stops at once.
+Start-up: the state directory's lock (one daemon per state directory), the
+dead-letter store, every sink's cursor (upgrading the old single position),
+the admin server (a taken port is a start-up failure, exit 3), then one cursor
+per sink reading the WAL. Shutdown, in this order: stop reading, let the sinks
+drain within ``events.shutdown_timeout_s``, save every cursor. Signal handlers
+only set state; a second SIGTERM/SIGINT stops at once.
 """
 
 from __future__ import annotations
@@ -12,22 +14,27 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from eventsinkd import __version__
-from eventsinkd.admin import AdminServer, ReaderCollector, lag_of
+from eventsinkd.admin import AdminServer
 from eventsinkd.config import Config
 from eventsinkd.configfile import ConfigError, load_config
+from eventsinkd.delivery.cursor import SinkCursor
 from eventsinkd.delivery.engine import Engine
+from eventsinkd.delivery.replay import Send, replay
 from eventsinkd.logs import setup_logging
-from eventsinkd.metrics import Metrics
+from eventsinkd.metrics import DaemonCollector, Lag, Metrics
+from eventsinkd.state.control import StateLock, pending_rewinds
+from eventsinkd.state.cursors import CursorFiles
+from eventsinkd.state.deadletters import DeadLetterStore, DeadLetterWriter
 from eventsinkd.systemd import Notifier
-from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.position import Checkpointer, Position, PositionFileError, PositionStore
-from eventsinkd.wal.scanner import StartAt, WalScanner
+from eventsinkd.wal.position import Position
+from eventsinkd.wal.reading import ReaderStats, SharedReading
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,12 @@ EXIT_FAILURE = 1  # the reader died of an unexpected error: let systemd restart 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 STATUS_EVERY_S = 5.0
+LOCK_WAIT_S = 10.0  # a replay or rewind run without a daemon holds the lock this long at most
+REQUESTS_EVERY_S = 0.5  # how often requests left by `rewind` and `dead-letters replay` are read
+
+
+def _str(pos: Position | None) -> str | None:
+    return str(pos) if pos is not None else None
 
 
 class Daemon:
@@ -47,91 +60,118 @@ class Daemon:
         self.loaded_at = time.time()
         self.metrics = Metrics()
         self.notifier = notifier or Notifier()
-        self.store = PositionStore(cfg.state_dir, cfg.wal.dir)
-        self.checkpoints = Checkpointer(self.store, cfg.state_save_interval_s)
-        self.position_error: str | None = None
-        self.follower: WalFollower | None = None
+        self.cursor_files = CursorFiles(cfg)
+        self.lock = StateLock(cfg.state_dir)
+        self.dead_letters: DeadLetterWriter | None = None
+        self.reading = SharedReading(
+            cfg.wal.dir,
+            LineParser(cfg.wal.mac_key_bytes),
+            poll_interval_s=cfg.wal.poll_interval_s,
+            force_polling=cfg.wal.force_polling,
+        )
         self.engine: Engine | None = None
         self.admin: AdminServer | None = None
-        self.reading = False
         self._should_exit: asyncio.Event | None = None
         self._reload: asyncio.Event | None = None
         self._force_exit = False
-        self._failed = False
-        self._reader_task: asyncio.Task[None] | None = None
-        self.metrics.registry.register(ReaderCollector(self))
+        self._failure: BaseException | None = None
+        self._reader_failed: asyncio.Event | None = None
+        self.metrics.registry.register(DaemonCollector(self))
 
-    # -- state the admin server shows ------------------------------------------------
+    # -- what the admin server and the collector show (metrics.DaemonView) -------------
 
     @property
-    def scanner(self) -> WalScanner | None:
-        return self.follower.scanner if self.follower is not None else None
+    def cursors(self) -> dict[str, SinkCursor]:
+        return self.engine.cursors if self.engine is not None else {}
 
     @property
     def ready(self) -> bool:
-        return self.reading and self.follower is not None and self.follower.ready
+        cursors = self.cursors.values()
+        return (
+            self.engine is not None
+            and self._failure is None
+            and all(c.reading and c.follower is not None and c.follower.ready for c in cursors)
+        )
 
     def problems(self) -> list[str]:
         out = []
-        scanner = self.scanner
-        if scanner is None or not self.reading:
+        if self.engine is None or self._failure is not None:
             out.append("the WAL reader is not running")
-        elif scanner.error is not None:
-            out.append(scanner.error)
-        if self.store.last_error is not None:
-            out.append(self.store.last_error)
-        if self.position_error is not None:
-            out.append(self.position_error)
+        errors = {
+            c.follower.scanner.error
+            for c in self.cursors.values()
+            if c.follower is not None and c.follower.scanner.error is not None
+        }
+        out += sorted(errors)
+        out += self.cursor_files.store_errors()
+        out += self.cursor_files.problems
         return out
 
-    def lag(self) -> dict[str, float]:
-        scanner = self.scanner
-        if scanner is None:
-            return {"bytes_behind": 0.0, "seconds_behind": 0.0}
-        return lag_of(scanner.backlog_bytes(), scanner.stats.last_timestamp)
+    def reader_stats(self) -> ReaderStats:
+        return self.reading.stats
+
+    def sink_lags(self) -> dict[str, Lag]:
+        return {name: c.lag() for name, c in self.cursors.items()}
+
+    def dead_letters_by_sink(self) -> dict[str, tuple[int, int]]:
+        if self.dead_letters is None:
+            return {}
+        try:
+            held = self.dead_letters.store.counts()
+        except sqlite3.Error:
+            held = {}
+        evicted = self.dead_letters.evicted
+        names = {*self.cursors, *held, *evicted}
+        return {n: (held.get(n, 0), evicted.get(n, 0)) for n in names}
 
     def status(self) -> dict[str, Any]:
-        scanner = self.scanner
-        acked = self.checkpoints.acked
-        saved = self.store.last_saved
+        letters = self.dead_letters_by_sink()
+        lags = self.sink_lags()
         sinks = {}
-        for name, sink in self.engine.sinks.items() if self.engine else []:
-            st = sink.stats
+        for name, cursor in self.cursors.items():
+            sink, st, lag = cursor.sink, cursor.sink.stats, lags[name]
+            cp = cursor.checkpoints
+            saved = cp.store.last_saved if cp.store is not None else None
             sinks[name] = {
+                "type": "webhook",
                 "url": str(sink.cfg.url),
+                "state": cursor.state(),
+                "paused_since": sink.paused_since,
+                "last_error": st.last_error,
+                "cursor": {
+                    "read": _str(cursor.read_position),
+                    "acknowledged": _str(cp.acked),
+                    "saved": _str(saved),
+                },
+                "lag": {"events": lag.events, "bytes": lag.bytes, "seconds": lag.seconds},
                 "queue_depth": sink.inflight,
                 "max_inflight": sink.max_inflight,
                 "offered": st.offered,
                 "delivered": st.delivered,
                 "failed": st.failed,
                 "dropped": st.dropped,
+                "dead_letters": letters.get(name, (0, 0))[0],
                 "last_success": st.last_success,
                 "last_failure": st.last_failure,
             }
+        rs = self.reading.stats
         return {
             "version": __version__,
             "ready": self.ready,
             "problems": self.problems(),
             "wal_dir": str(self.cfg.wal.dir),
-            "position": {
-                "read": str(scanner.position) if scanner else None,
-                "acknowledged": str(acked) if acked else None,
-                "saved": str(saved) if saved else None,
-                # Block mode: the position cannot pass the oldest event a sink still holds.
-                "oldest_unfinished": (
-                    str(oldest)
-                    if self.engine and (oldest := self.engine.tracker.oldest_unfinished)
-                    else None
-                ),
+            # The most-behind sink: 0 bytes means every cursor has read everything.
+            "lag": {
+                "bytes_behind": max((lag.bytes for lag in lags.values()), default=0),
+                "seconds_behind": max((lag.seconds for lag in lags.values()), default=0.0),
             },
-            "lag": self.lag(),
             "reader": {
-                "lines": scanner.stats.lines if scanner else 0,
-                "rejected": dict(scanner.stats.rejected) if scanner else {},
-                "segments": scanner.stats.segments if scanner else 0,
-                "rewrites": scanner.stats.rewrites if scanner else 0,
-                "truncations": scanner.stats.truncations if scanner else 0,
-                "vanished": scanner.stats.vanished if scanner else 0,
+                "lines": rs.lines,
+                "rejected": dict(rs.rejected),
+                "segments": rs.segments,
+                "rewrites": rs.rewrites,
+                "truncations": rs.truncations,
+                "vanished": rs.vanished,
             },
             "overflow": self.cfg.events.overflow,
             "sinks": sinks,
@@ -150,19 +190,24 @@ class Daemon:
         elif self._should_exit.is_set():
             log.warning("second signal: stopping now")
             self._force_exit = True
-            if self._reader_task is not None:
-                self._reader_task.cancel()
             if self.engine is not None:
                 self.engine.abort()
         else:
             log.info("received %s: stopping", signal.Signals(sig).name)
             self._should_exit.set()
 
+    def _cursor_failed(self, name: str, exc: BaseException) -> None:
+        log.error("the WAL reader of sink %s failed", name, exc_info=exc)
+        self._failure = exc
+        if self._reader_failed is not None:
+            self._reader_failed.set()
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def serve(self, install_signals: bool = True) -> int:
         self._should_exit = asyncio.Event()
         self._reload = asyncio.Event()
+        self._reader_failed = asyncio.Event()
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -173,43 +218,56 @@ class Daemon:
                 return code
             await self._main_loop()
             await self._shutdown()
-            return EXIT_FAILURE if self._failed else EXIT_OK
+            return EXIT_FAILURE if self._failure is not None else EXIT_OK
         finally:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+            if self.dead_letters is not None:
+                await self.dead_letters.close()
+                self.dead_letters.store.close()
+            self.lock.release()
             self.notifier.close()
-
-    def _start_position(self) -> Position | StartAt:
-        try:
-            saved = self.store.load()
-        except PositionFileError as exc:
-            self.position_error = f"{exc}; started at the {self.cfg.wal.start_at} of the WAL"
-            log.error("%s", self.position_error)
-            return self.cfg.wal.start_at
-        if saved is None:
-            log.info("no saved position; starting at the %s of the WAL", self.cfg.wal.start_at)
-            return self.cfg.wal.start_at
-        return saved
 
     async def _startup(self) -> int:
         cfg = self.cfg
-        self.engine = Engine(cfg.events, self.metrics, self.checkpoints.ack)
-        self.admin = AdminServer(cfg.admin.host, cfg.admin.port, self, self.status)
+        # One daemon per state directory; a `dead-letters replay` or `rewind` run
+        # without a daemon holds the lock for a moment.
+        if not await asyncio.to_thread(self.lock.acquire, "eventsinkd run", wait_s=LOCK_WAIT_S):
+            log.error(
+                "state directory %s is in use by %s; not starting",
+                cfg.state_dir,
+                self.lock.holder(),
+            )
+            return EXIT_STARTUP
+        try:
+            store = DeadLetterStore(cfg.state_dir, cfg.dead_letters.max_bytes)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("cannot open the dead-letter store in %s: %s", cfg.state_dir, exc)
+            return EXIT_STARTUP
+        self.dead_letters = DeadLetterWriter(store)
+        self.cursor_files.migrate(cfg.events.sinks)
+        self.engine = Engine(
+            cfg.events,
+            self.metrics,
+            self.cursor_files.checkpoints,
+            start_for=self.cursor_files.start_for,
+            dead_letters=self.dead_letters,
+            on_failure=self._cursor_failed,
+        )
+        self.admin = AdminServer(
+            cfg.admin.host, cfg.admin.port, self, self.status, self.metrics.registry
+        )
         try:
             await self.admin.start()
         except OSError as exc:
             log.error("cannot listen on %s for metrics and health: %s", cfg.admin.listen, exc)
             return EXIT_STARTUP
         await self.engine.start()
-        self.follower = WalFollower(
-            cfg.wal.dir,
-            LineParser(cfg.wal.mac_key_bytes),
-            self._start_position(),
-            poll_interval_s=cfg.wal.poll_interval_s,
-            force_polling=cfg.wal.force_polling,
-        )
-        self._reader_task = asyncio.create_task(self._read(), name="wal-reader")
+        if not cfg.wal.force_polling:
+            self.reading.waker.start()
+        self.engine.follow(self.reading)
+        self.notifier.ready("reading the WAL")
         log.info(
             "eventsinkd %s started: WAL %s, %d sink(s), overflow %s, admin http://%s:%d",
             __version__,
@@ -221,67 +279,83 @@ class Daemon:
         )
         return EXIT_OK
 
-    async def _read(self) -> None:
-        assert self.follower is not None and self.engine is not None
-        self.reading = True
-        self.notifier.ready("reading the WAL")
-        try:
-            async for batch in self.follower:
-                await self.engine.handle(batch)
-        finally:
-            self.reading = False
-
     async def _main_loop(self) -> None:
         assert self._should_exit is not None and self._reload is not None
-        assert self._reader_task is not None
-        saver = asyncio.create_task(self.checkpoints.run(), name="position-saver")
-        pinger = asyncio.create_task(self._heartbeat(), name="systemd-heartbeat")
+        assert self._reader_failed is not None and self.engine is not None
+        background: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._save_cursors(), name="cursor-saver"),
+            asyncio.create_task(self._heartbeat(), name="systemd-heartbeat"),
+            asyncio.create_task(self._serve_requests(), name="requests"),
+        ]
         try:
             while not self._should_exit.is_set():
-                exit_wait = asyncio.create_task(self._should_exit.wait())
-                reload_wait = asyncio.create_task(self._reload.wait())
-                await asyncio.wait(
-                    {exit_wait, reload_wait, self._reader_task},
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                exit_wait.cancel()
-                reload_wait.cancel()
-                if self._reader_task.done():
-                    if not self._reader_task.cancelled() and self._reader_task.exception():
-                        log.error("the WAL reader failed", exc_info=self._reader_task.exception())
-                        self._failed = True
+                waits = [
+                    asyncio.create_task(ev.wait())
+                    for ev in (self._should_exit, self._reload, self._reader_failed)
+                ]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in waits:
+                    task.cancel()
+                if self._reader_failed.is_set():
                     break
                 if self._reload.is_set():
                     self._reload.clear()
                     await self.reload()
         finally:
-            for task in (saver, pinger):
+            for task in background:
                 task.cancel()
-            await asyncio.gather(saver, pinger, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
+
+    async def _save_cursors(self) -> None:
+        assert self.engine is not None
+        while True:
+            await asyncio.sleep(self.cfg.state_save_interval_s)
+            self.engine.flush()
+
+    async def _serve_requests(self) -> None:
+        """Carry out what `rewind` and `dead-letters replay` left in the state directory."""
+        assert self.engine is not None and self.dead_letters is not None
+        writer = self.dead_letters
+        while True:
+            await asyncio.sleep(REQUESTS_EVERY_S)
+            for name, to, path in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
+                if name in self.engine.cursors:
+                    await self.engine.rewind(name, to)
+                else:  # not running here: its saved cursor is all there is to move
+                    cp = self.cursor_files.checkpoints(name)
+                    cp.acked = to
+                    cp.flush()
+                    log.info("sink %s (not configured): saved cursor moved to %s", name, to)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            letters = await writer.run(writer.store.replay_requests)
+            if letters:
+                result = await replay(letters, self._send_for, writer.store, writer.run)
+                log.info(
+                    "dead letters replayed: %d delivered, %d failed",
+                    len(result.delivered),
+                    len(result.failed),
+                )
+
+    def _send_for(self, sink: str) -> Send | None:
+        """How a dead letter of ``sink`` is replayed: one attempt by the running sink."""
+        running = self.engine.sinks.get(sink) if self.engine is not None else None
+        return running.attempt if running is not None else None
 
     async def _shutdown(self) -> None:
-        assert self.follower is not None and self.engine is not None
-        assert self._reader_task is not None
+        assert self.engine is not None
         self.notifier.stopping()
         timeout_s = 0.0 if self._force_exit else self.cfg.events.shutdown_timeout_s
-        started = time.monotonic()
-        # 1. Stop reading. In block mode the reader may wait for room in a full
-        #    sink: what it had not handed over yet is read again after a restart.
-        self.follower.stop()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(self._reader_task), 1.0)
-        if not self._reader_task.done():
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
-        # 2. Let the sinks drain within what is left of the timeout.
-        left_s = 0.0 if self._force_exit else max(0.0, timeout_s - (time.monotonic() - started))
-        await self.engine.stop(left_s)
-        # 3. Save the position.
-        self.checkpoints.flush()
+        # Stop reading (in block mode what was not handed over is read again after a
+        # restart), let the sinks drain within the timeout, save every cursor.
+        await self.engine.stop(timeout_s)
+        await self.reading.waker.stop()
         if self.admin is not None:
             await self.admin.stop()
-        log.info("stopped at %s", self.checkpoints.acked or self.follower.position)
+        log.info(
+            "stopped at %s",
+            ", ".join(f"{n} {c.checkpoints.acked}" for n, c in self.cursors.items()) or "-",
+        )
 
     async def reload(self) -> None:
         assert self.engine is not None
@@ -305,6 +379,7 @@ class Daemon:
                 ("state_save_interval_s", old.state_save_interval_s, new.state_save_interval_s),
                 ("admin", old.admin, new.admin),
                 ("events.overflow", old.events.overflow, new.events.overflow),
+                ("dead_letters", old.dead_letters, new.dead_letters),
             )
             if a != b
         ]

@@ -91,6 +91,14 @@ class Event:
         self.ticket: object = None  # the engine's acknowledgement handle (block mode)
         self._bodies = {content: event_body(entry, content) for content in contents}
 
+    @classmethod
+    def stored(cls, kind: str, webhook_id: str, timestamp: str, body: bytes) -> Event:
+        """An event rebuilt from a dead letter: its body exactly as first sent."""
+        event = cls.__new__(cls)
+        event.type, event.id, event.timestamp, event.ticket = kind, webhook_id, timestamp, None
+        event._bodies = {"summary": body, "full": body}
+        return event
+
     def body(self, content: ContentMode) -> bytes:
         return self._bodies[content]
 

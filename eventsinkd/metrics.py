@@ -1,12 +1,24 @@
 """Prometheus metrics. Nexus's three counters keep their names; the rest are ``eventsinkd_*``.
 
 Each :class:`Metrics` has its own registry, so tests (and reloads) never collide
-with a process-wide default registry.
+with a process-wide default registry. Figures that would cost something per
+event (reader counters, lag, dead letters) are read at scrape time from a
+:class:`DaemonView` by :class:`DaemonCollector`.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from typing import NamedTuple, Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from eventsinkd.events import parse_go_time
+from eventsinkd.wal.lines import Reject
+from eventsinkd.wal.reading import ReaderStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
@@ -83,9 +95,122 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.paused = Gauge(
+            "eventsinkd_sink_paused",
+            "1 while a sink is paused by a failing receiver (probing, taking no new events).",
+            ["sink"],
+            registry=r,
+        )
         self.reloads = Counter(
             "eventsinkd_config_reloads_total",
             "Config reloads (SIGHUP) by result.",
             ["result"],
             registry=r,
+        )
+
+
+class Lag(NamedTuple):
+    events: int  # held by the sink, plus an estimate of those not read yet
+    bytes: int  # WAL bytes not read yet by the cursor
+    seconds: float  # age (WAL time) of the oldest undelivered entry; 0 when caught up
+
+
+def lag_seconds(wal_timestamp: str) -> float:
+    ts = parse_go_time(wal_timestamp) if wal_timestamp else None
+    return max(0.0, time.time() - ts) if ts is not None else 0.0
+
+
+class DaemonView(Protocol):
+    """What the admin server and the collector read from the running daemon."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def problems(self) -> list[str]: ...
+
+    def reader_stats(self) -> ReaderStats | None: ...
+
+    def sink_lags(self) -> dict[str, Lag]: ...
+
+    def dead_letters_by_sink(self) -> dict[str, tuple[int, int]]:
+        """(letters held, letters evicted since start) by sink."""
+        ...
+
+
+class DaemonCollector(Collector):
+    """Reader, lag and dead-letter figures, read at scrape time (nothing on the hot path)."""
+
+    def __init__(self, view: DaemonView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield from self._reader()
+        lags = self.view.sink_lags()
+        for name, help_text, field in (
+            ("eventsinkd_sink_lag_seconds", "WAL age of a sink's oldest undelivered entry.", 2),
+            ("eventsinkd_sink_lag_bytes", "WAL bytes a sink's cursor has not read yet.", 1),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=["sink"])
+            for sink, lag in sorted(lags.items()):
+                family.add_metric([sink], float(lag[field]))
+            yield family
+        if lags:
+            yield GaugeMetricFamily(
+                "eventsinkd_wal_bytes_behind",
+                "WAL bytes not yet read by every sink's cursor (the most behind).",
+                value=max(lag.bytes for lag in lags.values()),
+            )
+            yield GaugeMetricFamily(
+                "eventsinkd_wal_seconds_behind",
+                "The largest sink lag in seconds (see eventsinkd_sink_lag_seconds).",
+                value=max(lag.seconds for lag in lags.values()),
+            )
+        held = GaugeMetricFamily(
+            "eventsinkd_dead_letters", "Dead letters held in the state directory.", labels=["sink"]
+        )
+        evicted = CounterMetricFamily(
+            "eventsinkd_dead_letters_evicted",
+            "Dead letters evicted (oldest first) because the store was full.",
+            labels=["sink"],
+        )
+        for sink, (n_held, n_evicted) in sorted(self.view.dead_letters_by_sink().items()):
+            held.add_metric([sink], n_held)
+            evicted.add_metric([sink], n_evicted)
+        yield held
+        yield evicted
+        yield GaugeMetricFamily(
+            "eventsinkd_ready",
+            "1 when the WAL is readable and the reader runs.",
+            value=1.0 if self.view.ready else 0.0,
+        )
+
+    def _reader(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        st = self.view.reader_stats()
+        if st is None:
+            return
+        yield CounterMetricFamily(
+            "eventsinkd_wal_lines_read", "WAL lines read (complete lines).", value=st.lines
+        )
+        entries = CounterMetricFamily(
+            "eventsinkd_wal_entries", "WAL entries decoded, by entry type.", labels=["entry_type"]
+        )
+        for kind, n in sorted(st.entries.items()):
+            entries.add_metric([kind or "data"], n)
+        yield entries
+        rejected = CounterMetricFamily(
+            "eventsinkd_wal_lines_rejected", "WAL lines skipped, by reason.", labels=["reason"]
+        )
+        for reason in Reject:
+            rejected.add_metric([reason.value], st.rejected.get(reason.value, 0))
+        yield rejected
+        yield CounterMetricFamily(
+            "eventsinkd_wal_duplicates",
+            "Entries skipped because their idempotency key was just seen (rotation crash).",
+            value=st.duplicates,
+        )
+        yield CounterMetricFamily(
+            "eventsinkd_wal_rewrites", "Segment rewrites (new inode) noticed.", value=st.rewrites
+        )
+        yield GaugeMetricFamily(
+            "eventsinkd_wal_segments", "Segment files in the WAL directory.", value=st.segments
         )

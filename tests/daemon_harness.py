@@ -15,6 +15,7 @@ import aiohttp
 import yaml
 
 from eventsinkd.sim.nexus_writer import NexusWriter
+from eventsinkd.wal.position import Position, PositionStore, cursor_file
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 
@@ -77,6 +78,12 @@ class Daemon:
                 await asyncio.sleep(0.05)
         raise AssertionError(f"daemon not ready:\n{self.log.read_text()}")
 
+    def cursor_path(self, sink: str) -> Path:
+        return self.root / "state" / cursor_file(sink)
+
+    def saved_cursor(self, sink: str) -> Position | None:
+        return PositionStore(self.root / "state", self.wal, cursor_file(sink)).load()
+
     async def get(self, path: str) -> str:
         async with aiohttp.ClientSession() as s, s.get(f"{self.admin}{path}") as r:
             return await r.text()
@@ -134,21 +141,27 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def settle(d: Daemon, timeout_s: float = 60) -> dict[str, Any]:
-    """Wait until the daemon has read everything and every sink holds nothing."""
+async def settle(
+    d: Daemon, timeout_s: float = 60, holding: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Wait until the daemon has read everything and every sink (but ``holding``) holds nothing."""
     import json
+
+    def idle(status: dict[str, Any]) -> bool:
+        sinks = status["sinks"]
+        return status["lag"]["bytes_behind"] == 0 and all(
+            s["queue_depth"] == 0 for name, s in sinks.items() if name not in holding
+        )
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
         status = json.loads(await d.get("/status"))
-        idle = all(s["queue_depth"] == 0 for s in status["sinks"].values())
-        if idle and status["lag"]["bytes_behind"] == 0:
+        if idle(status):
             await asyncio.sleep(0.3)
             again = json.loads(await d.get("/status"))
-            if again["position"] == status["position"] and all(
-                s["queue_depth"] == 0 for s in again["sinks"].values()
-            ):
+            cursors = [s["cursor"] for s in status["sinks"].values()]
+            if [s["cursor"] for s in again["sinks"].values()] == cursors and idle(again):
                 return again
         assert loop.time() < deadline, f"daemon did not settle: {status}"
         await asyncio.sleep(0.1)

@@ -8,6 +8,7 @@ delivered count.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import time
@@ -41,6 +42,7 @@ async def run_scenario(
     tmp_path: Path,
     sinks: list[dict[str, Any]],
     during: Callable[[], Awaitable[None]] | None = None,
+    holding: frozenset[str] = frozenset(),
     **events: Any,
 ) -> tuple[Daemon, NexusWriter]:
     d = Daemon(tmp_path, sinks, **events)
@@ -51,7 +53,7 @@ async def run_scenario(
         if during is not None:
             tasks.append(asyncio.ensure_future(during()))
         await asyncio.gather(*tasks)
-        await settle(d, timeout_s=120)
+        await settle(d, timeout_s=120, holding=holding)
     except BaseException:
         if d.proc is not None and d.proc.returncode is None:
             d.proc.kill()
@@ -130,7 +132,7 @@ async def _raw_server(
     return srv, f"http://127.0.0.1:{port}/hook"
 
 
-async def test_receiver_that_never_answers_fails_events_and_spares_others(
+async def test_receiver_that_never_answers_pauses_its_sink_and_spares_others(
     tmp_path: Path,
 ) -> None:
     held: list[asyncio.StreamWriter] = []
@@ -154,19 +156,29 @@ async def test_receiver_that_never_answers_fails_events_and_spares_others(
         ],
         retry_backoff_seconds=[0.1],
         max_inflight=5000,
+        holding=frozenset({"silent"}),
     )
     try:
-        assert await check_accounting(d, w, "silent", None) == (0, N, 0)
         assert await check_accounting(d, w, "healthy", healthy) == (N, 0, 0)
+        # An outage, not 600 bad events: the sink pauses and gives up on nothing. In drop
+        # mode its queue still holds what fits (every event here).
+        status = json.loads(await d.get("/status"))
+        silent_status = status["sinks"]["silent"]
+        assert silent_status["state"] == "paused"
+        assert silent_status["last_error"] == "no answer within 0.3s"
+        assert (silent_status["failed"], silent_status["queue_depth"]) == (0, N)
         metrics = await d.get("/metrics")
-        assert (
-            metric_value(
-                metrics, "eventsinkd_delivery_attempts_total", sink="silent", outcome="timeout"
-            )
-            == 2 * N
+        assert metric_value(metrics, "eventsinkd_sink_paused", sink="silent") == 1
+        assert metric_value(metrics, "eventsinkd_sink_paused", sink="healthy") == 0
+        # Paused, it probes one event at a time: far fewer attempts than events.
+        timeouts = metric_value(
+            metrics, "eventsinkd_delivery_attempts_total", sink="silent", outcome="timeout"
         )
+        assert 5 <= timeouts < N
     finally:
         assert await d.stop() == 0
+        # At shutdown a paused sink's events get no last try: counted as left (dropped).
+        assert f"sink silent: {N} event(s) left undelivered at shutdown" in d.log.read_text()
         silent.close()
         for writer in held:
             writer.close()

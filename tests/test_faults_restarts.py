@@ -13,7 +13,7 @@ from daemon_harness import Daemon, accounting, metric_value, settle, until
 from webhook_server import WebhookServer
 
 from eventsinkd.sim.nexus_writer import NexusWriter, run_workload
-from eventsinkd.wal.position import Position, PositionStore
+from eventsinkd.wal.position import Position
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ async def test_kill_9_during_a_steady_stream(
         d.proc.kill()
         await d.proc.wait()
         await asyncio.sleep(0.2)  # requests the killed process had sent land before the restart
-        saved = PositionStore(tmp_path / "state", d.wal).load()
+        saved = d.saved_cursor("s")
         runs.append((len(receiver.requests), saved))
         await d.start()
     writer: NexusWriter = await writing

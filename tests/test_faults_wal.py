@@ -213,19 +213,21 @@ async def test_permissions_taken_away_and_given_back(
         assert await d.stop() == 0
 
 
+@pytest.mark.parametrize("file", ["position.json", "cursors/s.json"])  # before and after upgrade
 async def test_corrupt_position_file_is_reported_and_delivery_goes_on(
-    tmp_path: Path, receiver: WebhookServer
+    tmp_path: Path, receiver: WebhookServer, file: str
 ) -> None:
-    (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "position.json").write_text('{"version": 1, "segm')
+    (tmp_path / "state" / "cursors").mkdir(parents=True)
+    (tmp_path / "state" / file).write_text('{"version": 1, "segm')
+    name = file.rpartition("/")[2]
     d = await started(tmp_path, receiver)
     w = NexusWriter(d.wal, precreate=False)
     try:
         w.append(20)
         await delivered_exactly(d, receiver, ids(w.expected_data()))
         status = json.loads(await d.get("/status"))
-        assert any("position.json is corrupt" in p for p in status["problems"])
-        assert "position.json is corrupt" in d.log.read_text()
+        assert any(f"{name} is corrupt" in p for p in status["problems"])
+        assert f"{name} is corrupt" in d.log.read_text()
     finally:
         assert await d.stop() == 0
 
@@ -235,7 +237,7 @@ async def test_unwritable_position_file_is_reported_and_recovers(
 ) -> None:
     d = await started(tmp_path, receiver)
     w = NexusWriter(d.wal, precreate=False)
-    state = tmp_path / "state" / "position.json"
+    state = d.cursor_path("s")
     try:
         w.append(10)
         await until(lambda: state.is_file())

@@ -63,7 +63,9 @@ class WebhookServer:
             self._runner = None
 
     async def wait_for(self, n: int, timeout_s: float = 30) -> None:
+        """Wait for ``n`` requests; fail the test if they do not come within ``timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while len(self.requests) < n and loop.time() < deadline:
+        while len(self.requests) < n:
+            assert loop.time() < deadline, f"{len(self.requests)} of {n} requests in {timeout_s}s"
             await asyncio.sleep(0.01)

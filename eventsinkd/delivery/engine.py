@@ -1,85 +1,92 @@
-"""The engine: turns WAL batches into events and hands them to every sink that wants them.
+"""The engine: every sink with its cursor, started, reloaded and stopped together.
 
-``overflow: drop`` - handing over never waits; the reader's position is
-acknowledged as soon as a batch is handed over (best effort, Nexus's behaviour).
-``overflow: block`` - handing over waits for room, and the position is
-acknowledged only across events every sink has finished (zero loss).
+Each sink reads the WAL through its own cursor (:mod:`eventsinkd.delivery.cursor`);
+the engine only creates them, applies reloads and stops them in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from eventsinkd.config import EventsConfig
-from eventsinkd.delivery.acks import AckTracker, Ticket
+from eventsinkd.config import EventsConfig, SinkConfig
+from eventsinkd.delivery.cursor import SinkCursor, finish_ticket
 from eventsinkd.delivery.sink import Sink
-from eventsinkd.events import Event, event_type
 from eventsinkd.metrics import Metrics
-from eventsinkd.wal.position import Position
-from eventsinkd.wal.scanner import Batch
+from eventsinkd.state.deadletters import DeadLetterWriter
+from eventsinkd.wal.position import Checkpointer, Position
+from eventsinkd.wal.reading import SharedReading
+from eventsinkd.wal.scanner import StartAt
 
 log = logging.getLogger(__name__)
+
+# Where a sink starts: its saved cursor, else its own start_at, else wal.start_at.
+StartFor = Callable[[SinkConfig], Position | StartAt]
+CheckpointsFor = Callable[[str], Checkpointer]
 
 
 class Engine:
     def __init__(
-        self, cfg: EventsConfig, metrics: Metrics, ack: Callable[[Position], None]
+        self,
+        cfg: EventsConfig,
+        metrics: Metrics,
+        checkpoints_for: CheckpointsFor,
+        *,
+        start_for: StartFor = lambda _sink: "end",
+        dead_letters: DeadLetterWriter | None = None,
+        on_failure: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.block = cfg.overflow == "block"
-        self._ack = ack
-        self.tracker = AckTracker(ack)
-        self.sinks: dict[str, Sink] = {
-            s.name: Sink(s, cfg, metrics, self._finished) for s in cfg.sinks
-        }
+        self._checkpoints_for = checkpoints_for
+        self._start_for = start_for
+        self._dead_letters = dead_letters
+        self._on_failure = on_failure
+        self.cursors: dict[str, SinkCursor] = {s.name: self._cursor(s, cfg) for s in cfg.sinks}
+        self.reading: SharedReading | None = None
         self._stopped = False
         self._retiring: dict[asyncio.Task[int], Sink] = {}
 
+    def _sink(self, sc: SinkConfig, cfg: EventsConfig, old: Sink | None = None) -> Sink:
+        return Sink(
+            sc,
+            cfg,
+            self.metrics,
+            finish_ticket,
+            dead_letters=self._dead_letters,
+            stats=old.stats if old is not None else None,
+        )
+
+    def _cursor(self, sc: SinkConfig, cfg: EventsConfig) -> SinkCursor:
+        return SinkCursor(
+            self._sink(sc, cfg),
+            self._checkpoints_for(sc.name),
+            block=self.block,
+            started_at=self._start_for(sc),
+            on_failure=self._on_failure,
+        )
+
+    @property
+    def sinks(self) -> dict[str, Sink]:
+        return {name: c.sink for name, c in self.cursors.items()}
+
     async def start(self) -> None:
-        for sink in self.sinks.values():
-            await sink.start()
+        """Open every sink's client and start its workers (no reading yet)."""
+        for cursor in self.cursors.values():
+            await cursor.sink.start()
 
-    def _finished(self, event: Event) -> None:
-        if isinstance(event.ticket, Ticket):
-            self.tracker.done(event.ticket)
-
-    async def handle(self, batch: Batch) -> None:
-        """Hand every event of ``batch`` to its sinks; in block mode, wait for room."""
-        sinks = list(self.sinks.values())
-        for rec in batch.records:
-            kind = event_type(rec.entry)
-            if kind is None:
-                continue
-            entry = rec.entry
-            targets = [s for s in sinks if s.accepts(kind, entry)]
-            if not targets:
-                continue  # the batch end moves the position past it
-            if not self.block:
-                # A flood against full sinks only counts drops: no body is rendered for them.
-                open_sinks = [s for s in targets if s.has_room]
-                for sink in targets:
-                    if not sink.has_room:
-                        sink.drop()
-                if open_sinks:
-                    event = Event(kind, entry, {s.cfg.content for s in open_sinks})
-                    for sink in open_sinks:
-                        sink.offer(event)
-                continue
-            event = Event(kind, entry, {s.cfg.content for s in targets})
-            event.ticket = self.tracker.track(rec.position, len(targets))
-            for sink in targets:
-                await sink.put(event)
-        if self.block:
-            self.tracker.track(batch.end, 0)
-        else:
-            self._ack(batch.end)
+    def follow(self, reading: SharedReading) -> None:
+        """Start every cursor reading the WAL."""
+        self.reading = reading
+        for cursor in self.cursors.values():
+            cursor.follow(reading)
 
     async def wait_idle(self) -> None:
         """Wait until every sink has finished every event it holds."""
-        await asyncio.gather(*(s.wait_idle() for s in self.sinks.values()))
+        await asyncio.gather(*(c.sink.wait_idle() for c in self.cursors.values()))
 
     def _same_settings(self, new: EventsConfig) -> bool:
         old = self.cfg
@@ -87,51 +94,86 @@ class Engine:
             old.max_inflight == new.max_inflight
             and old.retry_backoff_seconds == new.retry_backoff_seconds
             and old.retry_after_max_seconds == new.retry_after_max_seconds
+            and old.pause_after_failures == new.pause_after_failures
         )
 
     async def reconfigure(self, cfg: EventsConfig) -> list[str]:
-        """Apply a reloaded sink list; unchanged sinks keep their queues. Returns what changed.
+        """Apply a reloaded sink list. Returns what changed.
 
-        ``overflow`` is fixed for the life of the engine (it decides what the
-        saved position means); the caller keeps it unchanged.
+        An unchanged sink keeps running untouched. A changed one hands its events
+        to its successor and keeps its cursor. A removed one stops reading,
+        drains, and leaves its saved cursor behind: re-adding the same name
+        resumes there. An added one starts at its saved cursor if it has one,
+        else at its ``start_at``, else at ``wal.start_at``. ``overflow`` is
+        fixed for the life of the engine; the caller keeps it unchanged.
         """
         keep_all = self._same_settings(cfg)
-        old, new = self.sinks, {}
         changes = []
+        wanted = {sc.name: sc for sc in cfg.sinks}
+        for name in [n for n in self.cursors if n not in wanted]:
+            cursor = self.cursors.pop(name)
+            changes.append(f"removed sink {name}")
+            self._retire(self._remove(cursor, cfg.shutdown_timeout_s), cursor.sink)
         for sc in cfg.sinks:
-            cur = old.get(sc.name)
-            if cur is not None and keep_all and cur.cfg == sc:
-                new[sc.name] = cur
+            existing = self.cursors.get(sc.name)
+            if existing is None:
+                added = self._cursor(sc, cfg)
+                await added.sink.start()
+                self.cursors[sc.name] = added
+                if self.reading is not None:
+                    added.follow(self.reading)
+                changes.append(f"added sink {sc.name}")
                 continue
-            sink = Sink(
-                sc, cfg, self.metrics, self._finished, stats=cur.stats if cur is not None else None
-            )
-            await sink.start()
-            new[sc.name] = sink
-            changes.append(f"{'changed' if cur is not None else 'added'} sink {sc.name}")
-        retired = [(s, new.get(name)) for name, s in old.items() if new.get(name) is not s]
-        changes += [f"removed sink {s.name}" for s, successor in retired if successor is None]
-        self.sinks = new
+            cursor = existing
+            if keep_all and cursor.sink.cfg == sc:
+                continue
+            old = cursor.sink
+            new = self._sink(sc, cfg, old)
+            await new.start()
+            cursor.sink = new
+            changes.append(f"changed sink {sc.name}")
+            self._retire(old.stop(cfg.shutdown_timeout_s, successor=new), old)
         self.cfg = cfg
-        for sink, successor in retired:
-            # A changed sink hands what it holds to its successor; a removed one gets the
-            # usual shutdown chance to deliver it.
-            task = asyncio.create_task(
-                sink.stop(cfg.shutdown_timeout_s, release=successor is None, successor=successor)
-            )
-            self._retiring[task] = sink
-            task.add_done_callback(self._retiring.pop)
         return changes
+
+    async def _remove(self, cursor: SinkCursor, timeout_s: float) -> int:
+        await cursor.stop_reading()
+        left = await cursor.sink.stop(timeout_s)
+        cursor.checkpoints.flush()
+        return left
+
+    def _retire(self, stopping: Coroutine[Any, Any, int], sink: Sink) -> None:
+        task = asyncio.ensure_future(stopping)
+        self._retiring[task] = sink
+        task.add_done_callback(self._retiring.pop)
+
+    async def rewind(self, name: str, to: Position) -> None:
+        cursor = self.cursors[name]
+        assert self.reading is not None
+        await cursor.rewind(to, self.reading)
+
+    def flush(self) -> None:
+        """Save every cursor's acknowledged position that moved."""
+        for cursor in self.cursors.values():
+            cursor.checkpoints.flush()
 
     def abort(self) -> None:
         """Cut a running :meth:`stop` short: what is still held is left, counted and logged."""
-        for sink in [*self.sinks.values(), *self._retiring.values()]:
+        for sink in [*(c.sink for c in self.cursors.values()), *self._retiring.values()]:
             sink.abort()
 
+    async def stop_reading(self) -> None:
+        await asyncio.gather(*(c.stop_reading() for c in self.cursors.values()))
+
     async def stop(self, timeout_s: float) -> int:
-        """Drain every sink concurrently within ``timeout_s``; returns events left undelivered."""
-        sinks = list(self.sinks.values())
+        """Stop reading, drain every sink within ``timeout_s``, save the cursors.
+
+        Returns the number of events left undelivered.
+        """
+        await self.stop_reading()
+        sinks = [c.sink for c in self.cursors.values()]
         left = await asyncio.gather(*(s.stop(timeout_s) for s in sinks), *self._retiring)
+        self.flush()
         total = sum(left)
         if not self._stopped and total:
             log.warning("%d event(s) left undelivered at shutdown", total)

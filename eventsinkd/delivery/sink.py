@@ -1,10 +1,19 @@
-"""One sink: a bounded queue of events, its own HTTP session and its own workers.
+"""One sink: a bounded queue of events, its own HTTP client and workers, retries and pausing.
 
-Nothing a sink does can hold up another sink: each has its own queue, session
+Nothing a sink does can hold up another sink: each has its own queue, client
 and workers, and a retry waiting for its backoff is parked on a timer instead
 of occupying a worker (except with ``concurrency: 1``, where order matters more
 and the one worker waits). The number of events a sink holds - queued, in
-flight or parked - never exceeds ``max_inflight``.
+flight, parked or waiting out a pause - never exceeds ``max_inflight``.
+
+A receiver that keeps failing *pauses* the sink (``pause_after_failures``
+retryable failures in a row, or an event out of retries with no success since
+its first attempt): one probe at a time on the backoff schedule, nothing
+counted against any event's ``max_retries``, and no new events in block mode
+(they wait in the WAL; in drop mode the queue still fills to ``max_inflight``,
+as Nexus's does). The first
+success resumes it. An event given up on while the receiver otherwise works
+(a permanent 4xx/3xx, or ``max_retries`` used up) becomes a dead letter.
 """
 
 from __future__ import annotations
@@ -13,27 +22,22 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-
-from eventsinkd import __version__
-from eventsinkd.config import EventsConfig, FilterConfig, SinkConfig, TlsConfig
+from eventsinkd.config import EventsConfig, FilterConfig, SinkConfig
 from eventsinkd.delivery.filters import EventFilter
-from eventsinkd.delivery.outcome import Outcome, backoff_delay, classify, parse_retry_after
-from eventsinkd.delivery.signing import sign
+from eventsinkd.delivery.outcome import Outcome, backoff_delay
+from eventsinkd.delivery.webhook import Attempt, WebhookClient
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics
 from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.state.deadletters import DeadLetter, DeadLetterWriter
 from eventsinkd.wal.entry import Entry
 
 log = logging.getLogger(__name__)
-
-USER_AGENT = f"eventsinkd/{__version__}"
-MAX_RESPONSE_BYTES = 64 * 1024  # read (and discard) at most this much of a response body
 
 
 @dataclass(slots=True)
@@ -44,24 +48,17 @@ class SinkStats:
     dropped: int = 0
     last_success: float | None = None
     last_failure: float | None = None
+    last_error: str | None = None
 
 
 class _Job:
-    __slots__ = ("attempts", "event")
+    __slots__ = ("attempts", "event", "first_attempt", "first_attempt_mono")
 
     def __init__(self, event: Event) -> None:
         self.event = event
-        self.attempts = 0
-
-
-def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if not tls.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    return ctx
+        self.attempts = 0  # attempts that count against max_retries (none while paused)
+        self.first_attempt = 0.0  # Unix time, for dead letters
+        self.first_attempt_mono = 0.0
 
 
 class Sink:
@@ -72,6 +69,7 @@ class Sink:
         metrics: Metrics,
         on_finish: Callable[[Event], None] | None = None,
         *,
+        dead_letters: DeadLetterWriter | None = None,
         rng: random.Random | None = None,
         stats: SinkStats | None = None,
     ) -> None:
@@ -80,19 +78,26 @@ class Sink:
         self.max_inflight = events.max_inflight
         self.backoff = events.backoff_for(cfg)
         self.retry_after_max = events.retry_after_max_seconds
+        self.pause_after = events.pause_after_failures
         # A sink reconfigured by a reload shares its predecessor's figures, as the
         # Prometheus counters of the same name do.
         self.stats = stats if stats is not None else SinkStats()
-        self.inflight = 0  # accepted and not finished: queued, in flight or parked for a retry
+        self.inflight = 0  # accepted and not finished: queued, in flight, parked or waiting
+        self.paused_since: float | None = None  # Unix time the sink paused, None when running
+        self.client = WebhookClient(cfg)
+        self._dead_letters = dead_letters
         self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish
         self._rng = rng or random.Random()
         self._ordered = cfg.concurrency == 1
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._parked: dict[_Job, asyncio.TimerHandle] = {}
-        self._held: set[_Job] = set()  # queued, in flight or parked
+        self._held: set[_Job] = set()  # everything counted in inflight
+        self._waiting: deque[_Job] = deque()  # held while paused; the probe takes from here
+        self._failures_in_a_row = 0
+        self._last_success_mono = float("-inf")
+        self._probe_task: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
         self._room = asyncio.Event()
         self._room.set()
         self._idle = asyncio.Event()
@@ -102,11 +107,6 @@ class Sink:
         self._stop_task: asyncio.Task[int] | None = None
         self._successor: Sink | None = None
         self._rlog = RateLimitedLog(log)
-        self._static_headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            **cfg.headers,
-        }
         m = metrics
         self._m_delivered = m.delivered.labels(self.name)
         self._m_failed = m.failed.labels(self.name)
@@ -120,27 +120,17 @@ class Sink:
         m.queue_depth.labels(self.name).set_function(lambda: self.inflight)
         m.last_success.labels(self.name).set_function(lambda: self.stats.last_success or 0.0)
         m.last_failure.labels(self.name).set_function(lambda: self.stats.last_failure or 0.0)
+        m.paused.labels(self.name).set_function(lambda: 1.0 if self.paused else 0.0)
         self._m_attempts = {o: m.attempts.labels(self.name, o.value) for o in Outcome}
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.cfg.concurrency, ssl=ssl_context(self.cfg.tls) if self._https else False
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_seconds),
-            skip_auto_headers=("User-Agent",),
-        )
+        await self.client.open()
         self._workers = [
             asyncio.create_task(self._worker(), name=f"sink-{self.name}-{i}")
             for i in range(self.cfg.concurrency)
         ]
-
-    @property
-    def _https(self) -> bool:
-        return self.cfg.url.scheme == "https"
 
     async def stop(
         self, timeout_s: float, *, release: bool = False, successor: Sink | None = None
@@ -149,12 +139,11 @@ class Sink:
 
         What is left after that is counted as dropped and logged. Returns how
         many were left. Safe to call more than once. ``release`` (a sink removed
-        by a reload) also reports the events left as finished, so block mode's
-        position does not wait for a sink that no longer exists; at shutdown they
-        stay unfinished and are read again after the restart. With a
+        by a reload) also reports the events left as finished. With a
         ``successor`` (the same sink, reconfigured by a reload) nothing is left:
         queued events move to it at once, and in-flight ones that do not get
-        through follow them.
+        through follow them. A paused sink's receiver is down: its events get no
+        last try (block mode reads them again after a restart).
         """
         if self._stop_task is None:
             self._successor = successor
@@ -163,18 +152,26 @@ class Sink:
 
     async def _stop(self, timeout_s: float, release: bool) -> int:
         self._draining.set()
+        self._room.set()  # a cursor waiting for room finds the sink closed instead
+        if self._probe_task is not None:
+            self._probe_task.cancel()
         for job, handle in list(self._parked.items()):
             handle.cancel()
             self._parked.pop(job, None)
             self._queue.put_nowait(job)
         if self._successor is not None:
+            while self._waiting:
+                self._move(self._waiting.popleft())
             while not self._queue.empty():
                 self._move(self._queue.get_nowait())
-        idle = asyncio.create_task(self._idle.wait())
-        abort = asyncio.create_task(self._abort.wait())
-        await asyncio.wait({idle, abort}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        idle.cancel()
-        abort.cancel()
+        if not self.paused:
+            idle = asyncio.create_task(self._idle.wait())
+            abort = asyncio.create_task(self._abort.wait())
+            await asyncio.wait(
+                {idle, abort}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            idle.cancel()
+            abort.cancel()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -192,11 +189,11 @@ class Sink:
             )
         self.inflight = 0
         left_jobs, self._held = self._held, set()
+        self._waiting.clear()
         if release and self._on_finish is not None:
             for job in left_jobs:
                 self._on_finish(job.event)
-        if self._session is not None:
-            await self._session.close()
+        await self.client.close()
         return left
 
     def _move(self, job: _Job) -> None:
@@ -228,8 +225,17 @@ class Sink:
         return self._filter is None or self._filter.matches(kind, entry)
 
     @property
+    def paused(self) -> bool:
+        return self.paused_since is not None
+
+    @property
+    def closed(self) -> bool:
+        """True once the sink stops taking events (shutdown, or replaced by a reload)."""
+        return self._draining.is_set()
+
+    @property
     def has_room(self) -> bool:
-        return self.inflight < self.max_inflight and not self._draining.is_set()
+        return self.inflight < self.max_inflight and not self.closed
 
     def offer(self, event: Event) -> bool:
         """Drop mode: queue ``event`` if there is room, else drop and count it. Never waits."""
@@ -238,7 +244,7 @@ class Sink:
             return False
         self.stats.offered += 1
         self._m_offered.inc()
-        self._enqueue(event)
+        self._adopt(_Job(event))
         return True
 
     def drop(self) -> None:
@@ -255,18 +261,23 @@ class Sink:
             self.max_inflight,
         )
 
-    async def put(self, event: Event) -> None:
-        """Block mode: wait for room, then queue ``event``."""
-        while self.inflight >= self.max_inflight:
+    async def put(self, event: Event) -> bool:
+        """Block mode: wait for room (and for a pause to end), then queue ``event``.
+
+        False when the sink closed meanwhile: the caller hands the event to
+        whatever replaced it, or leaves it to be read again after a restart.
+        """
+        # Paused, it takes nothing new: the events wait in the WAL, not in memory.
+        while self.paused or not self.has_room:
+            if self.closed:
+                return False
             self._room.clear()
             await self._room.wait()
         # Counted once it is held, so offered = delivered + failed + dropped + queue depth.
         self.stats.offered += 1
         self._m_offered.inc()
-        self._enqueue(event)
-
-    def _enqueue(self, event: Event) -> None:
         self._adopt(_Job(event))
+        return True
 
     def _finish(self, job: _Job, outcome: str) -> None:
         self._held.discard(job)
@@ -301,31 +312,42 @@ class Sink:
 
     async def _deliver(self, job: _Job) -> None:
         while True:
-            outcome, retry_after = await self._attempt(job.event)
-            job.attempts += 1
-            if outcome is Outcome.DELIVERED:
+            if self.paused:
+                self._waiting.append(job)  # the probe takes it from there
+                return
+            result = await self.attempt(job.event)
+            if result.outcome is Outcome.DELIVERED:
                 self._finish(job, "delivered")
                 return
-            if not outcome.retryable or job.attempts > self.cfg.max_retries:
-                self._finish(job, "failed")
-                self._rlog.log(
-                    logging.WARNING,
-                    "failed",
-                    "sink %s: event %s failed after %d attempt(s) (%s)",
-                    self.name,
-                    job.event.id,
-                    job.attempts,
-                    outcome.value,
-                )
+            if self.paused:
+                # It was in flight when the sink paused: this attempt does not count.
+                self._waiting.append(job)
                 return
-            if self._draining.is_set():
+            if job.attempts == 0:
+                job.first_attempt, job.first_attempt_mono = time.time(), time.monotonic()
+            job.attempts += 1
+            retryable = result.outcome.retryable
+            if retryable and self._draining.is_set():
                 if self._successor is not None:
                     self._move(job)
                 else:
                     self._finish(job, "dropped")  # its one try at shutdown did not get through
                 return
+            if retryable:
+                self._failures_in_a_row += 1
+                outage = self._failures_in_a_row >= self.pause_after
+                if job.attempts > self.cfg.max_retries:
+                    # Out of retries: this event's problem only if others got through meanwhile.
+                    outage = outage or self._last_success_mono < job.first_attempt_mono
+                if outage:
+                    self._pause(result)
+                    self._waiting.append(job)
+                    return
+            if not retryable or job.attempts > self.cfg.max_retries:
+                await self._give_up(job, result)
+                return
             delay = backoff_delay(
-                job.attempts, self.backoff, retry_after, self.retry_after_max, self._rng
+                job.attempts, self.backoff, result.retry_after, self.retry_after_max, self._rng
             )
             self._m_retries.inc()
             if not self._ordered:
@@ -335,6 +357,40 @@ class Sink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._draining.wait(), delay)
 
+    async def _give_up(self, job: _Job, result: Attempt) -> None:
+        """A permanent failure, or retries used up while the receiver works: a dead letter."""
+        event = job.event
+        if self._dead_letters is not None:
+            letter = DeadLetter(
+                sink=self.name,
+                webhook_id=event.id,
+                event_type=event.type,
+                timestamp=event.timestamp,
+                body=event.body(self.cfg.content),
+                attempts=job.attempts,
+                first_attempt=job.first_attempt,
+                last_attempt=time.time(),
+                last_outcome=result.detail,
+            )
+            try:
+                await self._dead_letters.add(letter)
+            except Exception as exc:  # the state directory is full or unwritable
+                # Not finished: block mode must not pass an event that is neither
+                # delivered nor kept. Try the whole thing again later.
+                log.error("sink %s: cannot store dead letter %s: %s", self.name, event.id, exc)
+                self._park(job, self.backoff[-1])
+                return
+        self._finish(job, "failed")
+        self._rlog.log(
+            logging.WARNING,
+            "failed",
+            "sink %s: event %s failed after %d attempt(s) (%s); kept as a dead letter",
+            self.name,
+            event.id,
+            job.attempts,
+            result.detail,
+        )
+
     def _park(self, job: _Job, delay: float) -> None:
         loop = asyncio.get_running_loop()
         self._parked[job] = loop.call_later(delay, self._unpark, job)
@@ -343,38 +399,87 @@ class Sink:
         if self._parked.pop(job, None) is not None:
             self._queue.put_nowait(job)
 
-    async def _attempt(self, event: Event) -> tuple[Outcome, float | None]:
-        assert self._session is not None, "sink not started"
-        ts = int(time.time())
-        body = event.body(self.cfg.content)
-        headers = {**self._static_headers, "webhook-id": event.id, "webhook-timestamp": str(ts)}
-        keys = self.cfg.signing_keys
-        if keys:
-            headers["webhook-signature"] = sign(keys, event.id, ts, body)
-        retry_after: float | None = None
-        started = time.perf_counter()
-        try:
-            async with self._session.post(str(self.cfg.url), data=body, headers=headers) as resp:
-                await resp.content.read(MAX_RESPONSE_BYTES)
-                outcome = classify(resp.status)
-                detail = f"HTTP {resp.status}"
-                if outcome is Outcome.RETRY_STATUS:
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        except TimeoutError:
-            outcome, detail = Outcome.TIMEOUT, f"no answer within {self.cfg.timeout_seconds}s"
-        except (aiohttp.ClientError, OSError) as exc:
-            outcome, detail = Outcome.CONNECTION, str(exc) or type(exc).__name__
-        self._m_duration.observe(time.perf_counter() - started)
-        self._m_attempts[outcome].inc()
-        if outcome is not Outcome.DELIVERED:
-            now = time.time()
-            self.stats.last_failure = now
-            self._rlog.log(
-                logging.WARNING,
-                f"attempt:{outcome.value}",
-                "sink %s: attempt for %s: %s",
-                self.name,
-                event.id,
-                detail,
+    # -- pausing -------------------------------------------------------------------
+
+    def _pause(self, result: Attempt) -> None:
+        self.paused_since = time.time()
+        log.warning(
+            "sink %s: paused after %d failed attempt(s) in a row (last: %s); "
+            "probing with one event at a time until the receiver answers",
+            self.name,
+            self._failures_in_a_row,
+            result.detail,
+        )
+        self._probe_task = asyncio.create_task(
+            self._probe(result.retry_after), name=f"sink-{self.name}-probe"
+        )
+
+    async def _probe(self, retry_after: float | None) -> None:
+        probes = 0
+        while True:
+            probes += 1
+            delay = backoff_delay(
+                probes, self.backoff, retry_after, self.retry_after_max, self._rng
             )
-        return outcome, retry_after
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._draining.wait(), delay)
+            if self._draining.is_set() or not self._waiting:
+                return
+            job = self._waiting.popleft()
+            result = await self.attempt(job.event)
+            if result.outcome is Outcome.DELIVERED:
+                self._finish(job, "delivered")
+                self._resume(probes)
+                return
+            retry_after = result.retry_after
+            if result.outcome.retryable or self._ordered:
+                # Probe the next event next time (one that keeps failing does not hold
+                # the others up), except where WAL order is promised.
+                (self._waiting.appendleft if self._ordered else self._waiting.append)(job)
+            else:
+                # The receiver answered: it is up, and this one event is refused.
+                if job.attempts == 0:
+                    job.first_attempt = time.time()
+                job.attempts += 1
+                self._resume(probes)
+                await self._give_up(job, result)
+                return
+
+    def _resume(self, probes: int) -> None:
+        since = self.paused_since or time.time()
+        self.paused_since = None
+        self._failures_in_a_row = 0
+        self._probe_task = None
+        log.info(
+            "sink %s: resumed after %.1fs paused (%d probe(s))",
+            self.name,
+            time.time() - since,
+            probes,
+        )
+        while self._waiting:
+            self._queue.put_nowait(self._waiting.popleft())
+        self._room.set()
+
+    # -- one attempt ---------------------------------------------------------------
+
+    async def attempt(self, event: Event) -> Attempt:
+        """One request for ``event``, counted in the metrics; never raises."""
+        started = time.perf_counter()
+        result = await self.client.send(event)
+        self._m_duration.observe(time.perf_counter() - started)
+        self._m_attempts[result.outcome].inc()
+        if result.outcome is Outcome.DELIVERED:
+            self._failures_in_a_row = 0
+            self._last_success_mono = time.monotonic()
+            return result
+        self.stats.last_failure = time.time()
+        self.stats.last_error = result.detail
+        self._rlog.log(
+            logging.WARNING,
+            f"attempt:{result.outcome.value}",
+            "sink %s: attempt for %s: %s",
+            self.name,
+            event.id,
+            result.detail,
+        )
+        return result

@@ -1,4 +1,4 @@
-"""The async stream of WAL batches: a :class:`WalScanner` driven by a :class:`Waker`."""
+"""The async stream of WAL batches: a :class:`WalScanner` woken by the shared :class:`Waker`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from pathlib import Path
 
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
+from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import Batch, StartAt, WalScanner
-from eventsinkd.wal.watch import Waker
 
 
 class WalFollower:
-    """Yields :class:`Batch` es in WAL order until stopped (or, without ``follow``, the end)."""
+    """Yields :class:`Batch` es in WAL order until stopped (or, without ``follow``, the end).
+
+    Given a :class:`SharedReading`, the follower is one cursor among several and
+    the watcher belongs to whoever made it; otherwise the follower has its own.
+    """
 
     def __init__(
         self,
@@ -25,9 +29,15 @@ class WalFollower:
         poll_interval_s: float = 0.5,
         force_polling: bool = False,
         batch_lines: int = 256,
+        reading: SharedReading | None = None,
     ) -> None:
-        self.scanner = WalScanner(wal_dir, parser, start, batch_lines=batch_lines)
-        self.waker = Waker(wal_dir, poll_interval_s=poll_interval_s, force_polling=force_polling)
+        self._owns_watcher = reading is None
+        if reading is None:
+            reading = SharedReading(
+                wal_dir, parser, poll_interval_s=poll_interval_s, force_polling=force_polling
+            )
+        self.scanner = WalScanner(wal_dir, parser, start, batch_lines=batch_lines, reading=reading)
+        self.waker = reading.waker
         self.follow = follow
         self._stopped = asyncio.Event()
 
@@ -45,10 +55,11 @@ class WalFollower:
         self.waker.notify()
 
     async def __aiter__(self) -> AsyncIterator[Batch]:
-        if self.follow:
+        if self.follow and self._owns_watcher:
             self.waker.start()
         try:
             while not self._stopped.is_set():
+                seen = self.waker.generation
                 batch = self.scanner.step()
                 if batch is not None:
                     yield batch
@@ -57,7 +68,8 @@ class WalFollower:
                     continue
                 if not self.follow and self.scanner.at_end:
                     return
-                await self.waker.wait()
+                await self.waker.wait(seen)
         finally:
-            await self.waker.stop()
+            if self._owns_watcher:
+                await self.waker.stop()
             self.scanner.close()

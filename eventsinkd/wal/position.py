@@ -10,19 +10,19 @@ the lines we counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
+from eventsinkd.state.files import atomic_write
+
 log = logging.getLogger(__name__)
 
-STATE_FILE = "position.json"
+STATE_FILE = "position.json"  # the one position of versions before per-sink cursors
+CURSORS_DIR = "cursors"
 FORMAT_VERSION = 1
 
 
@@ -51,10 +51,15 @@ def is_inside(path: Path, directory: Path) -> bool:
     return True
 
 
-class PositionStore:
-    """Loads and atomically saves the position file in ``state_dir``."""
+def cursor_file(sink: str) -> str:
+    """A sink's position file, relative to ``state_dir`` (names are [A-Za-z0-9_.-]{1,64})."""
+    return f"{CURSORS_DIR}/{sink}.json"
 
-    def __init__(self, state_dir: Path, wal_dir: Path) -> None:
+
+class PositionStore:
+    """Loads and atomically saves one position file (by default the legacy one) in ``state_dir``."""
+
+    def __init__(self, state_dir: Path, wal_dir: Path, file: str = STATE_FILE) -> None:
         if is_inside(state_dir, wal_dir):
             raise ValueError(
                 f"state directory {state_dir} is inside the WAL directory {wal_dir}; "
@@ -62,7 +67,7 @@ class PositionStore:
             )
         self.state_dir = state_dir
         self.wal_dir = wal_dir
-        self.path = state_dir / STATE_FILE
+        self.path = state_dir / file
         self.last_error: str | None = None
         self.last_saved: Position | None = None
 
@@ -106,31 +111,14 @@ class PositionStore:
             "wal_dir": str(self.wal_dir.resolve()),
             "saved_at": datetime.now(UTC).isoformat(),
         }
-        tmp_name: str | None = None
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=".position-", dir=self.state_dir)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(orjson.dumps(doc) + b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, self.path)
-            tmp_name = None
-            dir_fd = os.open(self.state_dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write(self.path, orjson.dumps(doc) + b"\n")
         except OSError as exc:
             msg = f"cannot save position to {self.path}: {exc.strerror or exc}"
             if msg != self.last_error:
                 log.error("%s; will keep retrying", msg)
             self.last_error = msg
             return False
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
         if self.last_error is not None:
             log.info("position saving works again (%s)", self.path)
         self.last_error = None

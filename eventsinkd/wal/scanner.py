@@ -16,6 +16,10 @@ What it must survive (shared/spec/nexus-wal.md):
 * truncation, deleted segments, a missing or unreadable directory;
 * the same idempotency key at the end of one segment and the start of the
   next after a crash during rotation (a bounded window of recent keys).
+
+Every sink has its own scanner (its cursor); what the scanners of one WAL
+directory share - listing, counters, parsed lines - is in
+:mod:`eventsinkd.wal.reading`.
 """
 
 from __future__ import annotations
@@ -24,16 +28,16 @@ import bisect
 import contextlib
 import logging
 import os
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from eventsinkd.ratelimit import RateLimitedLog
-from eventsinkd.wal.directory import SegmentDirectory
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, Reject
 from eventsinkd.wal.position import Position
+from eventsinkd.wal.reading import ReaderStats, SharedReading
 from eventsinkd.wal.segments import SegmentFile
 
 log = logging.getLogger(__name__)
@@ -59,19 +63,6 @@ class Record(NamedTuple):
 class Batch:
     records: list[Record]
     end: Position  # read position after every line behind this batch
-
-
-@dataclass(slots=True)
-class ReaderStats:
-    lines: int = 0
-    entries: Counter[str] = field(default_factory=Counter)  # by entry_type ("" = data)
-    rejected: Counter[str] = field(default_factory=Counter)  # by Reject value
-    duplicates: int = 0
-    rewrites: int = 0
-    truncations: int = 0
-    vanished: int = 0
-    segments: int = 0
-    last_timestamp: str = ""
 
 
 class _RecentKeys:
@@ -103,10 +94,14 @@ class WalScanner:
         *,
         batch_lines: int = 256,
         dedup_window: int = DEDUP_WINDOW,
+        reading: SharedReading | None = None,
     ) -> None:
         self.wal_dir = wal_dir
         self.parser = parser
-        self.stats = ReaderStats()
+        self.reading = reading or SharedReading(wal_dir, parser)
+        self.reading.cursors += 1
+        self.stats: ReaderStats = self.reading.stats  # shared: each line is counted once
+        self.last_timestamp = ""  # of the last entry this scanner read
         self.position = start if isinstance(start, Position) else Position("", 0)
         self.error: str | None = None  # why the directory cannot be read, if it cannot
         self.at_end = False  # the last step found nothing to read and no later segment
@@ -114,19 +109,27 @@ class WalScanner:
         self._batch_lines = batch_lines
         self._dedup_window = dedup_window
         self._recent = _RecentKeys(dedup_window)
-        self._dir = SegmentDirectory(wal_dir)
+        self._dir = self.reading.directory
         self._cur: SegmentFile | None = None
         self._cur_gone = False
-        self._rlog = RateLimitedLog(log)
+        self._closed = False
 
     @property
     def ready(self) -> bool:
         return self.error is None and self._start is None
 
     def close(self) -> None:
-        if self._cur is not None:
-            self._cur.close()
-            self._cur = None
+        self._set_cur(None)
+        if not self._closed:
+            self._closed = True
+            self.reading.cursors -= 1
+            self.reading.coverage.end(self)
+
+    @property
+    def mean_line_bytes(self) -> float:
+        """Mean size of the lines read from the current segment (for lag estimates)."""
+        cur = self._cur
+        return cur.read_off / cur.line if cur is not None and cur.line else 1024.0
 
     def backlog_bytes(self) -> int:
         """Bytes in the WAL not yet read: the rest of the current segment and all later ones.
@@ -167,6 +170,7 @@ class WalScanner:
             if self._start is not None:
                 start, self._start = self._start, None
                 self._begin(start, names)
+                self.reading.coverage.begin(self, self.position.key())
             if self._cur is None:
                 nxt = self._dir.first_with_data_after(names, self.position.segment)
                 if nxt is None:
@@ -195,10 +199,9 @@ class WalScanner:
         lines = cur.read_lines(max_lines=self._batch_lines)
         if lines:
             return self._emit(cur, lines)
-        if cur.pending_tail:
+        if cur.pending_tail and self.reading.first_time(cur.identity, ("partial", cur.line)):
             self._reject(Reject.PARTIAL, cur.name, cur.line + 1)
-        cur.close()
-        self._cur = None
+        self._set_cur(None)
         if nxt is None:
             self.at_end = True
             return None
@@ -237,12 +240,21 @@ class WalScanner:
         self.error = why
         self.at_end = True
 
+    def _set_cur(self, seg: SegmentFile | None) -> None:
+        """Make ``seg`` the segment being read, closing the previous one."""
+        old, self._cur = self._cur, seg
+        if seg is not None:
+            self.reading.hold(seg.identity)
+        if old is not None:
+            old.close()
+            self.reading.release(old.identity)
+
     def _open(self, name: str, line: int = 0) -> SegmentFile | None:
         try:
             seg = SegmentFile(self.wal_dir, name)
         except FileNotFoundError:
             return None
-        self._cur = seg
+        self._set_cur(seg)
         self._cur_gone = False
         self.position = Position(name, 0)
         if line:
@@ -253,7 +265,11 @@ class WalScanner:
         """Consume ``line`` lines of ``seg`` (None: all of them) and set the position there."""
         want = ALL_LINES if line is None else line
         skipped, recent = seg.skip_lines(want, keep=self._dedup_window if learn else 1)
-        if line is not None and skipped < line:
+        if (
+            line is not None
+            and skipped < line
+            and self.reading.first_time(seg.identity, ("short", skipped, line))
+        ):
             log.warning(
                 "segment %s holds %d lines, fewer than the %d consumed", seg.name, skipped, line
             )
@@ -272,8 +288,9 @@ class WalScanner:
             st = os.stat(cur.path)
         except FileNotFoundError:
             if not self._cur_gone:
-                log.info("segment %s was deleted; reading what remains of it", cur.name)
-                self.stats.vanished += 1
+                if self.reading.first_time(cur.identity, "vanished"):
+                    log.info("segment %s was deleted; reading what remains of it", cur.name)
+                    self.stats.vanished += 1
                 self._cur_gone = True
             return True
         if (st.st_dev, st.st_ino) == cur.identity and st.st_size >= cur.read_off:
@@ -284,13 +301,13 @@ class WalScanner:
         except FileNotFoundError:
             return True
         if rewritten:
-            self.stats.rewrites += 1
-        else:
+            if self.reading.first_time(cur.identity, "rewritten"):
+                self.stats.rewrites += 1
+        elif self.reading.first_time(cur.identity, ("truncated", st.st_size)):
             log.warning("segment %s was truncated in place", cur.name)
             self.stats.truncations += 1
-        self._cur = new
+        self._set_cur(new)
         self._skip_to(new, cur.line)
-        cur.close()
         return False
 
     def _begin(self, start: Position | StartAt, names: list[str]) -> None:
@@ -304,7 +321,7 @@ class WalScanner:
                 return
             self._learn_tail_before(names, with_data[-1])
             seg = SegmentFile(self.wal_dir, with_data[-1])
-            self._cur = seg
+            self._set_cur(seg)
             self._skip_to(seg, None, learn=True)
             log.info("starting at the end of the WAL: %s", self.position)
             return
@@ -318,7 +335,7 @@ class WalScanner:
                 )
             return
         seg = SegmentFile(self.wal_dir, start.segment)
-        self._cur = seg
+        self._set_cur(seg)
         self._skip_to(seg, start.line, learn=True)
         if start.last_key and self.position.last_key != start.last_key:
             self._relocate(seg, start, names)
@@ -347,11 +364,11 @@ class WalScanner:
             )
             return
         log.warning("segment %s: saved entry found at line %d, not %d", seg.name, found, start.line)
-        seg.close()
         # The keys learned while skipping to the wrong line are not all behind us.
         self._recent = _RecentKeys(self._dedup_window)
         self._learn_tail_before(names, seg.name)
-        self._cur = SegmentFile(self.wal_dir, seg.name)
+        self._set_cur(SegmentFile(self.wal_dir, seg.name))
+        assert self._cur is not None
         self._skip_to(self._cur, found, learn=True)
 
     def _learn_tail_before(self, names: list[str], segment: str) -> None:
@@ -375,29 +392,52 @@ class WalScanner:
 
     def _emit(self, cur: SegmentFile, lines: list[bytes | None]) -> Batch:
         # The hot loop of catching up: keep per-line work to what cannot be avoided.
+        name = cur.name
+        first = cur.line - len(lines)
+        reading = self.reading
+        others = reading.coverage.claim(self, (name, first), (name, cur.line))
+        if not others:
+            fresh = None  # every line is new to this process: this cursor counts them
+        elif any(s <= (name, first) and (name, cur.line) <= e for s, e in others):
+            fresh = frozenset[int]()  # another cursor read (and counted) all of them
+        else:
+            fresh = frozenset(
+                n
+                for n in range(first + 1, cur.line + 1)
+                if not any(s < (name, n) <= e for s, e in others)
+            )
+        parse: Callable[[bytes], Entry | Reject]
+        if not reading.shared:
+            parse = self.parser.parse
+        elif fresh is None:
+            parse = self._parse_and_share
+        else:
+            parse = self._parse_shared
         records: list[Record] = []
         append = records.append
-        name = cur.name
-        line_no = cur.line - len(lines)
-        parse = self.parser.parse
+        line_no = first
         recent = self._recent
         keys, order, window = recent.keys, recent.order, recent.size
         counts: dict[str, int] = {}
+        duplicates = 0
         key = ""
         for raw in lines:
             line_no += 1
             entry = Reject.TOO_LONG if raw is None else parse(raw)
             if isinstance(entry, Reject):
-                self._reject(entry, name, line_no)
+                if fresh is None or line_no in fresh:
+                    self._reject(entry, name, line_no)
                 key = ""
                 continue
             key = entry.idempotency_key or entry.payload_id
-            kind = entry.entry_type
-            counts[kind] = counts.get(kind, 0) + 1
+            if fresh is None or line_no in fresh:
+                kind = entry.entry_type
+                counts[kind] = counts.get(kind, 0) + 1
             if key:
                 # _RecentKeys.seen(), inlined: this loop runs once per WAL line.
                 if key in keys:
-                    self.stats.duplicates += 1
+                    if fresh is None or line_no in fresh:
+                        duplicates += 1
                     continue
                 keys.add(key)
                 order.append(key)
@@ -405,16 +445,31 @@ class WalScanner:
                     keys.discard(order.popleft())
             append(Record(entry, name, line_no))
         stats = self.stats
-        stats.lines += len(lines)
+        stats.lines += len(lines) if fresh is None else len(fresh)
         stats.entries.update(counts)
+        stats.duplicates += duplicates
         if records:
-            stats.last_timestamp = records[-1].entry.timestamp
+            self.last_timestamp = records[-1].entry.timestamp
+            if fresh is None:
+                stats.last_timestamp = self.last_timestamp
         self.position = Position(name, cur.line, key)
         return Batch(records, self.position)
 
+    def _parse_and_share(self, raw: bytes) -> Entry | Reject:
+        cache = self.reading.cache
+        got = cache.get(raw)
+        if got is None:
+            got = self.parser.parse(raw)
+            cache.put(raw, got)
+        return got
+
+    def _parse_shared(self, raw: bytes) -> Entry | Reject:
+        got = self.reading.cache.get(raw)
+        return self.parser.parse(raw) if got is None else got
+
     def _reject(self, reason: Reject, segment: str, line_no: int) -> None:
         self.stats.rejected[reason.value] += 1
-        self._rlog.log(
+        self.reading.rlog.log(
             logging.WARNING,
             f"reject:{reason.value}",
             "skipped %s line: segment %s line %d",

@@ -1,8 +1,13 @@
-"""Wake the reader when the WAL directory changes: watchfiles, with polling behind it.
+"""Wake the readers when the WAL directory changes: watchfiles, with polling behind it.
 
 inotify does not work on every filesystem (NFS, some container overlays), and a
 watch dies with its directory, so a timer always runs too: with a watcher it is
 the safety net, with ``force_polling`` it is the only trigger.
+
+One :class:`Waker` serves every cursor. A change is a new *generation*; a
+reader notes the generation before it looks for data and waits only while the
+generation is unchanged, so every waiting cursor wakes on every change, and a
+change that lands while a reader is busy is never missed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class Waker:
         self.wal_dir = wal_dir
         self.poll_interval_s = poll_interval_s
         self.force_polling = force_polling
+        self.generation = 0
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -45,13 +51,21 @@ class Waker:
             self._task = None
 
     def notify(self) -> None:
-        self._changed.set()
+        """Wake every waiter: they all hold the event being set, the next wait gets a new one."""
+        self.generation += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
-    async def wait(self) -> None:
-        """Return on the next change notification, or after ``poll_interval_s``."""
+    async def wait(self, seen: int | None = None) -> None:
+        """Return once the generation differs from ``seen``, or after ``poll_interval_s``.
+
+        ``seen`` is :attr:`generation` as noted before the caller last looked for
+        data; None waits for the next change.
+        """
+        if seen is not None and seen != self.generation:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), self.poll_interval_s)
-        self._changed.clear()
 
     async def _watch(self) -> None:
         failed_before = False
@@ -69,7 +83,7 @@ class Waker:
                     if not self.watching:
                         self.watching = True
                         failed_before = False
-                    self._changed.set()
+                    self.notify()
             except Exception as exc:  # the directory is missing, unreadable, or gone
                 if not failed_before:
                     log.info(

@@ -1,0 +1,171 @@
+"""A sink's cursor: its own way through the WAL, its saved position, and its sink.
+
+The WAL is the queue. Each sink reads it through its own scanner and saves its
+own position, so a sink that is slow or down falls behind alone, holding at
+most ``max_inflight`` events, and catches up from the WAL later.
+
+``overflow: drop`` - handing over never waits; the position is acknowledged as
+soon as a batch is handed over, and what the sink has no room for is dropped
+and counted (a sink never falls more than ``max_inflight`` events behind).
+``overflow: block`` - handing over waits for room, and the position only moves
+across events the sink has finished (delivered, or kept as a dead letter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from eventsinkd.delivery.acks import AckTracker, Ticket
+from eventsinkd.delivery.sink import Sink
+from eventsinkd.events import Event, event_type
+from eventsinkd.metrics import Lag, lag_seconds
+from eventsinkd.wal.follower import WalFollower
+from eventsinkd.wal.position import Checkpointer, Position
+from eventsinkd.wal.reading import SharedReading
+from eventsinkd.wal.scanner import Batch, StartAt
+
+log = logging.getLogger(__name__)
+
+STOP_READING_S = 1.0  # how long a cursor waiting for room may take to notice a stop
+
+
+def finish_ticket(event: Event) -> None:
+    """The sinks' ``on_finish``: a finished event moves its cursor's position (block mode)."""
+    if isinstance(event.ticket, Ticket):
+        event.ticket.tracker.done(event.ticket)
+
+
+class SinkCursor:
+    def __init__(
+        self,
+        sink: Sink,
+        checkpoints: Checkpointer,
+        *,
+        block: bool,
+        started_at: Position | StartAt,
+        on_failure: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.checkpoints = checkpoints
+        self.block = block
+        self.start: Position | StartAt = started_at
+        self.tracker = AckTracker(checkpoints.ack) if block else None
+        self.follower: WalFollower | None = None
+        self._on_failure = on_failure
+        self._task: asyncio.Task[None] | None = None
+
+    # -- handing events over ------------------------------------------------------
+
+    async def handle(self, batch: Batch) -> None:
+        """Hand the events of ``batch`` this sink wants to it; in block mode wait for room."""
+        if self.block:
+            await self._handle_blocking(batch)
+            return
+        sink = self.sink
+        for rec in batch.records:
+            kind = event_type(rec.entry)
+            if kind is None or not sink.accepts(kind, rec.entry):
+                continue
+            if sink.has_room:
+                sink.offer(Event(kind, rec.entry, (sink.cfg.content,)))
+            else:
+                sink.drop()  # a flood against a full sink renders no bodies
+        self.checkpoints.ack(batch.end)
+
+    async def _handle_blocking(self, batch: Batch) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        for rec in batch.records:
+            kind = event_type(rec.entry)
+            if kind is None or not self.sink.accepts(kind, rec.entry):
+                continue
+            event = Event(kind, rec.entry, (self.sink.cfg.content,))
+            event.ticket = tracker.track(rec.position, rec.entry.timestamp)
+            # A reload can replace the sink while we wait for room: the event goes
+            # to the new one. At shutdown it stays unfinished and is read again.
+            while not await self.sink.put(event):
+                if self.sink.closed:
+                    await asyncio.Event().wait()  # until the reader is cancelled
+        tracker.track(batch.end, finished=True)
+
+    # -- reading --------------------------------------------------------------------
+
+    def follow(self, reading: SharedReading, *, batch_lines: int = 256) -> None:
+        """Start reading the WAL from ``start`` (the saved position or ``start_at``)."""
+        self.follower = WalFollower(
+            reading.wal_dir, reading.parser, self.start, reading=reading, batch_lines=batch_lines
+        )
+        self._task = asyncio.create_task(self._read(self.follower), name=f"cursor-{self.name}")
+
+    async def _read(self, follower: WalFollower) -> None:
+        try:
+            async for batch in follower:
+                await self.handle(batch)
+        except Exception as exc:
+            if self._on_failure is not None:
+                self._on_failure(self.name, exc)
+            raise
+
+    @property
+    def reading(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop_reading(self) -> None:
+        """Stop reading. In block mode what was not handed over is read again after a restart."""
+        if self.follower is not None:
+            self.follower.stop()
+        if self._task is None:
+            return
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._task), STOP_READING_S)
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def rewind(self, to: Position, reading: SharedReading) -> None:
+        """Move the cursor to ``to`` and read on from there (events held now still go out)."""
+        await self.stop_reading()
+        if self.tracker is not None:
+            self.tracker.close()  # tickets still held must not move the new position
+            self.tracker = AckTracker(self.checkpoints.ack)
+        self.checkpoints.acked = to
+        self.checkpoints.flush()
+        self.start = to
+        log.info("sink %s: cursor rewound to %s", self.name, to)
+        self.follow(reading)
+
+    # -- figures ----------------------------------------------------------------------
+
+    @property
+    def read_position(self) -> Position | None:
+        return self.follower.position if self.follower is not None else None
+
+    def lag(self) -> Lag:
+        scanner = self.follower.scanner if self.follower is not None else None
+        behind = scanner.backlog_bytes() if scanner is not None else 0
+        held = self.sink.inflight
+        oldest = self.tracker.oldest_unfinished if self.tracker is not None else None
+        if oldest is not None:
+            seconds = lag_seconds(oldest.timestamp)
+        elif behind and scanner is not None:
+            seconds = lag_seconds(scanner.last_timestamp)
+        else:
+            seconds = 0.0
+        unread = 0
+        if behind and scanner is not None and scanner.stats.lines:
+            # Not read yet, so not counted: estimated from the mean line size seen.
+            unread = round(behind / max(1.0, scanner.mean_line_bytes))
+        return Lag(held + unread, behind, seconds)
+
+    def state(self) -> str:
+        if self.sink.paused:
+            return "paused"
+        scanner = self.follower.scanner if self.follower is not None else None
+        if scanner is not None and not scanner.at_end:
+            return "catching_up"
+        return "running"

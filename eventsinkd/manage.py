@@ -1,0 +1,205 @@
+"""The operator's commands on the state directory: dead letters and rewinding a cursor.
+
+Each works whether the daemon runs or not; :mod:`eventsinkd.state.control`
+says how the two never act on the same letter or cursor at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import TextIO
+
+import orjson
+
+from eventsinkd.config import Config
+from eventsinkd.delivery.replay import ReplayResult, replay
+from eventsinkd.delivery.webhook import WebhookClient
+from eventsinkd.state.control import StateLock, request_rewind
+from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
+from eventsinkd.wal.lines import LineParser
+from eventsinkd.wal.position import Position, PositionStore, cursor_file
+from eventsinkd.wal.seek import parse_target, position_before
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+DAEMON_SILENT_S = 60.0  # a running daemon that makes no progress on a request for this long
+
+
+class UsageError(Exception):
+    """A bad argument: exit 2 with this message."""
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _check_sink(cfg: Config, sink: str | None) -> None:
+    names = [s.name for s in cfg.events.sinks]
+    if sink is not None and sink not in names:
+        raise UsageError(f"no sink named {sink!r} in the config (sinks: {', '.join(names) or '-'})")
+
+
+def parse_time(value: str) -> float:
+    target = parse_target(value)
+    if not isinstance(target, float):
+        raise UsageError(f"{value!r} is not an RFC 3339 time, e.g. 2026-04-10T12:00:00Z")
+    return target
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+def list_letters(cfg: Config, sink: str | None, as_json: bool, out: TextIO) -> int:
+    store = DeadLetterStore(cfg.state_dir)
+    try:
+        letters = store.letters(sink)
+    finally:
+        store.close()
+    if as_json:
+        for x in letters:
+            doc = {
+                "sink": x.sink,
+                "webhook_id": x.webhook_id,
+                "event_type": x.event_type,
+                "attempts": x.attempts,
+                "first_attempt": _iso(x.first_attempt),
+                "last_attempt": _iso(x.last_attempt),
+                "last_outcome": x.last_outcome,
+                "replay_requested": x.replay,
+                "event": orjson.loads(x.body),
+            }
+            out.write(orjson.dumps(doc).decode() + "\n")
+        return EXIT_OK
+    for x in letters:
+        out.write(
+            f"{x.sink}\t{x.webhook_id}\t{x.attempts} attempt(s)\tlast {_iso(x.last_attempt)}"
+            f"\t{x.last_outcome}\n"
+        )
+    out.write(f"{len(letters)} dead letter(s)\n")
+    return EXIT_OK
+
+
+def purge_letters(cfg: Config, sink: str | None, before: float | None, out: TextIO) -> int:
+    store = DeadLetterStore(cfg.state_dir)
+    try:
+        n = store.purge(sink, before)
+    finally:
+        store.close()
+    out.write(f"purged {n} dead letter(s)\n")
+    return EXIT_OK
+
+
+def replay_letters(cfg: Config, sink: str | None, ids: list[str] | None, out: TextIO) -> int:
+    _check_sink(cfg, sink)
+    store = DeadLetterStore(cfg.state_dir)
+    lock = StateLock(cfg.state_dir)
+    try:
+        if lock.acquire("eventsinkd dead-letters replay"):
+            letters = [x for x in store.letters(sink) if ids is None or x.webhook_id in ids]
+            result = asyncio.run(_replay_here(cfg, store, letters))
+        else:
+            out.write(f"the daemon runs ({lock.holder()}): it sends them\n")
+            result = _replay_by_daemon(store, sink, ids)
+    finally:
+        lock.release()
+        store.close()
+    for webhook_id, why in result.failed:
+        out.write(f"failed: {webhook_id}: {why}\n")
+    out.write(
+        f"replayed {len(result.delivered) + len(result.failed)} dead letter(s): "
+        f"{len(result.delivered)} delivered, {len(result.failed)} failed (kept)\n"
+    )
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+async def _replay_here(
+    cfg: Config, store: DeadLetterStore, letters: list[DeadLetter]
+) -> ReplayResult:
+    clients = {s.name: WebhookClient(s) for s in cfg.events.sinks}
+    for client in clients.values():
+        await client.open()
+
+    async def run_sync(fn: object, *args: object) -> object:
+        return fn(*args)  # type: ignore[operator]
+
+    try:
+        return await replay(
+            letters,
+            lambda name: clients[name].send if name in clients else None,
+            store,
+            run_sync,
+        )
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
+def _replay_by_daemon(
+    store: DeadLetterStore, sink: str | None, ids: list[str] | None
+) -> ReplayResult:
+    asked = [(x.sink, x.webhook_id) for x in store.request_replay(sink, ids)]
+    last_change, waiting = time.monotonic(), len(asked)
+    while True:
+        now = {(x.sink, x.webhook_id): x for x in store.letters(sink)}
+        pending = [k for k in asked if k in now and now[k].replay]
+        if not pending:
+            break
+        if len(pending) != waiting:
+            last_change, waiting = time.monotonic(), len(pending)
+        if time.monotonic() - last_change > DAEMON_SILENT_S:
+            break
+        time.sleep(0.2)
+    result = ReplayResult()
+    silent = f"not replayed by the daemon within {DAEMON_SILENT_S:.0f}s (still requested)"
+    for key in asked:
+        after = now.get(key)
+        if after is None:
+            result.delivered.append(key[1])
+        elif after.replay:
+            result.failed.append((key[1], silent))
+        else:
+            result.failed.append((key[1], after.last_outcome))
+    return result
+
+
+# -- rewind ------------------------------------------------------------------------------
+
+
+def rewind(cfg: Config, sink: str, to: str, out: TextIO) -> int:
+    _check_sink(cfg, sink)
+    target = parse_target(to)
+    if isinstance(target, Position):
+        pos = target
+    else:
+        found = position_before(cfg.wal.dir, LineParser(cfg.wal.mac_key_bytes), target)
+        if found is None:
+            what = "at or after that time" if isinstance(target, float) else "with that payload_id"
+            out.write(f"eventsinkd: no memory_written entry {what} in {cfg.wal.dir}\n")
+            return EXIT_FAILED
+        pos = found
+    lock = StateLock(cfg.state_dir)
+    try:
+        if lock.acquire("eventsinkd rewind"):
+            store = PositionStore(cfg.state_dir, cfg.wal.dir, cursor_file(sink))
+            if not store.save(pos):
+                out.write(f"eventsinkd: {store.last_error}\n")
+                return EXIT_FAILED
+            out.write(
+                f"sink {sink}: cursor moved to {pos}; delivery resumes there at the next start\n"
+            )
+            return EXIT_OK
+        path = request_rewind(cfg.state_dir, sink, pos)
+        deadline = time.monotonic() + DAEMON_SILENT_S
+        while path.exists():
+            if time.monotonic() > deadline:
+                path.unlink(missing_ok=True)  # withdrawn: it must not apply later by surprise
+                out.write(f"eventsinkd: the daemon ({lock.holder()}) did not take the request\n")
+                return EXIT_FAILED
+            time.sleep(0.1)
+        out.write(f"sink {sink}: the running daemon moved its cursor to {pos}\n")
+        return EXIT_OK
+    finally:
+        lock.release()

@@ -1,0 +1,1 @@
+"""eventsinkd's own state beside the cursors: dead letters, the state lock, requests."""

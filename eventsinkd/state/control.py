@@ -1,0 +1,104 @@
+"""Who acts on the state directory: the running daemon, or a command when none runs.
+
+The daemon holds an exclusive lock (``flock``) on ``state_dir/eventsinkd.lock``
+for its whole life. A command that sends dead letters or moves a cursor
+(``dead-letters replay``, ``rewind``) tries the same lock without waiting:
+
+* it gets it: no daemon runs on this state directory. The command does the
+  work itself and holds the lock meanwhile (a daemon starting then waits);
+* it does not: a daemon runs. The command leaves a request in the state
+  directory - a flag on the dead letters, a file in ``requests/`` for a
+  rewind - and waits while the daemon carries it out.
+
+So only one process ever sends a given dead letter or moves a cursor, and the
+admin server, which has no authentication, is not involved. Only someone who
+can write the state directory can make a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import orjson
+
+from eventsinkd.state.files import atomic_write
+from eventsinkd.wal.position import Position
+
+LOCK_FILE = "eventsinkd.lock"
+REQUESTS_DIR = "requests"
+
+
+class StateLock:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        self._fd = -1
+
+    def acquire(self, holder: str, *, wait_s: float = 0.0) -> bool:
+        """Take the lock, waiting up to ``wait_s``; False if another process keeps it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """Who holds (or last held) the lock, as it wrote itself down."""
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = -1
+
+    def __enter__(self) -> StateLock:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def _rewind_path(state_dir: Path, sink: str) -> Path:
+    return state_dir / REQUESTS_DIR / f"rewind-{sink}.json"
+
+
+def request_rewind(state_dir: Path, sink: str, to: Position) -> Path:
+    """Ask the running daemon to move ``sink``'s cursor to ``to``; the file goes when done."""
+    path = _rewind_path(state_dir, sink)
+    doc = {"sink": sink, "segment": to.segment, "line": to.line, "last_key": to.last_key}
+    atomic_write(path, orjson.dumps(doc))
+    return path
+
+
+def pending_rewinds(state_dir: Path) -> list[tuple[str, Position, Path]]:
+    """Rewind requests waiting in ``state_dir``; unreadable ones are removed."""
+    out: list[tuple[str, Position, Path]] = []
+    folder = state_dir / REQUESTS_DIR
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("rewind-*.json")):
+        try:
+            doc = orjson.loads(path.read_bytes())
+            pos = Position(str(doc["segment"]), int(doc["line"]), str(doc["last_key"]))
+            out.append((str(doc["sink"]), pos, path))
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return out

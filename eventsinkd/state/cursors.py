@@ -1,0 +1,98 @@
+"""Every sink's saved cursor in ``state_dir/cursors/<sink>.json``, and the upgrade to them.
+
+Before per-sink cursors there was one saved position, ``state_dir/position.json``:
+in block mode the oldest event any sink had not finished, in drop mode the
+reading position. It is exactly where every sink must resume, so on the first
+start after an upgrade each configured sink without a cursor takes it, the
+cursors are saved, and the old file is renamed ``position.json.migrated``
+(kept for reference; it is never read again). Sinks added later start at their
+``start_at``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from eventsinkd.config import Config, SinkConfig
+from eventsinkd.wal.position import (
+    Checkpointer,
+    Position,
+    PositionFileError,
+    PositionStore,
+    cursor_file,
+)
+from eventsinkd.wal.scanner import StartAt
+
+log = logging.getLogger(__name__)
+
+MIGRATED_SUFFIX = ".migrated"
+
+
+class CursorFiles:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.problems: list[str] = []  # cursor files that could not be used at start
+        self._checkpoints: dict[str, Checkpointer] = {}
+
+    def checkpoints(self, sink: str) -> Checkpointer:
+        cp = self._checkpoints.get(sink)
+        if cp is None:
+            store = PositionStore(self.cfg.state_dir, self.cfg.wal.dir, cursor_file(sink))
+            cp = self._checkpoints[sink] = Checkpointer(store, self.cfg.state_save_interval_s)
+        return cp
+
+    def store_errors(self) -> list[str]:
+        return [
+            cp.store.last_error
+            for cp in self._checkpoints.values()
+            if cp.store is not None and cp.store.last_error is not None
+        ]
+
+    def start_for(self, sink: SinkConfig) -> Position | StartAt:
+        """The saved cursor; else the sink's ``start_at``; else ``wal.start_at``."""
+        fallback = sink.start_at or self.cfg.wal.start_at
+        store = self.checkpoints(sink.name).store
+        assert store is not None
+        try:
+            saved = store.load()
+        except PositionFileError as exc:
+            problem = f"{exc}; sink {sink.name} started at the {fallback} of the WAL"
+            log.error("%s", problem)
+            self.problems.append(problem)
+            return fallback
+        if saved is None:
+            log.info("sink %s: no saved cursor; starting at the %s of the WAL", sink.name, fallback)
+            return fallback
+        return saved
+
+    def migrate(self, sinks: list[SinkConfig]) -> None:
+        """Give every sink without a cursor the old single position (see the module doc)."""
+        legacy = PositionStore(self.cfg.state_dir, self.cfg.wal.dir)
+        try:
+            old = legacy.load()
+        except PositionFileError as exc:
+            problem = f"{exc}; sinks without a cursor start at their start_at"
+            log.error("%s", problem)
+            self.problems.append(problem)
+            return
+        if old is None:
+            return
+        saved_all = True
+        for sink in sinks:
+            cp = self.checkpoints(sink.name)
+            assert cp.store is not None
+            if cp.store.path.exists():
+                continue
+            cp.ack(old)
+            saved_all = cp.flush() and saved_all
+            log.info("sink %s: cursor taken from %s: %s", sink.name, legacy.path, old)
+        if not saved_all:
+            return  # tried again at the next start
+        try:
+            os.replace(legacy.path, Path(f"{legacy.path}{MIGRATED_SUFFIX}"))
+        except OSError as exc:
+            log.error("cannot rename %s after the upgrade: %s", legacy.path, exc)
+            return
+        log.info("upgraded %s to one cursor per sink", legacy.path)

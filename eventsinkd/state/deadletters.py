@@ -1,0 +1,253 @@
+"""Dead letters: events a sink gave up on, kept in ``state_dir`` until replayed or purged.
+
+One SQLite database (``state_dir/dead-letters.sqlite3``) holds every sink's
+letters. SQLite rather than files of our own: each letter is stored durably
+in one transaction (``synchronous=FULL``), the daemon and the
+``dead-letters`` commands can use it at the same time (its own locking, with a
+busy timeout), and eviction of the oldest letters is one statement. It ships
+with Python.
+
+Each sink keeps at most ``max_bytes`` of letters (body and ids); past that the
+oldest are evicted, counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DB_FILE = "dead-letters.sqlite3"
+OVERHEAD_BYTES = 128  # per letter, beyond its body and ids: times, counts, outcome
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink TEXT NOT NULL,
+    webhook_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_attempt REAL NOT NULL,
+    last_attempt REAL NOT NULL,
+    last_outcome TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    replay INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (sink, webhook_id)
+);
+"""
+_COLUMNS = (
+    "sink, webhook_id, event_type, timestamp, body, attempts, first_attempt, last_attempt, "
+    "last_outcome, replay"
+)
+
+
+@dataclass(slots=True, frozen=True)
+class DeadLetter:
+    sink: str
+    webhook_id: str
+    event_type: str
+    timestamp: str  # the entry's WAL time, as Nexus wrote it
+    body: bytes  # exactly what the sink sent
+    attempts: int
+    first_attempt: float  # Unix seconds
+    last_attempt: float
+    last_outcome: str  # e.g. "HTTP 422" or "connection refused"
+    replay: bool = False  # a replay is requested from the running daemon
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.webhook_id) + len(self.last_outcome) + OVERHEAD_BYTES
+
+
+class DeadLetterStore:
+    """Synchronous access to the database; the daemon uses it through :class:`DeadLetterWriter`."""
+
+    def __init__(self, state_dir: Path, max_bytes: int = 100 * 1024 * 1024) -> None:
+        self.path = state_dir / DB_FILE
+        self.max_bytes = max_bytes
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._db:  # commits, or rolls back on an exception
+            yield self._db
+
+    def add(self, letters: list[DeadLetter]) -> dict[str, list[str]]:
+        """Store ``letters`` in one transaction; returns the webhook-ids evicted, by sink.
+
+        A letter for an id the sink already holds replaces it (a rewind can
+        fail the same event again).
+        """
+        evicted: dict[str, list[str]] = {}
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT OR REPLACE INTO letters ({_COLUMNS}, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                [
+                    (
+                        x.sink,
+                        x.webhook_id,
+                        x.event_type,
+                        x.timestamp,
+                        x.body,
+                        x.attempts,
+                        x.first_attempt,
+                        x.last_attempt,
+                        x.last_outcome,
+                        x.size,
+                    )
+                    for x in letters
+                ],
+            )
+            for sink in {x.sink for x in letters}:
+                # Newest first, keep while the running total fits; the rest are the oldest.
+                rows = db.execute(
+                    "SELECT seq, webhook_id FROM (SELECT seq, webhook_id, "
+                    "SUM(size) OVER (ORDER BY seq DESC) AS total FROM letters WHERE sink = ?) "
+                    "WHERE total > ?",
+                    (sink, self.max_bytes),
+                ).fetchall()
+                if rows:
+                    db.executemany("DELETE FROM letters WHERE seq = ?", [(r[0],) for r in rows])
+                    evicted[sink] = [r[1] for r in rows]
+        return evicted
+
+    def letters(self, sink: str | None = None, *, replay_only: bool = False) -> list[DeadLetter]:
+        where, args = self._where(sink)
+        if replay_only:
+            where += " AND replay = 1"
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM letters WHERE {where} ORDER BY seq", args
+        ).fetchall()
+        return [
+            DeadLetter(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7], r[8], bool(r[9]))
+            for r in rows
+        ]
+
+    def replay_requests(self) -> list[DeadLetter]:
+        return self.letters(replay_only=True)
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT sink, COUNT(*) FROM letters GROUP BY sink").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def request_replay(self, sink: str | None, ids: list[str] | None) -> list[DeadLetter]:
+        """Mark letters for the running daemon to replay; returns those marked."""
+        where, args = self._where(sink, ids)
+        with self._tx() as db:
+            db.execute(f"UPDATE letters SET replay = 1 WHERE {where}", args)
+        return [
+            x for x in self.letters(sink, replay_only=True) if ids is None or x.webhook_id in ids
+        ]
+
+    def delivered(self, sink: str, webhook_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM letters WHERE sink = ? AND webhook_id = ?", (sink, webhook_id))
+
+    def failed_again(self, sink: str, webhook_id: str, outcome: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE letters SET attempts = attempts + 1, last_attempt = ?, "
+                "last_outcome = ?, replay = 0 WHERE sink = ? AND webhook_id = ?",
+                (time.time(), outcome, sink, webhook_id),
+            )
+
+    def purge(self, sink: str | None = None, before: float | None = None) -> int:
+        """Delete letters (of ``sink``, last tried before ``before``); returns how many."""
+        where, args = self._where(sink)
+        if before is not None:
+            where += " AND last_attempt < ?"
+            args.append(before)
+        with self._tx() as db:
+            return db.execute(f"DELETE FROM letters WHERE {where}", args).rowcount
+
+    @staticmethod
+    def _where(sink: str | None, ids: list[str] | None = None) -> tuple[str, list[str | float]]:
+        clauses, args = ["1 = 1"], list[str | float]()
+        if sink is not None:
+            clauses.append("sink = ?")
+            args.append(sink)
+        if ids:
+            clauses.append(f"webhook_id IN ({', '.join('?' * len(ids))})")
+            args.extend(ids)
+        return " AND ".join(clauses), args
+
+
+class DeadLetterWriter:
+    """The daemon's side: letters stored off the event loop, many per transaction.
+
+    :meth:`add` returns once the letter is on disk, so block mode's cursor never
+    passes an event before its letter is safe.
+    """
+
+    def __init__(self, store: DeadLetterStore) -> None:
+        self.store = store
+        self.evicted: dict[str, int] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dead-letters")
+        self._pending: list[tuple[DeadLetter, asyncio.Future[None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def add(self, letter: DeadLetter) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((letter, fut))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush(), name="dead-letters")
+        await fut
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store method on the store's thread (one writer at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    evicted = await asyncio.get_running_loop().run_in_executor(
+                        self._pool, self.store.add, [x for x, _ in batch]
+                    )
+                except (sqlite3.Error, OSError) as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+                for sink, ids in evicted.items():
+                    self.evicted[sink] = self.evicted.get(sink, 0) + len(ids)
+                    log.warning(
+                        "sink %s: dead-letter store full (%d MB): evicted the %d oldest letter(s), "
+                        "%s ... %s",
+                        sink,
+                        self.store.max_bytes // (1024 * 1024),
+                        len(ids),
+                        ids[0],
+                        ids[-1],
+                    )
+        finally:
+            self._flushing = None
+
+    async def close(self) -> None:
+        if self._flushing is not None:
+            await self._flushing
+        self._pool.shutdown(wait=True)
