@@ -8,102 +8,20 @@ import email.utils
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 from daemon_harness import until
+from engine_harness import Harness, batch, entry, events_cfg, run
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
-from eventsinkd.config import EventsConfig
-from eventsinkd.delivery.engine import Engine
-from eventsinkd.metrics import Metrics
-from eventsinkd.state.deadletters import DeadLetterWriter
-from eventsinkd.wal.entry import Entry
-from eventsinkd.wal.position import Checkpointer, Position
+from eventsinkd.wal.position import Position
 from eventsinkd.wal.scanner import Batch, Record
 
 SECRET_A = "whsec_" + base64.b64encode(b"a" * 32).decode()
 SECRET_B = "whsec_" + base64.b64encode(b"b" * 24).decode()
-
-
-def entry(i: int, **kw: Any) -> Entry:
-    fields: dict[str, Any] = {
-        "payload_id": f"p{i:06d}",
-        "idempotency_key": f"idem-{i}",
-        "status": "PENDING",
-        "timestamp": "2026-04-10T12:34:56.1234567Z",
-        "source": "claude-desktop",
-        "destination": "sqlite",
-        "subject": "user:alice",
-        "actor_type": "user",
-        "actor_id": "alice",
-        "payload": {"content": f"memory <{i}> & more"},
-        "entry_type": "",
-        "monotonic_seq": i,
-    }
-    fields.update(kw)
-    return Entry(**fields)
-
-
-def batch(start: int, n: int, **kw: Any) -> Batch:
-    recs = [Record(entry(i, **kw), "wal-1.jsonl", i + 1) for i in range(start, start + n)]
-    return Batch(recs, Position("wal-1.jsonl", start + n))
-
-
-def events_cfg(*sinks: dict[str, Any], **kw: Any) -> EventsConfig:
-    base: dict[str, Any] = {"retry_backoff_seconds": [0.05]}
-    base.update(kw)
-    return EventsConfig.model_validate({**base, "sinks": list(sinks)})
-
-
-class Recorder(Checkpointer):
-    """A checkpointer with no file that records every position acknowledged to it."""
-
-    def __init__(self, on_ack: Callable[[Position], None]) -> None:
-        super().__init__(None)
-        self.on_ack = on_ack
-
-    def ack(self, pos: Position) -> None:
-        super().ack(pos)
-        self.on_ack(pos)
-
-
-class Harness:
-    """The engine's sinks fed batches directly (no WAL); acknowledged positions recorded."""
-
-    def __init__(
-        self,
-        cfg: EventsConfig,
-        check: Callable[[str, Position], None] | None = None,
-        dead_letters: DeadLetterWriter | None = None,
-    ) -> None:
-        self.metrics = Metrics()
-        self.acks: dict[str, list[Position]] = {s.name: [] for s in cfg.sinks}
-
-        def recorder(name: str) -> Checkpointer:
-            def on_ack(pos: Position) -> None:
-                if check is not None:
-                    check(name, pos)
-                self.acks[name].append(pos)
-
-            return Recorder(on_ack)
-
-        self.engine = Engine(cfg, self.metrics, recorder, dead_letters=dead_letters)
-
-    async def handle(self, b: Batch) -> None:
-        for cursor in self.engine.cursors.values():
-            await cursor.handle(b)
-
-    def counter(self, name: str, sink: str) -> float:
-        value = self.metrics.registry.get_sample_value(name, {"sink": sink})
-        return value or 0.0
-
-    def accounting(self, sink: str) -> tuple[int, int, int, int]:
-        s = self.engine.sinks[sink].stats
-        return s.offered, s.delivered, s.failed, s.dropped
 
 
 @pytest.fixture
@@ -111,16 +29,6 @@ async def server() -> AsyncIterator[WebhookServer]:
     srv = await WebhookServer().start()
     yield srv
     await srv.stop()
-
-
-async def run(cfg: EventsConfig, *batches: Batch, stop_timeout_s: float = 10) -> Harness:
-    h = Harness(cfg)
-    await h.engine.start()
-    for b in batches:
-        await h.handle(b)
-    await asyncio.wait_for(h.engine.wait_idle(), 60)
-    await h.engine.stop(stop_timeout_s)
-    return h
 
 
 async def test_body_and_headers_match_the_contract(server: WebhookServer) -> None:
