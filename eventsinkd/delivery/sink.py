@@ -6,14 +6,11 @@ of occupying a worker (except with ``concurrency: 1``, where order matters more
 and the one worker waits). The number of events a sink holds - queued, in
 flight, parked or waiting out a pause - never exceeds ``max_inflight``.
 
-A receiver that keeps failing *pauses* the sink (``pause_after_failures``
-retryable failures in a row, or an event out of retries with no success since
-its first attempt): one probe at a time on the backoff schedule, nothing
-counted against any event's ``max_retries``, and no new events in block mode
-(they wait in the WAL; in drop mode the queue still fills to ``max_inflight``,
-as Nexus's does). The first
-success resumes it. An event given up on while the receiver otherwise works
-(a permanent 4xx/3xx, or ``max_retries`` used up) becomes a dead letter.
+A receiver that keeps failing *pauses* the sink (:mod:`eventsinkd.delivery.pause`);
+paused, it takes no new events in block mode (they wait in the WAL; in drop
+mode the queue still fills to ``max_inflight``, as Nexus's does). An event
+given up on while the receiver otherwise works (a permanent 4xx/3xx, or
+``max_retries`` used up) becomes a dead letter.
 """
 
 from __future__ import annotations
@@ -23,13 +20,13 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from eventsinkd.config import EventsConfig, FilterConfig, SinkConfig
 from eventsinkd.delivery.filters import EventFilter
 from eventsinkd.delivery.outcome import Outcome, backoff_delay
+from eventsinkd.delivery.pause import Pause
 from eventsinkd.delivery.webhook import Attempt, WebhookClient
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics
@@ -51,7 +48,7 @@ class SinkStats:
     last_error: str | None = None
 
 
-class _Job:
+class Job:
     __slots__ = ("attempts", "event", "first_attempt", "first_attempt_mono")
 
     def __init__(self, event: Event) -> None:
@@ -59,6 +56,12 @@ class _Job:
         self.attempts = 0  # attempts that count against max_retries (none while paused)
         self.first_attempt = 0.0  # Unix time, for dead letters
         self.first_attempt_mono = 0.0
+
+    def attempted(self) -> None:
+        """Count an attempt against max_retries."""
+        if self.attempts == 0:
+            self.first_attempt, self.first_attempt_mono = time.time(), time.monotonic()
+        self.attempts += 1
 
 
 class Sink:
@@ -78,31 +81,26 @@ class Sink:
         self.max_inflight = events.max_inflight
         self.backoff = events.backoff_for(cfg)
         self.retry_after_max = events.retry_after_max_seconds
-        self.pause_after = events.pause_after_failures
         # A sink reconfigured by a reload shares its predecessor's figures, as the
         # Prometheus counters of the same name do.
         self.stats = stats if stats is not None else SinkStats()
         self.inflight = 0  # accepted and not finished: queued, in flight, parked or waiting
-        self.paused_since: float | None = None  # Unix time the sink paused, None when running
+        self.pause = Pause(self, events.pause_after_failures)
         self.client = WebhookClient(cfg)
         self._dead_letters = dead_letters
         self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish
-        self._rng = rng or random.Random()
-        self._ordered = cfg.concurrency == 1
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._parked: dict[_Job, asyncio.TimerHandle] = {}
-        self._held: set[_Job] = set()  # everything counted in inflight
-        self._waiting: deque[_Job] = deque()  # held while paused; the probe takes from here
-        self._failures_in_a_row = 0
-        self._last_success_mono = float("-inf")
-        self._probe_task: asyncio.Task[None] | None = None
+        self.rng = rng or random.Random()
+        self.ordered = cfg.concurrency == 1
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._parked: dict[Job, asyncio.TimerHandle] = {}
+        self._held: set[Job] = set()  # everything counted in inflight
         self._workers: list[asyncio.Task[None]] = []
         self._room = asyncio.Event()
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._draining = asyncio.Event()
+        self.draining = asyncio.Event()
         self._abort = asyncio.Event()
         self._stop_task: asyncio.Task[int] | None = None
         self._successor: Sink | None = None
@@ -151,20 +149,20 @@ class Sink:
         return await asyncio.shield(self._stop_task)
 
     async def _stop(self, timeout_s: float, release: bool) -> int:
-        self._draining.set()
+        self.draining.set()
         self._room.set()  # a cursor waiting for room finds the sink closed instead
-        if self._probe_task is not None:
-            self._probe_task.cancel()
+        paused = self.paused
+        waiting = self.pause.stop()
         for job, handle in list(self._parked.items()):
             handle.cancel()
             self._parked.pop(job, None)
             self._queue.put_nowait(job)
         if self._successor is not None:
-            while self._waiting:
-                self._move(self._waiting.popleft())
+            for job in waiting:
+                self._move(job)
             while not self._queue.empty():
                 self._move(self._queue.get_nowait())
-        if not self.paused:
+        if not paused:
             idle = asyncio.create_task(self._idle.wait())
             abort = asyncio.create_task(self._abort.wait())
             await asyncio.wait(
@@ -189,14 +187,13 @@ class Sink:
             )
         self.inflight = 0
         left_jobs, self._held = self._held, set()
-        self._waiting.clear()
         if release and self._on_finish is not None:
             for job in left_jobs:
                 self._on_finish(job.event)
         await self.client.close()
         return left
 
-    def _move(self, job: _Job) -> None:
+    def _move(self, job: Job) -> None:
         """Hand ``job`` to the successor; it stays unfinished (block mode keeps waiting for it)."""
         assert self._successor is not None
         self._held.discard(job)
@@ -205,7 +202,7 @@ class Sink:
             self._idle.set()
         self._successor._adopt(job)
 
-    def _adopt(self, job: _Job) -> None:
+    def _adopt(self, job: Job) -> None:
         self.inflight += 1
         self._idle.clear()
         self._held.add(job)
@@ -226,12 +223,16 @@ class Sink:
 
     @property
     def paused(self) -> bool:
-        return self.paused_since is not None
+        return self.pause.active
+
+    @property
+    def paused_since(self) -> float | None:
+        return self.pause.since
 
     @property
     def closed(self) -> bool:
         """True once the sink stops taking events (shutdown, or replaced by a reload)."""
-        return self._draining.is_set()
+        return self.draining.is_set()
 
     @property
     def has_room(self) -> bool:
@@ -244,7 +245,7 @@ class Sink:
             return False
         self.stats.offered += 1
         self._m_offered.inc()
-        self._adopt(_Job(event))
+        self._adopt(Job(event))
         return True
 
     def drop(self) -> None:
@@ -276,10 +277,10 @@ class Sink:
         # Counted once it is held, so offered = delivered + failed + dropped + queue depth.
         self.stats.offered += 1
         self._m_offered.inc()
-        self._adopt(_Job(event))
+        self._adopt(Job(event))
         return True
 
-    def _finish(self, job: _Job, outcome: str) -> None:
+    def finish(self, job: Job, outcome: str) -> None:
         self._held.discard(job)
         now = time.time()
         if outcome == "delivered":
@@ -310,54 +311,46 @@ class Sink:
             job = await self._queue.get()
             await self._deliver(job)
 
-    async def _deliver(self, job: _Job) -> None:
+    async def _deliver(self, job: Job) -> None:
         while True:
             if self.paused:
-                self._waiting.append(job)  # the probe takes it from there
+                self.pause.waiting.append(job)  # the probe takes it from there
                 return
             result = await self.attempt(job.event)
             if result.outcome is Outcome.DELIVERED:
-                self._finish(job, "delivered")
+                self.finish(job, "delivered")
                 return
             if self.paused:
                 # It was in flight when the sink paused: this attempt does not count.
-                self._waiting.append(job)
+                self.pause.waiting.append(job)
                 return
-            if job.attempts == 0:
-                job.first_attempt, job.first_attempt_mono = time.time(), time.monotonic()
-            job.attempts += 1
-            retryable = result.outcome.retryable
-            if retryable and self._draining.is_set():
-                if self._successor is not None:
-                    self._move(job)
-                else:
-                    self._finish(job, "dropped")  # its one try at shutdown did not get through
-                return
-            if retryable:
-                self._failures_in_a_row += 1
-                outage = self._failures_in_a_row >= self.pause_after
-                if job.attempts > self.cfg.max_retries:
-                    # Out of retries: this event's problem only if others got through meanwhile.
-                    outage = outage or self._last_success_mono < job.first_attempt_mono
-                if outage:
-                    self._pause(result)
-                    self._waiting.append(job)
+            job.attempted()
+            out_of_retries = job.attempts > self.cfg.max_retries
+            if result.outcome.retryable:
+                if self.draining.is_set():
+                    if self._successor is not None:
+                        self._move(job)
+                    else:
+                        self.finish(job, "dropped")  # its one try at shutdown did not get through
                     return
-            if not retryable or job.attempts > self.cfg.max_retries:
-                await self._give_up(job, result)
+                if self.pause.is_outage(job, out_of_retries):
+                    self.pause.begin(job, result)
+                    return
+            if not result.outcome.retryable or out_of_retries:
+                await self.give_up(job, result)
                 return
             delay = backoff_delay(
-                job.attempts, self.backoff, result.retry_after, self.retry_after_max, self._rng
+                job.attempts, self.backoff, result.retry_after, self.retry_after_max, self.rng
             )
             self._m_retries.inc()
-            if not self._ordered:
+            if not self.ordered:
                 self._park(job, delay)
                 return
             # concurrency 1: order over throughput, so the one worker waits (until shutdown).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._draining.wait(), delay)
+                await asyncio.wait_for(self.draining.wait(), delay)
 
-    async def _give_up(self, job: _Job, result: Attempt) -> None:
+    async def give_up(self, job: Job, result: Attempt) -> None:
         """A permanent failure, or retries used up while the receiver works: a dead letter."""
         event = job.event
         if self._dead_letters is not None:
@@ -380,7 +373,7 @@ class Sink:
                 log.error("sink %s: cannot store dead letter %s: %s", self.name, event.id, exc)
                 self._park(job, self.backoff[-1])
                 return
-        self._finish(job, "failed")
+        self.finish(job, "failed")
         self._rlog.log(
             logging.WARNING,
             "failed",
@@ -391,73 +384,21 @@ class Sink:
             result.detail,
         )
 
-    def _park(self, job: _Job, delay: float) -> None:
+    def _park(self, job: Job, delay: float) -> None:
         loop = asyncio.get_running_loop()
         self._parked[job] = loop.call_later(delay, self._unpark, job)
 
-    def _unpark(self, job: _Job) -> None:
+    def _unpark(self, job: Job) -> None:
         if self._parked.pop(job, None) is not None:
             self._queue.put_nowait(job)
 
-    # -- pausing -------------------------------------------------------------------
-
-    def _pause(self, result: Attempt) -> None:
-        self.paused_since = time.time()
-        log.warning(
-            "sink %s: paused after %d failed attempt(s) in a row (last: %s); "
-            "probing with one event at a time until the receiver answers",
-            self.name,
-            self._failures_in_a_row,
-            result.detail,
-        )
-        self._probe_task = asyncio.create_task(
-            self._probe(result.retry_after), name=f"sink-{self.name}-probe"
-        )
-
-    async def _probe(self, retry_after: float | None) -> None:
-        probes = 0
-        while True:
-            probes += 1
-            delay = backoff_delay(
-                probes, self.backoff, retry_after, self.retry_after_max, self._rng
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._draining.wait(), delay)
-            if self._draining.is_set() or not self._waiting:
-                return
-            job = self._waiting.popleft()
-            result = await self.attempt(job.event)
-            if result.outcome is Outcome.DELIVERED:
-                self._finish(job, "delivered")
-                self._resume(probes)
-                return
-            retry_after = result.retry_after
-            if result.outcome.retryable or self._ordered:
-                # Probe the next event next time (one that keeps failing does not hold
-                # the others up), except where WAL order is promised.
-                (self._waiting.appendleft if self._ordered else self._waiting.append)(job)
-            else:
-                # The receiver answered: it is up, and this one event is refused.
-                if job.attempts == 0:
-                    job.first_attempt = time.time()
-                job.attempts += 1
-                self._resume(probes)
-                await self._give_up(job, result)
-                return
-
-    def _resume(self, probes: int) -> None:
-        since = self.paused_since or time.time()
-        self.paused_since = None
-        self._failures_in_a_row = 0
-        self._probe_task = None
-        log.info(
-            "sink %s: resumed after %.1fs paused (%d probe(s))",
-            self.name,
-            time.time() - since,
-            probes,
-        )
-        while self._waiting:
-            self._queue.put_nowait(self._waiting.popleft())
+    def resume(self, held: list[Job]) -> None:
+        """The pause is over: ``held`` goes out again, oldest first, and new events come in."""
+        # Then anything queued since the workers last looked (drop mode keeps queueing).
+        while not self._queue.empty():
+            held.append(self._queue.get_nowait())
+        for job in held:
+            self._queue.put_nowait(job)
         self._room.set()
 
     # -- one attempt ---------------------------------------------------------------
@@ -469,8 +410,7 @@ class Sink:
         self._m_duration.observe(time.perf_counter() - started)
         self._m_attempts[result.outcome].inc()
         if result.outcome is Outcome.DELIVERED:
-            self._failures_in_a_row = 0
-            self._last_success_mono = time.monotonic()
+            self.pause.succeeded()
             return result
         self.stats.last_failure = time.time()
         self.stats.last_error = result.detail
