@@ -196,19 +196,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{'polling' if cfg.wal.force_polling else 'inotify + polling'} "
         f"every {cfg.wal.poll_interval_s}s, HMAC {'checked' if cfg.wal.mac_key else 'not checked'}"
     )
-    print(f"  state_dir: {cfg.state_dir}")
+    print(
+        f"  state_dir: {cfg.state_dir} (cursors, dead letters up to "
+        f"{cfg.dead_letters.max_mb:g} MB per sink)"
+    )
     print(
         f"  events: overflow {cfg.events.overflow}, max_inflight {cfg.events.max_inflight}, "
+        f"pause_after_failures {cfg.events.pause_after_failures}, "
         f"shutdown_timeout_s {cfg.events.shutdown_timeout_s}"
     )
     for s in cfg.events.sinks:
         signed = f"signed ({len(s.secrets)} secret(s))" if s.secrets else "unsigned"
         print(
             f"  sink {s.name}: {s.url} content={s.content} concurrency={s.concurrency} "
-            f"max_retries={s.max_retries} {signed}"
+            f"max_retries={s.max_retries} start_at={s.start_at or cfg.wal.start_at} {signed}"
         )
     if not cfg.events.sinks:
-        print("  no sinks: events are read and counted but sent nowhere")
+        print("  no sinks: nothing is read or sent")
     print(f"  admin: http://{cfg.admin.listen}/metrics  log: {cfg.log.level} {cfg.log.format}")
     return 0
 
