@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import sys
 import urllib.error
 import urllib.request
@@ -310,16 +311,19 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"invalid config:\n{exc}")
+    try:
         if args.action == "list":
             return manage.list_letters(cfg, args.sink, args.json, sys.stdout)
         if args.action == "purge":
             before = manage.parse_time(args.before) if args.before else None
             return manage.purge_letters(cfg, args.sink, before, sys.stdout)
         return manage.replay_letters(cfg, args.sink, args.ids, sys.stdout)
-    except ConfigError as exc:
-        return _fail(f"invalid config:\n{exc}")
     except (manage.UsageError, ValueError) as exc:
         return _fail(str(exc))
+    except (sqlite3.Error, OSError) as exc:
+        return _fail(f"cannot use the dead-letter store in {cfg.state_dir}: {exc}", 1)
 
 
 def cmd_rewind(args: argparse.Namespace) -> int:
@@ -327,7 +331,7 @@ def cmd_rewind(args: argparse.Namespace) -> int:
 
     setup_logging("warning")
     try:
-        return manage.rewind(load_config(args.config), args.sink, args.to, sys.stdout)
+        return manage.rewind(load_config(args.config), args.sink, args.to, sys.stdout, sys.stderr)
     except ConfigError as exc:
         return _fail(f"invalid config:\n{exc}")
     except (manage.UsageError, ValueError) as exc:

@@ -37,6 +37,12 @@ def go_json(obj: Any) -> bytes:
 
 def parse_go_time(value: str) -> float | None:
     """Unix seconds of a Go RFC 3339 timestamp (up to 9 fraction digits); None if malformed."""
+    ns = parse_go_time_ns(value)
+    return None if ns is None else ns / 1e9
+
+
+def parse_go_time_ns(value: str) -> int | None:
+    """Unix nanoseconds of a Go RFC 3339 timestamp, exactly; None if malformed."""
     m = _GO_TIME.fullmatch(value)
     if m is None:
         return None
@@ -45,7 +51,7 @@ def parse_go_time(value: str) -> float | None:
         dt = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
     except ValueError:
         return None
-    return dt.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)
+    return int(dt.timestamp()) * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
 
 
 def event_type(entry: Entry) -> str | None:

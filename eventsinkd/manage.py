@@ -20,7 +20,7 @@ from eventsinkd.state.control import StateLock, request_rewind
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position, PositionStore, cursor_file
-from eventsinkd.wal.seek import parse_target, position_before
+from eventsinkd.wal.seek import Time, parse_target, position_before
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -43,10 +43,11 @@ def _check_sink(cfg: Config, sink: str | None) -> None:
 
 
 def parse_time(value: str) -> float:
+    """Unix seconds of an RFC 3339 time given on the command line."""
     target = parse_target(value)
-    if not isinstance(target, float):
+    if not isinstance(target, Time):
         raise UsageError(f"{value!r} is not an RFC 3339 time, e.g. 2026-04-10T12:00:00Z")
-    return target
+    return target.seconds
 
 
 # -- dead letters ------------------------------------------------------------------------
@@ -106,6 +107,9 @@ def replay_letters(cfg: Config, sink: str | None, ids: list[str] | None, out: Te
     finally:
         lock.release()
         store.close()
+    missing = sorted(set(ids or ()) - set(result.delivered) - {i for i, _ in result.failed})
+    for webhook_id in missing:
+        result.failed.append((webhook_id, "no such dead letter"))
     for webhook_id, why in result.failed:
         out.write(f"failed: {webhook_id}: {why}\n")
     out.write(
@@ -168,7 +172,7 @@ def _replay_by_daemon(
 # -- rewind ------------------------------------------------------------------------------
 
 
-def rewind(cfg: Config, sink: str, to: str, out: TextIO) -> int:
+def rewind(cfg: Config, sink: str, to: str, out: TextIO, err: TextIO) -> int:
     _check_sink(cfg, sink)
     target = parse_target(to)
     if isinstance(target, Position):
@@ -176,8 +180,8 @@ def rewind(cfg: Config, sink: str, to: str, out: TextIO) -> int:
     else:
         found = position_before(cfg.wal.dir, LineParser(cfg.wal.mac_key_bytes), target)
         if found is None:
-            what = "at or after that time" if isinstance(target, float) else "with that payload_id"
-            out.write(f"eventsinkd: no memory_written entry {what} in {cfg.wal.dir}\n")
+            what = "at or after that time" if isinstance(target, Time) else "with that payload_id"
+            err.write(f"eventsinkd: no memory_written entry {what} in {cfg.wal.dir}\n")
             return EXIT_FAILED
         pos = found
     lock = StateLock(cfg.state_dir)
@@ -185,7 +189,7 @@ def rewind(cfg: Config, sink: str, to: str, out: TextIO) -> int:
         if lock.acquire("eventsinkd rewind"):
             store = PositionStore(cfg.state_dir, cfg.wal.dir, cursor_file(sink))
             if not store.save(pos):
-                out.write(f"eventsinkd: {store.last_error}\n")
+                err.write(f"eventsinkd: {store.last_error}\n")
                 return EXIT_FAILED
             out.write(
                 f"sink {sink}: cursor moved to {pos}; delivery resumes there at the next start\n"
@@ -196,7 +200,7 @@ def rewind(cfg: Config, sink: str, to: str, out: TextIO) -> int:
         while path.exists():
             if time.monotonic() > deadline:
                 path.unlink(missing_ok=True)  # withdrawn: it must not apply later by surprise
-                out.write(f"eventsinkd: the daemon ({lock.holder()}) did not take the request\n")
+                err.write(f"eventsinkd: the daemon ({lock.holder()}) did not take the request\n")
                 return EXIT_FAILED
             time.sleep(0.1)
         out.write(f"sink {sink}: the running daemon moved its cursor to {pos}\n")

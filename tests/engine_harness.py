@@ -15,7 +15,7 @@ from eventsinkd.metrics import Metrics
 from eventsinkd.state.deadletters import DeadLetterWriter
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.position import Checkpointer, Position
-from eventsinkd.wal.scanner import Batch, Record
+from eventsinkd.wal.scanner import Batch, Record, StartAt
 
 
 def entry(i: int, **kw: Any) -> Entry:
@@ -68,6 +68,7 @@ class Harness:
         cfg: EventsConfig,
         check: Callable[[str, Position], None] | None = None,
         dead_letters: DeadLetterWriter | None = None,
+        start: StartAt = "end",
     ) -> None:
         self.metrics = Metrics()
         self.acks: dict[str, list[Position]] = {s.name: [] for s in cfg.sinks}
@@ -80,7 +81,9 @@ class Harness:
 
             return Recorder(on_ack)
 
-        self.engine = Engine(cfg, self.metrics, recorder, dead_letters=dead_letters)
+        self.engine = Engine(
+            cfg, self.metrics, recorder, start_for=lambda _sink: start, dead_letters=dead_letters
+        )
 
     async def handle(self, b: Batch) -> None:
         for cursor in self.engine.cursors.values():

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from eventsinkd.ratelimit import RateLimitedLog
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -123,7 +125,7 @@ class DeadLetterStore:
                 rows = db.execute(
                     "SELECT seq, webhook_id FROM (SELECT seq, webhook_id, "
                     "SUM(size) OVER (ORDER BY seq DESC) AS total FROM letters WHERE sink = ?) "
-                    "WHERE total > ?",
+                    "WHERE total > ? ORDER BY seq",
                     (sink, self.max_bytes),
                 ).fetchall()
                 if rows:
@@ -205,6 +207,7 @@ class DeadLetterWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dead-letters")
         self._pending: list[tuple[DeadLetter, asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._rlog = RateLimitedLog(log)
 
     async def add(self, letter: DeadLetter) -> None:
         fut = asyncio.get_running_loop().create_future()
@@ -235,14 +238,17 @@ class DeadLetterWriter:
                         fut.set_result(None)
                 for sink, ids in evicted.items():
                     self.evicted[sink] = self.evicted.get(sink, 0) + len(ids)
-                    log.warning(
-                        "sink %s: dead-letter store full (%d MB): evicted the %d oldest letter(s), "
-                        "%s ... %s",
+                    self._rlog.log(
+                        logging.WARNING,
+                        f"evicted:{sink}",
+                        "sink %s: dead-letter store full (%g MB): evicted the %d oldest "
+                        "letter(s), %s ... %s (%d in all so far)",
                         sink,
-                        self.store.max_bytes // (1024 * 1024),
+                        self.store.max_bytes / (1024 * 1024),
                         len(ids),
                         ids[0],
                         ids[-1],
+                        self.evicted[sink],
                     )
         finally:
             self._flushing = None

@@ -2,34 +2,50 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
-from eventsinkd.events import parse_go_time
+from eventsinkd.events import parse_go_time_ns
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.scanner import WalScanner
 
 BEGINNING = Position("", 0)
+_LOOKS_LIKE_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d")
 
 
-def parse_target(value: str) -> Position | float | str:
-    """``beginning``, an RFC 3339 time (as Unix seconds), or a payload_id."""
+class Time(NamedTuple):
+    ns: int  # Unix nanoseconds, exact (WAL times have 9 fraction digits)
+
+    @property
+    def seconds(self) -> float:
+        return self.ns / 1e9
+
+
+def parse_target(value: str) -> Position | Time | str:
+    """``beginning``, an RFC 3339 time, or else a payload_id.
+
+    Raises ValueError for something that looks like a time but is not one with a zone.
+    """
     if value == "beginning":
         return BEGINNING
-    when = parse_go_time(value)
-    if when is not None:
-        return when
+    if not _LOOKS_LIKE_TIME.match(value):
+        return value
+    ns = parse_go_time_ns(value.replace(" ", "T", 1).replace("t", "T", 1))
+    if ns is not None:
+        return Time(ns)
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        return value
+        raise ValueError(f"{value!r} is not an RFC 3339 time") from None
     if dt.tzinfo is None:
         raise ValueError(f"time {value!r} has no time zone: add Z or an offset like +02:00")
-    return dt.timestamp()
+    return Time(int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000)
 
 
-def position_before(wal_dir: Path, parser: LineParser, target: float | str) -> Position | None:
+def position_before(wal_dir: Path, parser: LineParser, target: Time | str) -> Position | None:
     """The position just before the first data entry at or after time ``target``, or with
     payload_id ``target``; None when there is none. Reads the WAL from the beginning."""
     scanner = WalScanner(wal_dir, parser, "beginning", batch_lines=4096)
@@ -53,8 +69,8 @@ def position_before(wal_dir: Path, parser: LineParser, target: float | str) -> P
         scanner.close()
 
 
-def _matches(payload_id: str, timestamp: str, target: float | str) -> bool:
+def _matches(payload_id: str, timestamp: str, target: Time | str) -> bool:
     if isinstance(target, str):
         return payload_id == target
-    ts = parse_go_time(timestamp)
-    return ts is not None and ts >= target
+    ns = parse_go_time_ns(timestamp)
+    return ns is not None and ns >= target.ns
