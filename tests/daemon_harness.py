@@ -175,3 +175,93 @@ async def accounting(d: Daemon, sink: str) -> tuple[int, int, int]:
         int(metric_value(text, "bubblefish_events_failed_total", sink=sink)),
         int(metric_value(text, "bubblefish_events_dropped_total", sink=sink)),
     )
+
+
+# -- added with tests/test_cursors.py ----------------------------------------------------
+
+
+async def status(d: Daemon) -> dict[str, Any]:
+    """The daemon's /status document."""
+    import json
+
+    doc: dict[str, Any] = json.loads(await d.get("/status"))
+    return doc
+
+
+async def until_status(
+    d: Daemon, cond: Any, timeout_s: float = 60, what: str = "condition"
+) -> dict[str, Any]:
+    """Poll /status until ``cond(status)`` holds; that status. Fails loudly with the last one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        doc = await status(d)
+        if cond(doc):
+            return doc
+        assert loop.time() < deadline, f"{what}: not within {timeout_s}s; last /status: {doc}"
+        await asyncio.sleep(0.05)
+
+
+async def until_metric(
+    d: Daemon, name: str, at_least: float, timeout_s: float = 60, **labels: str
+) -> float:
+    """Poll /metrics until the sample ``name{labels}`` reaches ``at_least``; its value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = metric_value(await d.get("/metrics"), name, **labels)
+        if value >= at_least:
+            return value
+        assert loop.time() < deadline, f"{name}{labels} = {value} < {at_least} in {timeout_s}s"
+        await asyncio.sleep(0.05)
+
+
+async def reload(d: Daemon, sinks: list[dict[str, Any]], **events: Any) -> None:
+    """Rewrite the config, SIGHUP, and wait until the daemon counts one more successful reload."""
+    name = "eventsinkd_config_reloads_total"
+    done = metric_value(await d.get("/metrics"), name, result="success")
+    d.write_config(sinks, **events)
+    d.signal(signal.SIGHUP)
+    await until_metric(d, name, done + 1, result="success")
+
+
+async def kill9(d: Daemon) -> None:
+    """``kill -9`` the daemon and wait until it is gone (its state-directory lock goes with it)."""
+    assert d.proc is not None
+    d.proc.kill()
+    await d.proc.wait()
+
+
+async def received_all(server: Any, want: set[str], timeout_s: float = 60) -> None:
+    """Wait until a WebhookServer has received every webhook-id in ``want``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while missing := want - set(server.ids):
+        assert loop.time() < deadline, (
+            f"{len(missing)} of {len(want)} events not received in {timeout_s}s"
+        )
+        await asyncio.sleep(0.05)
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """The Vm* lines of /proc/<pid>/status in KiB (VmRSS now, VmHWM its peak)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.startswith("Vm") and value.strip().endswith("kB"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+async def cli_output(*args: str) -> tuple[int, str]:
+    """Exit code and standard output of ``eventsinkd ARGS`` run as a subprocess."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "eventsinkd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()

@@ -49,6 +49,7 @@ class Engine:
         self.reading: SharedReading | None = None
         self._stopped = False
         self._retiring: dict[asyncio.Task[int], Sink] = {}
+        self._removing: dict[str, asyncio.Task[int]] = {}  # removed sinks still draining
 
     def _sink(self, sc: SinkConfig, cfg: EventsConfig, old: Sink | None = None) -> Sink:
         return Sink(
@@ -103,8 +104,9 @@ class Engine:
         An unchanged sink keeps running untouched. A changed one hands its events
         to its successor and keeps its cursor. A removed one stops reading,
         drains, and leaves its saved cursor behind: re-adding the same name
-        resumes there. An added one starts at its saved cursor if it has one,
-        else at its ``start_at``, else at ``wal.start_at``. ``overflow`` is
+        resumes there (a sink re-added while it still drains waits for that, so
+        its cursor is final). An added one starts at its saved cursor if it has
+        one, else at its ``start_at``, else at ``wal.start_at``. ``overflow`` is
         fixed for the life of the engine; the caller keeps it unchanged.
         """
         keep_all = self._same_settings(cfg)
@@ -113,10 +115,15 @@ class Engine:
         for name in [n for n in self.cursors if n not in wanted]:
             cursor = self.cursors.pop(name)
             changes.append(f"removed sink {name}")
-            self._retire(self._remove(cursor, cfg.shutdown_timeout_s), cursor.sink)
+            self._removing[name] = self._retire(
+                self._remove(cursor, cfg.shutdown_timeout_s), cursor.sink
+            )
         for sc in cfg.sinks:
             existing = self.cursors.get(sc.name)
             if existing is None:
+                draining = self._removing.pop(sc.name, None)
+                if draining is not None:
+                    await asyncio.shield(draining)
                 added = self._cursor(sc, cfg)
                 await added.sink.start()
                 self.cursors[sc.name] = added
@@ -142,10 +149,11 @@ class Engine:
         cursor.checkpoints.flush()
         return left
 
-    def _retire(self, stopping: Coroutine[Any, Any, int], sink: Sink) -> None:
+    def _retire(self, stopping: Coroutine[Any, Any, int], sink: Sink) -> asyncio.Task[int]:
         task = asyncio.ensure_future(stopping)
         self._retiring[task] = sink
         task.add_done_callback(self._retiring.pop)
+        return task
 
     async def rewind(self, name: str, to: Position) -> None:
         cursor = self.cursors[name]

@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from eventsinkd.config import EventsConfig, FilterConfig, SinkConfig
 from eventsinkd.delivery.filters import EventFilter
@@ -95,6 +96,7 @@ class Sink:
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._parked: dict[Job, asyncio.TimerHandle] = {}
         self._held: set[Job] = set()  # everything counted in inflight
+        self._left = 0  # given back unfinished at shutdown (their last try failed)
         self._workers: list[asyncio.Task[None]] = []
         self._room = asyncio.Event()
         self._room.set()
@@ -130,25 +132,23 @@ class Sink:
             for i in range(self.cfg.concurrency)
         ]
 
-    async def stop(
-        self, timeout_s: float, *, release: bool = False, successor: Sink | None = None
-    ) -> int:
+    async def stop(self, timeout_s: float, *, successor: Sink | None = None) -> int:
         """Stop taking events; try each one still held once, for up to ``timeout_s``.
 
-        What is left after that is counted as dropped and logged. Returns how
-        many were left. Safe to call more than once. ``release`` (a sink removed
-        by a reload) also reports the events left as finished. With a
-        ``successor`` (the same sink, reconfigured by a reload) nothing is left:
-        queued events move to it at once, and in-flight ones that do not get
-        through follow them. A paused sink's receiver is down: its events get no
-        last try (block mode reads them again after a restart).
+        What is left after that - the last try failed, or time ran out - is
+        counted as dropped and logged, and stays unfinished: block mode's cursor
+        does not pass it, so it is read again after a restart. Returns how many
+        were left. Safe to call more than once. With a ``successor`` (the same
+        sink, reconfigured by a reload) nothing is left: queued events move to it
+        at once, and in-flight ones that do not get through follow them. A paused
+        sink's receiver is down: its events get no last try.
         """
         if self._stop_task is None:
             self._successor = successor
-            self._stop_task = asyncio.create_task(self._stop(timeout_s, release))
+            self._stop_task = asyncio.create_task(self._stop(timeout_s))
         return await asyncio.shield(self._stop_task)
 
-    async def _stop(self, timeout_s: float, release: bool) -> int:
+    async def _stop(self, timeout_s: float) -> int:
         self.draining.set()
         self._room.set()  # a cursor waiting for room finds the sink closed instead
         paused = self.paused
@@ -176,7 +176,7 @@ class Sink:
         if self._successor is not None:
             for job in list(self._held):  # cut off in flight: the successor tries again
                 self._move(job)
-        left = self.inflight
+        left = self.inflight + self._left
         if left:
             self.stats.dropped += left
             self._m_dropped.inc(left)
@@ -186,20 +186,14 @@ class Sink:
                 left,
             )
         self.inflight = 0
-        left_jobs, self._held = self._held, set()
-        if release and self._on_finish is not None:
-            for job in left_jobs:
-                self._on_finish(job.event)
+        self._held.clear()
         await self.client.close()
         return left
 
     def _move(self, job: Job) -> None:
         """Hand ``job`` to the successor; it stays unfinished (block mode keeps waiting for it)."""
         assert self._successor is not None
-        self._held.discard(job)
-        self.inflight -= 1
-        if self.inflight == 0:
-            self._idle.set()
+        self._release(job)
         self._successor._adopt(job)
 
     def _adopt(self, job: Job) -> None:
@@ -280,8 +274,8 @@ class Sink:
         self._adopt(Job(event))
         return True
 
-    def finish(self, job: Job, outcome: str) -> None:
-        self._held.discard(job)
+    def finish(self, job: Job, outcome: Literal["delivered", "failed"]) -> None:
+        """``job`` is done with: delivered, or given up on (and kept as a dead letter)."""
         now = time.time()
         if outcome == "delivered":
             self.stats.delivered += 1
@@ -290,19 +284,20 @@ class Sink:
             wal_time = job.event.wal_time
             if wal_time is not None:
                 self._m_latency.observe(max(0.0, now - wal_time))
-        elif outcome == "failed":
+        else:
             self.stats.failed += 1
             self._m_failed.inc()
-        else:
-            self.stats.dropped += 1
-            self._m_dropped.inc()
+        self._release(job)
+        if self._on_finish is not None:
+            self._on_finish(job.event)
+
+    def _release(self, job: Job) -> None:
+        self._held.discard(job)
         self.inflight -= 1
         if self.inflight < self.max_inflight:
             self._room.set()
         if self.inflight == 0:
             self._idle.set()
-        if self._on_finish is not None:
-            self._on_finish(job.event)
 
     # -- delivering ----------------------------------------------------------------
 
@@ -330,8 +325,9 @@ class Sink:
                 if self.draining.is_set():
                     if self._successor is not None:
                         self._move(job)
-                    else:
-                        self.finish(job, "dropped")  # its one try at shutdown did not get through
+                    else:  # its one try at shutdown did not get through: left unfinished
+                        self._left += 1
+                        self._release(job)
                     return
                 if self.pause.is_outage(job, out_of_retries):
                     self.pause.begin(job, result)
