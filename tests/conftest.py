@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from daemon_harness import Daemon, daemons, webhook_receiver
+from webhook_server import WebhookServer
 
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
@@ -21,20 +21,6 @@ FIXTURE_SETS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 def fixture_mac_key(name: str) -> bytes | None:
     key = FIXTURES / name / "mac.key"
     return key.read_bytes().strip() if key.exists() else None
-
-
-def run_cli(
-    *args: str | Path, timeout: float = 60, **kw: object
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m eventsinkd`` as a real subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "eventsinkd", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 async def collect(
@@ -77,3 +63,17 @@ def wal_dir(tmp_path: Path) -> Path:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@pytest.fixture
+async def new_daemon(tmp_path: Path) -> AsyncIterator[Callable[..., Daemon]]:
+    """Makes `eventsinkd run` subprocesses in ``tmp_path``; none outlives the test."""
+    async with daemons(tmp_path) as make:
+        yield make
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookServer]:
+    """A webhook receiver on 127.0.0.1 (tests/webhook_server.py)."""
+    async with webhook_receiver() as srv:
+        yield srv

@@ -7,12 +7,16 @@ import base64
 import re
 import signal
 import socket
+import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
+from webhook_server import WebhookServer
 
 from eventsinkd.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.position import Position, PositionStore, cursor_file
@@ -104,17 +108,28 @@ class Daemon:
         return await asyncio.wait_for(self.proc.wait(), timeout_s)
 
 
-async def cli(*args: str) -> int:
-    """Exit code of ``eventsinkd ARGS`` run as a subprocess (output discarded)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "eventsinkd",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+def run_cli(
+    *args: str | Path, timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m eventsinkd ARGS`` as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "eventsinkd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kw,  # type: ignore[arg-type]
     )
-    return await proc.wait()
+
+
+async def eventsinkd(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``eventsinkd ARGS`` as a subprocess, off the event loop (receivers keep answering)."""
+    return await asyncio.to_thread(run_cli, *args)
+
+
+async def cli(*args: str | Path) -> int:
+    """Exit code of ``eventsinkd ARGS`` run as a subprocess."""
+    return (await eventsinkd(*args)).returncode
 
 
 async def until(cond: Any, timeout_s: float = 30) -> None:
@@ -253,15 +268,54 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-async def cli_output(*args: str) -> tuple[int, str]:
-    """Exit code and standard output of ``eventsinkd ARGS`` run as a subprocess."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "eventsinkd",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
+# -- added with tests/test_dead_letters.py and tests/test_rewind.py ---------------------
+
+
+def webhook_ids(w: NexusWriter) -> list[str]:
+    """The webhook-ids of the written events, in WAL order."""
+    return [f"memory_written:{x.payload_id}" for x in w.expected_data()]
+
+
+async def sink_status(d: Daemon, sink: str = "s") -> dict[str, Any]:
+    sinks: dict[str, dict[str, Any]] = (await status(d))["sinks"]
+    return sinks[sink]
+
+
+async def wait_cursor_at_end(
+    d: Daemon, w: NexusWriter, sink: str = "s", timeout_s: float = 30
+) -> None:
+    """Wait until the saved cursor of ``sink`` is past the last written entry."""
+    last = w.expected_data()[-1]
+    end = (last.segment, last.line + 1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (saved := d.saved_cursor(sink)) is None or saved.key() < end:
+        assert loop.time() < deadline, f"saved cursor of {sink} stays at {saved}, before {end}"
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def daemons(root: Path) -> AsyncIterator[Callable[..., Daemon]]:
+    """Makes Daemons in ``root``; kills any still running on the way out (a failed test)."""
+    made: list[Daemon] = []
+
+    def make(sinks: list[dict[str, Any]], **events: Any) -> Daemon:
+        made.append(Daemon(root, sinks, **events))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for d in made:
+            if d.proc is not None and d.proc.returncode is None:
+                d.proc.kill()
+                await d.proc.wait()
+
+
+@asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[WebhookServer]:
+    srv = await WebhookServer().start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()

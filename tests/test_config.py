@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import run_cli
+from daemon_harness import run_cli
 from pydantic import BaseModel
 
 from eventsinkd.config import Config

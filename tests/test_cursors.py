@@ -26,7 +26,7 @@ from aiohttp import web
 from daemon_harness import (
     Daemon,
     accounting,
-    cli_output,
+    eventsinkd,
     free_port,
     kill9,
     memory_kib,
@@ -234,8 +234,8 @@ async def test_long_outage_with_short_backoff_and_a_kill_9_loses_nothing(tmp_pat
             st = (await status(d))["sinks"]["flaky"]
             assert (st["failed"], st["dead_letters"], st["state"]) == (0, 0, "running")
             assert (await accounting(d, "flaky"))[1] == 0
-            code, out = await cli_output("dead-letters", "list", "-c", str(d.config), "--json")
-            assert (code, out) == (0, "")
+            res = await eventsinkd("dead-letters", "list", "-c", d.config, "--json")
+            assert (res.returncode, res.stdout) == (0, "")
             assert await d.stop() == 0
 
 

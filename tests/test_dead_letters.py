@@ -11,91 +11,31 @@ import asyncio
 import json
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, closing
+from collections.abc import Awaitable, Callable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import run_cli
-from daemon_harness import SECRET, Daemon, metric_value, settle, until
+from daemon_harness import (
+    SECRET,
+    Daemon,
+    eventsinkd,
+    metric_value,
+    run_cli,
+    settle,
+    sink_status,
+    until,
+    wait_cursor_at_end,
+    webhook_ids,
+)
 from standardwebhooks.webhooks import Webhook
 from webhook_server import Behaviour, WebhookServer
 
 from eventsinkd.sim.nexus_writer import NexusWriter
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
-
-# -- helpers (test_rewind.py uses them too) ----------------------------------------------------
-
-
-async def eventsinkd(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """``eventsinkd ARGS`` as a subprocess, off the event loop (the receiver keeps answering)."""
-    return await asyncio.to_thread(run_cli, *args)
-
-
-def webhook_ids(w: NexusWriter) -> list[str]:
-    """The webhook-ids of the written events, in WAL order."""
-    return [f"memory_written:{x.payload_id}" for x in w.expected_data()]
-
-
-async def sink_status(d: Daemon, sink: str = "s") -> dict[str, Any]:
-    sinks: dict[str, dict[str, Any]] = json.loads(await d.get("/status"))["sinks"]
-    return sinks[sink]
-
-
-async def wait_cursor_at_end(
-    d: Daemon, w: NexusWriter, sink: str = "s", timeout_s: float = 30
-) -> None:
-    """Wait until the saved cursor of ``sink`` is past the last written entry."""
-    last = w.expected_data()[-1]
-    end = (last.segment, last.line + 1)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while (saved := d.saved_cursor(sink)) is None or saved.key() < end:
-        assert loop.time() < deadline, f"saved cursor of {sink} stays at {saved}, before {end}"
-        await asyncio.sleep(0.05)
-
-
-@asynccontextmanager
-async def daemons(root: Path) -> AsyncIterator[Callable[..., Daemon]]:
-    """Makes Daemons in ``root``; kills any still running on the way out (a failed test)."""
-    made: list[Daemon] = []
-
-    def make(sinks: list[dict[str, Any]], **events: Any) -> Daemon:
-        made.append(Daemon(root, sinks, **events))
-        return made[-1]
-
-    try:
-        yield make
-    finally:
-        for d in made:
-            if d.proc is not None and d.proc.returncode is None:
-                d.proc.kill()
-                await d.proc.wait()
-
-
-@asynccontextmanager
-async def webhook_receiver() -> AsyncIterator[WebhookServer]:
-    srv = await WebhookServer().start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
-
-
-@pytest.fixture
-async def new_daemon(tmp_path: Path) -> AsyncIterator[Callable[..., Daemon]]:
-    async with daemons(tmp_path) as make:
-        yield make
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookServer]:
-    async with webhook_receiver() as srv:
-        yield srv
-
 
 # -- the store -----------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FIXTURE_SETS, FIXTURES, run_cli
+from conftest import FIXTURE_SETS, FIXTURES
+from daemon_harness import run_cli
 
 
 def _key_args(name: str) -> list[str]:

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import collect, run_cli
+from conftest import collect
+from daemon_harness import run_cli
 
 from eventsinkd.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.position import Checkpointer, Position, PositionFileError, PositionStore

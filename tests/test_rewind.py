@@ -1,7 +1,7 @@
 """`eventsinkd rewind`: a sink delivers again from an entry on, with the daemon running or stopped.
 
 Real daemon subprocess, real receiver on 127.0.0.1, the command as a real
-subprocess. Helpers are shared with test_dead_letters.py.
+subprocess.
 """
 
 from __future__ import annotations
@@ -9,32 +9,26 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
-from daemon_harness import Daemon, settle, until
-from test_dead_letters import daemons, eventsinkd, wait_cursor_at_end, webhook_ids, webhook_receiver
+from daemon_harness import (
+    Daemon,
+    eventsinkd,
+    run_cli,
+    settle,
+    until,
+    wait_cursor_at_end,
+    webhook_ids,
+)
 from webhook_server import WebhookServer
 
 from eventsinkd.sim.nexus_writer import NexusWriter
 
 APPENDS, PER_APPEND = 6, 5  # before the split, and again after it
-
-
-@pytest.fixture
-async def new_daemon(tmp_path: Path) -> AsyncIterator[Callable[..., Daemon]]:
-    async with daemons(tmp_path) as make:
-        yield make
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookServer]:
-    async with webhook_receiver() as srv:
-        yield srv
 
 
 @dataclass
