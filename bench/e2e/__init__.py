@@ -1,7 +1,7 @@
 """End to end: the Nexus-like writer -> WAL -> the real ``eventsinkd run`` -> a receiver.
 
-    python -m bench.e2e                       # about 5 minutes
-    python -m bench.e2e --quick               # about a minute
+    python -m bench.e2e                       # about 11 minutes
+    python -m bench.e2e --quick               # about 2 minutes
     python -m bench.e2e --quick --only burst  # one figure (or several, comma-separated)
 
 Three kinds of process, all on 127.0.0.1: this one (the Nexus-like writer,
@@ -20,6 +20,9 @@ c. ``memory``: peak RSS with a 1,000,000-entry backlog behind a dead sink.
 d. ``idle``: the daemon's CPU% with nothing written, and with 1,000 events/s.
 e. ``burst``: a 2,000-event burst against a receiver that never answers, default
    ``max_inflight`` 1,000: how many events are dropped in drop and block mode.
+f. ``cursors``: what one sink's cursor costs the others: a healthy sink's events/s beside
+   a dead one, an added sink catching up on a backlog while two others tail (its rate, their
+   latency), RSS with 8 sinks (2 dead) over 1,000,000 entries, reading CPU with 1 and 4 sinks.
 
 ``bench.e2e.rows`` turns the results into the rows of the table.
 """
@@ -35,9 +38,10 @@ from pathlib import Path
 
 from bench import CpuMeter, Row, print_table
 from bench.common import Capacity
-from bench.e2e import burst, idle, latency, memory, throughput
+from bench.e2e import burst, cursors, idle, latency, memory, throughput
 from bench.e2e.burst import BurstResult
 from bench.e2e.common import Settings
+from bench.e2e.cursors import CursorResults
 from bench.e2e.idle import IdleResult
 from bench.e2e.latency import LatResult
 from bench.e2e.memory import MemResult
@@ -53,8 +57,12 @@ _PARTS: tuple[tuple[str, str, Callable[[Results, Path], None]], ...] = (
     ("idle", "idle cost", idle.measure),
     ("memory", "memory", memory.measure),
     ("burst", "burst", burst.measure),
+    ("cursors", "cursors beside a dead sink", cursors.measure_beside),
+    ("cursors", "cursors catch-up", cursors.measure_catch_up),
+    ("cursors", "cursors memory", cursors.measure_memory),
+    ("cursors", "cursors reading CPU", cursors.measure_cpu),
 )
-FIGURES = ("throughput", "latency", "memory", "idle", "burst")
+FIGURES = ("throughput", "latency", "memory", "idle", "burst", "cursors")
 
 
 @dataclass(slots=True)
@@ -68,6 +76,7 @@ class Results:
     mem_wal: str = ""
     idle: IdleResult | None = None
     bursts: dict[str, list[BurstResult]] = field(default_factory=dict)
+    cursors: CursorResults = field(default_factory=CursorResults)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     machine_note: str = ""

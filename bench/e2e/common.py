@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -32,6 +32,7 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 POLL_S = 0.02
 DEFAULT_MAX_INFLIGHT = 1_000
+T = TypeVar("T")
 _seeds = itertools.count(1)  # every writer gets its own seed: payload_ids never repeat
 
 
@@ -49,13 +50,29 @@ class Settings:
     mem_block_bound_s: float
     idle_s: float
     idle_windows: int
+    # bench.e2e.cursors
+    cur_run_s: float  # seconds per run of the healthy sink, alone and beside a dead one
+    cur_backlog: int  # entries the added cursor catches up on
+    cur_window_s: float  # the tailing sinks' latency window before the reload
+    cur_bound_s: float  # the longest a catch-up may take
+    cur_mem_bound_s: float  # 8 sinks over 1,000,000 entries: memory sampled this long at most
+    cur_cpu_s: float  # seconds of writing per CPU measurement...
+    cur_cpu_windows: int  # ...in this many windows
     idle_rate: float = 1_000.0
 
     @classmethod
     def make(cls, quick: bool, runs: int | None = None) -> Settings:
         if quick:
-            return cls(True, runs or 1, 1.0, 1.5, 1, 3.0, 1_000_000, (1_000,), 45, 10, 5.0, 1)
-        return cls(False, runs or 3, 3.0, 3.0, 3, 3.4, 1_000_000, (1_000, 10_000), 90, 20, 20.0, 4)
+            return cls(
+                True, runs or 1, 1.0, 1.5, 1, 3.0, 1_000_000, (1_000,), 45, 10, 5.0, 1,
+                cur_run_s=2.0, cur_backlog=50_000, cur_window_s=2.0, cur_bound_s=30.0,
+                cur_mem_bound_s=10.0, cur_cpu_s=4.0, cur_cpu_windows=1,
+            )  # fmt: skip
+        return cls(
+            False, runs or 3, 3.0, 3.0, 3, 3.4, 1_000_000, (1_000, 10_000), 90, 20, 20.0, 4,
+            cur_run_s=5.0, cur_backlog=500_000, cur_window_s=10.0, cur_bound_s=120.0,
+            cur_mem_bound_s=60.0, cur_cpu_s=20.0, cur_cpu_windows=4,
+        )  # fmt: skip
 
 
 def stage(name: str) -> contextlib.AbstractContextManager[None]:
@@ -72,6 +89,11 @@ def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, poll_s: floa
 
 
 # -- the daemon ------------------------------------------------------------------------
+
+
+def dead_url() -> str:
+    """A webhook URL on 127.0.0.1 where nothing listens: a dead sink (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}/hook"
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -97,13 +119,13 @@ class Daemon:
         self.admin_port = free_port()
         self.config = root / "config.yaml"
         self.log = root / "daemon.log"
-        cfg = {
+        self.cfg: dict[str, Any] = {
             "wal": {"dir": str(self.wal), "start_at": "beginning"},
             "state_dir": str(root / "state"),
             "events": {**events, "sinks": sinks},
             "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
         }
-        self.config.write_text(yaml.safe_dump(cfg))
+        self.config.write_text(yaml.safe_dump(self.cfg))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -135,6 +157,14 @@ class Daemon:
             time.sleep(0.05)
         raise RuntimeError(f"daemon not ready after {timeout_s:g} s:\n{self.log_tail()}")
 
+    def reload(self, sinks: list[dict[str, Any]]) -> None:
+        """Rewrite the config with ``sinks`` and send SIGHUP: a live reload. The caller waits
+        for its effect (e.g. a new sink in ``/status``)."""
+        assert self.proc is not None
+        self.cfg["events"]["sinks"] = sinks
+        self.config.write_text(yaml.safe_dump(self.cfg))
+        self.proc.send_signal(signal.SIGHUP)
+
     def check_alive(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
@@ -156,6 +186,12 @@ class Daemon:
     def cpu_s(self) -> float:
         """The daemon's utime+stime."""
         return proc_cpu_s(self.pid)
+
+    def cpu_pct(self, during: Callable[[], T]) -> tuple[float, T]:
+        """The daemon's CPU% of one core while ``during`` runs, and what it returned."""
+        c0, t0 = self.cpu_s(), time.monotonic()
+        out = during()
+        return (self.cpu_s() - c0) / (time.monotonic() - t0) * 100, out
 
     def mem_kib(self) -> dict[str, int]:
         """The daemon's VmRSS and VmHWM."""

@@ -10,10 +10,9 @@ import contextlib
 import os
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from bench.common import Receiver
 from bench.e2e.common import Daemon, new_writer, paced_write, stage, wait_for, wal_files
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from bench.e2e import Results
 
 LEFTOVER_EMPTY_SEGMENTS = 5_000  # a WAL directory after some rotations
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -48,13 +46,6 @@ def add_leftover_segments(wal: Path, active: str, n: int) -> None:
         os.close(fd)
 
 
-def _cpu_pct(d: Daemon, during: Callable[[], T]) -> tuple[float, T]:
-    """The daemon's CPU% of one core while ``during`` runs, and what it returned."""
-    c0, t0 = d.cpu_s(), time.monotonic()
-    out = during()
-    return (d.cpu_s() - c0) / (time.monotonic() - t0) * 100, out
-
-
 def idle_cost(rcv: Receiver, seconds: float, windows: int, rate: float, work: Path) -> IdleResult:
     res = IdleResult(window_s=seconds / windows)
     with Daemon(work / "idle", [{"name": "bench", "url": rcv.url}]).start() as d:
@@ -69,12 +60,12 @@ def idle_cost(rcv: Receiver, seconds: float, windows: int, rate: float, work: Pa
         wait_for(delivered_all, 10, "the warm-up")
         time.sleep(1.0)
         for _ in range(windows):
-            pct, _ = _cpu_pct(d, lambda: time.sleep(res.window_s))
+            pct, _ = d.cpu_pct(lambda: time.sleep(res.window_s))
             res.idle_pct.append(pct)
         res.idle_rss_kib = d.mem_kib()["VmRSS"]
         rates = []
         for _ in range(windows):
-            pct, p = _cpu_pct(d, lambda: paced_write(w, rate, res.window_s))
+            pct, p = d.cpu_pct(lambda: paced_write(w, rate, res.window_s))
             res.loaded_pct.append(pct)
             res.written += len(p.fsynced)
             rates.append(p.rate)
@@ -84,7 +75,7 @@ def idle_cost(rcv: Receiver, seconds: float, windows: int, rate: float, work: Pa
         add_leftover_segments(d.wal, w.active_segment, LEFTOVER_EMPTY_SEGMENTS)
         time.sleep(1.0)
         for _ in range(windows):
-            pct, p = _cpu_pct(d, lambda: paced_write(w, rate, res.window_s))
+            pct, p = d.cpu_pct(lambda: paced_write(w, rate, res.window_s))
             res.leftover_pct.append(pct)
             res.written += len(p.fsynced)
         w.close()

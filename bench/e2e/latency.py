@@ -45,9 +45,14 @@ class LatResult:
     segments: tuple[int, int] = (0, 0)  # segment files in the WAL at the end, empty ones
 
 
-def _unique_at_least(rcv: Receiver, n: int) -> Callable[[], bool]:
+def unique_at_least(rcv: Receiver, n: int) -> Callable[[], bool]:
     """Whether ``n`` distinct webhook-ids have arrived at ``rcv``."""
     return lambda: bool(rcv.stats()["unique"] >= n)
+
+
+def fsync_to_arrival_ms(p: Paced, arrivals: dict[str, int]) -> list[float]:
+    """For each entry of ``p`` that arrived: its fsync to its arrival, in ms."""
+    return [(arrivals[k] - t) / 1e6 for k, t in p.fsynced.items() if k in arrivals]
 
 
 def latency_rate(rcv: Receiver, rate: int, windows: int, window_s: float, work: Path) -> LatResult:
@@ -57,21 +62,21 @@ def latency_rate(rcv: Receiver, rate: int, windows: int, window_s: float, work: 
         w = new_writer(d.wal)
         base = rcv.stats()["unique"]
         warm = paced_write(w, 50, 0.4)  # warm-up: the first connections, the watcher
-        wait_for(_unique_at_least(rcv, base + len(warm.fsynced)), 10, "the warm-up")
+        wait_for(unique_at_least(rcv, base + len(warm.fsynced)), 10, "the warm-up")
         runs: list[Paced] = []
         for _ in range(windows):
             p = paced_write(w, rate, window_s)
             runs.append(p)
             target = base + len(warm.fsynced) + sum(len(r.fsynced) for r in runs)
             with contextlib.suppress(RuntimeError):
-                wait_for(_unique_at_least(rcv, target), 5.0, "the last arrivals")
+                wait_for(unique_at_least(rcv, target), 5.0, "the last arrivals")
             time.sleep(0.2)
         w.close()
         res.dropped = d.sink("bench")["dropped"]
         res.segments = wal_files(d.wal)
     arrivals: dict[str, int] = rcv.stats(arrivals=True)["arrivals"]
     for p in runs:
-        lat = [(arrivals[k] - t) / 1e6 for k, t in p.fsynced.items() if k in arrivals]
+        lat = fsync_to_arrival_ms(p, arrivals)
         res.windows.append(LatWindow(len(p.fsynced), len(lat), p.appends, p.rate, lat))
     return res
 

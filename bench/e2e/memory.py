@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import free_port
-from bench.e2e.common import DEFAULT_MAX_INFLIGHT, Daemon, stage
+from bench.e2e.common import DEFAULT_MAX_INFLIGHT, Daemon, dead_url, stage
 from bench.walgen import cached_wal
 
 if TYPE_CHECKING:
@@ -49,9 +48,8 @@ def memory_run(
     tag: int = 0,
 ) -> MemResult:
     res = MemResult(mode, max_inflight, entries)
-    dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     root = work / f"mem-{mode}-{max_inflight}-{tag}"
-    sinks = [{"name": "dead", "url": dead}]
+    sinks = [{"name": "dead", "url": dead_url()}]
     d = Daemon(
         root, sinks, wal=wal_dir, overflow=mode, max_inflight=max_inflight, shutdown_timeout_s=0.5
     )

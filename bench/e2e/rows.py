@@ -5,8 +5,9 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING
 
-from bench import NEXUS_EVENTS_PER_S, Row, median_of
+from bench import NEXUS_EVENTS_PER_S, Row, median_of, percentile
 from bench.e2e.burst import NEXUS_BURST, median_dropped
+from bench.e2e.cursors import MEM_DEAD, MEM_HEALTHY, RATE, CatchUpResult
 from bench.e2e.idle import LEFTOVER_EMPTY_SEGMENTS
 from bench.e2e.memory import MemResult
 
@@ -212,6 +213,157 @@ def burst_rows(res: Results) -> list[Row]:
     return rows
 
 
+# The targets of the per-sink cursors (issue 8).
+BESIDE_TARGET = 0.9  # a healthy sink's rate beside a dead one, of its rate alone
+CATCH_UP_TARGET = 50_000.0  # entries/s, delivery permitting
+RSS_TARGET_MB = 100.0  # 8 sinks, 2 dead, 1,000,000-entry backlog
+
+
+def _target(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _pcts(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{_ms(percentile(values, 50))} / {_ms(percentile(values, 99))}"
+
+
+def _catch_up_row(c: CatchUpResult) -> Row:
+    mb = c.backlog_bytes / 1e6
+    if c.read_s is not None:
+        took = f"through the backlog {c.read_s:.1f} s after the SIGHUP"
+    else:
+        took = (
+            f"NOT through at the {c.bound_s:.0f} s bound: {c.last_read:,} read in {c.last_s:.1f} s"
+        )
+    if c.variant == "reading only":
+        what = "filter accepts nothing: the reading rate alone"
+        delivered = f"received {c.received:,}"
+    else:
+        what = "delivering to its own 0 ms receiver"
+        delivered = (
+            f"whole backlog delivered after {c.delivered_s:.1f} s = {c.delivered_rate:,.0f}/s"
+            if c.delivered_s is not None
+            else f"NOT all delivered: {c.last_received:,} in {c.last_s:.1f} s = "
+            f"{c.delivered_rate:,.0f}/s"
+        )
+    ok = c.read_s is not None and c.read_rate >= CATCH_UP_TARGET
+    return Row(
+        "e2e cursors, catch-up",
+        f"{c.variant}: entries/s read",
+        f"{c.read_rate:,.0f}",
+        f"{what}; {c.backlog:,} entries ({mb:,.0f} MB), added by SIGHUP with start_at "
+        f"beginning while 2 sinks tail {RATE:,.0f} appends/s; {took}; {delivered}; daemon "
+        f"CPU {c.cpu_pct:.0f} % of a core meanwhile; "
+        f"target >= {CATCH_UP_TARGET:,.0f}/s: {_target(ok)}; right then (the live stream "
+        f"written meanwhile still to read) state {c.lagging.get('state')}, lag "
+        f"{c.lagging.get('lag', {}).get('bytes', 0) / 1e6:,.1f} MB",
+    )
+
+
+def _tail_latency_row(c: CatchUpResult) -> Row:
+    missing = f" ({c.missing:,} MISSING)" if c.missing else ""
+    return Row(
+        "e2e cursors, catch-up",
+        f"{c.variant}: tailing p50/p99 ms",
+        f"{_pcts(c.before_ms)} -> {_pcts(c.during_ms)}",
+        f"fsync->arrival at the 2 tailing sinks' receivers, pooled: before the reload "
+        f"({c.written_before:,} written at {c.rate_before:,.0f}/s, max "
+        f"{_ms(max(c.before_ms, default=0))} ms) -> during the catch-up ({c.written_during:,} "
+        f"at {c.rate_during:,.0f}/s, max {_ms(max(c.during_ms, default=0))} ms); "
+        f"{len(c.before_ms) + len(c.during_ms):,} arrivals{missing}",
+    )
+
+
+def cursor_rows(res: Results) -> list[Row]:
+    cur = res.cursors
+    rows: list[Row] = []
+    b = cur.beside
+    if b is not None and b.alone and b.beside:
+        each = "; ".join(
+            f"{label} " + " / ".join(f"{r.rate:,.0f}" for r in runs)
+            for label, runs in (("alone", b.alone), ("beside", b.beside))
+        )
+        dead = b.dead
+        rows.append(
+            Row(
+                f"e2e cursors ({b.loop})",
+                "healthy events/s: alone / beside dead",
+                f"{b.alone_rate:,.0f} / {b.beside_rate:,.0f}",
+                f"median of {len(b.alone)} x {b.events:,} ev each ({each}), runs alternating; "
+                "pre-written WAL handed over at once, 0 ms receiver, concurrency 4, block",
+            )
+        )
+        rows.append(
+            Row(
+                "e2e cursors",
+                "healthy beside dead / alone",
+                f"{b.ratio:.2f}x",
+                f"target >= {BESIDE_TARGET}x: {_target(b.ratio >= BESIDE_TARGET)}; the dead sink "
+                f"(connection refused): state {dead.get('state')}, held {dead.get('queue_depth')}, "
+                f"delivered {dead.get('delivered')}, lag {dead.get('lag', {}).get('bytes', '?'):,} "
+                "bytes",
+            )
+        )
+    for c in cur.catch_ups:
+        rows.append(_catch_up_row(c))
+        rows.append(_tail_latency_row(c))
+    m = cur.memory
+    if m is not None:
+        mb = m.hwm_kib * 1024 / 1e6
+        how = (
+            f"until the {MEM_HEALTHY} healthy sinks had delivered it all ({m.seconds:.0f} s)"
+            if m.finished
+            else f"stopped at the {m.bound_s:.0f} s bound"
+        )
+        rows.append(
+            Row(
+                f"e2e cursors, {MEM_HEALTHY + MEM_DEAD} sinks ({MEM_DEAD} dead)",
+                "peak RSS",
+                mib(m.hwm_kib),
+                f"VmHWM = {mb:,.1f} MB, target <= {RSS_TARGET_MB:.0f} MB: "
+                f"{_target(mb <= RSS_TARGET_MB)}; {m.entries:,}-entry backlog, block mode, "
+                f"max_inflight 1,000; {how}; VmRSS sampled max {mib(m.rss_sampled_max_kib)}, at "
+                f"end {mib(m.rss_end_kib)}; read {m.lines_read:,} lines; healthy delivered "
+                f"{min(m.delivered, default=0):,}-{max(m.delivered, default=0):,} each, held "
+                + "/".join(f"{h:,}" for h in m.healthy_held)
+                + "; dead held "
+                + "/".join(f"{h:,}" for h in m.dead_held)
+                + f" ({', '.join(sorted(set(m.dead_states)))})",
+            )
+        )
+    for cpu in cur.cpu:
+        kind = "reading only" if cpu.reading_only else "delivering"
+        rows.append(
+            Row(
+                "e2e cursors, reading CPU",
+                f"CPU%, {cpu.sinks} sink{'s' if cpu.sinks > 1 else ''}, {kind}",
+                f"{cpu.median_pct:.1f} %",
+                f"% of one core at {cpu.write_rate:,.0f} appends/s, median of {len(cpu.pct)} x "
+                f"{cpu.window_s:g} s ("
+                + " / ".join(f"{v:.1f}" for v in cpu.pct)
+                + ")"
+                + ("; filter accepts nothing" if cpu.reading_only else "")
+                + f"; {cpu.written:,} written, each sink delivered {cpu.delivered:,}; block mode",
+            )
+        )
+    for reading_only in (True, False):
+        pair = {c.sinks: c for c in cur.cpu if c.reading_only == reading_only}
+        one, four = pair.get(1), pair.get(4)
+        if one is not None and four is not None and one.median_pct > 0:
+            kind = "reading only" if reading_only else "delivering"
+            rows.append(
+                Row(
+                    "e2e cursors, reading CPU",
+                    f"4 sinks / 1 sink, {kind}",
+                    f"{four.median_pct / one.median_pct:.2f}x",
+                    f"{four.median_pct:.1f} % / {one.median_pct:.1f} %",
+                )
+            )
+    return rows
+
+
 def error_rows(res: Results) -> list[Row]:
     return [
         Row("e2e ERROR", err.split(":", 1)[0], "failed", err.split(":", 1)[1][:300])
@@ -227,5 +379,6 @@ def rows_for(res: Results) -> list[Row]:
         *idle_rows(res),
         *memory_rows(res),
         *burst_rows(res),
+        *cursor_rows(res),
         *error_rows(res),
     ]
