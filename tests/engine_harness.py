@@ -86,8 +86,9 @@ class Harness:
         )
 
     async def handle(self, b: Batch) -> None:
+        # Each cursor reads its own batches (and block mode empties them as it goes).
         for cursor in self.engine.cursors.values():
-            await cursor.handle(b)
+            await cursor.handle(Batch(list(b.records), b.end))
 
     def counter(self, name: str, sink: str) -> float:
         value = self.metrics.registry.get_sample_value(name, {"sink": sink})

@@ -56,8 +56,7 @@ def alone() -> tuple[list[Record], dict[str, int], int]:
 def test_cursors_read_the_same_records_and_count_each_line_once() -> None:
     want, rejected, lines = alone()
     assert rejected == json.loads((CORRUPTED.parent / "expected_errors.json").read_text())
-    parser = CountingParser()
-    reading = SharedReading(CORRUPTED, parser)
+    reading = SharedReading(CORRUPTED, LineParser())
     cursors = [scanner(reading) for _ in range(3)]
     # Interleaved, as the event loop runs them: each one a batch at a time.
     got: list[list[Record]] = [[], [], []]
@@ -71,8 +70,23 @@ def test_cursors_read_the_same_records_and_count_each_line_once() -> None:
     assert all(g == want for g in got)
     assert dict(reading.stats.rejected) == rejected
     assert reading.stats.lines == lines
+
+
+def test_cursors_that_keep_up_parse_each_line_once(tmp_path: Path) -> None:
+    from eventsinkd.sim.nexus_writer import NexusWriter
+
+    w = NexusWriter(tmp_path, precreate=False, max_segment_bytes=50 << 20)  # one segment
+    parser = CountingParser()
+    reading = SharedReading(tmp_path, parser)
+    cursors = [scanner(reading) for _ in range(3)]
+    got: list[list[Record]] = [[], [], []]
+    for _ in range(30):
+        w.append(10)
+        for out, c in zip(got, cursors, strict=True):
+            out.extend(read_all(c))
+    assert got[0] and got[0] == got[1] == got[2]
     # The first cursor parsed each line; the others found it in the shared cache.
-    assert parser.parsed == lines
+    assert parser.parsed == reading.stats.lines == 300
 
 
 def test_a_lagging_cursor_counts_only_what_no_other_cursor_read(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.metrics import Metrics
 from eventsinkd.wal.entry import Entry
-from eventsinkd.wal.position import Position
+from eventsinkd.wal.position import Checkpointer, Position
 from eventsinkd.wal.scanner import Batch, Record
 
 BATCH_RECORDS = 500
@@ -113,16 +113,18 @@ async def _receiver_stats(port: int) -> tuple[int, float]:
 
 
 async def deliver(url: str, port: int, concurrency: int, batches: list[Batch]) -> Sample:
-    """One run: a fresh Engine, the batches handed over, timed until wait_idle()."""
+    """One run: a fresh Engine, the batches handed to its sink's cursor (no WAL, no saved
+    position), timed until wait_idle()."""
     n = sum(len(b.records) for b in batches)
-    engine = Engine(events_config(url, concurrency), Metrics(), lambda _pos: None)
+    engine = Engine(events_config(url, concurrency), Metrics(), lambda _sink: Checkpointer(None))
+    cursor = engine.cursors["bench"]
     await engine.start()
     try:
         got_before, rcpu_before = await _receiver_stats(port)
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         for batch in batches:
-            await engine.handle(batch)
+            await cursor.handle(batch)
         await asyncio.wait_for(engine.wait_idle(), RUN_TIMEOUT_S)
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0

@@ -61,7 +61,11 @@ class SinkCursor:
     # -- handing events over ------------------------------------------------------
 
     async def handle(self, batch: Batch) -> None:
-        """Hand the events of ``batch`` this sink wants to it; in block mode wait for room."""
+        """Hand the events of ``batch`` this sink wants to it; in block mode wait for room.
+
+        The batch is this cursor's own: block mode empties its records once they are
+        rendered, so decoded entries are not held while the cursor waits.
+        """
         if self.block:
             await self._handle_blocking(batch)
             return
@@ -79,12 +83,18 @@ class SinkCursor:
     async def _handle_blocking(self, batch: Batch) -> None:
         tracker = self.tracker
         assert tracker is not None
+        sink = self.sink
+        events = []
         for rec in batch.records:
             kind = event_type(rec.entry)
-            if kind is None or not self.sink.accepts(kind, rec.entry):
-                continue
-            event = Event(kind, rec.entry, (self.sink.cfg.content,))
-            event.ticket = tracker.track(rec.position, rec.entry.timestamp)
+            if kind is not None and sink.accepts(kind, rec.entry):
+                event = Event(kind, rec.entry, (sink.cfg.content,))
+                event.ticket = tracker.track(rec.position, rec.entry.timestamp)
+                events.append(event)
+        # While this cursor waits for room, it holds rendered events, not decoded
+        # entries (a memory's whole payload each).
+        batch.records.clear()
+        for event in events:
             # A reload can replace the sink while we wait for room: the event goes
             # to the new one. At shutdown it stays unfinished and is read again.
             while not await self.sink.put(event):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +11,12 @@ from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import Batch, StartAt, WalScanner
+
+# A cursor catching up on a backlog gives way to the sinks that keep up: when the one
+# turn it yields between batches finds other work (it takes longer than BUSY_TURN_S),
+# it pauses CATCH_UP_PAUSE_S more (BENCHMARKS.md, cursors).
+BUSY_TURN_S = 0.0002
+CATCH_UP_PAUSE_S = 0.001
 
 
 class WalFollower:
@@ -63,8 +70,14 @@ class WalFollower:
                 batch = self.scanner.step()
                 if batch is not None:
                     yield batch
-                    # Catching up is CPU-bound: let the rest of the loop run between batches.
+                    # Catching up is CPU-bound: let the rest of the loop run between
+                    # batches. When the rest of the loop has work (the turn it got took
+                    # a while), one turn is not enough: a delivery takes several turns,
+                    # each of which would wait for a whole batch here. Then pause.
+                    now = time.monotonic()
                     await asyncio.sleep(0)
+                    if time.monotonic() - now > BUSY_TURN_S:
+                        await asyncio.sleep(CATCH_UP_PAUSE_S)
                     continue
                 if not self.follow and self.scanner.at_end:
                     return

@@ -104,7 +104,8 @@ class Coverage:
 class ParseCache:
     """Recently parsed lines by their bytes, so cursors close behind the first parse nothing."""
 
-    def __init__(self, max_lines: int = 4096, max_bytes: int = 8 << 20) -> None:
+    # Cursors that keep up are a batch or two (256 lines each) behind the first.
+    def __init__(self, max_lines: int = 2048, max_bytes: int = 4 << 20) -> None:
         self._results: dict[bytes, Entry | Reject] = {}
         self._order: deque[bytes] = deque()
         self._bytes = 0

@@ -409,7 +409,10 @@ class WalScanner:
         parse: Callable[[bytes], Entry | Reject]
         if not reading.shared:
             parse = self.parser.parse
-        elif fresh is None:
+        elif fresh is None and len(lines) < self._batch_lines:
+            # New lines at the head of the WAL (a short batch: all there was): the
+            # cursors behind will read them next. A cursor catching up on old lines
+            # (full batches) would only push those out of the cache.
             parse = self._parse_and_share
         else:
             parse = self._parse_shared

@@ -56,14 +56,16 @@ class SegmentFile:
         return os.fstat(self._fd).st_size
 
     def read_lines(
-        self, max_lines: int | None = None, max_bytes: int = 4 * CHUNK_BYTES
+        self, max_lines: int | None = None, max_bytes: int = 2 * CHUNK_BYTES
     ) -> list[bytes | None]:
         """Complete lines appended since the last call (at most ``max_lines``, about ``max_bytes``).
 
         A line longer than MAX_LINE_BYTES comes back as ``TOO_LONG`` (None) once
         its newline is seen; its bytes are never held in memory.
         """
-        if not self._ready:
+        # Top up a short list, so batches stay full while catching up; a fill reads
+        # about max_bytes, which bounds what each cursor holds.
+        if not self._ready or (max_lines is not None and len(self._ready) < max_lines):
             self._fill(max_bytes)
         ready = self._ready
         if max_lines is None or len(ready) <= max_lines:
