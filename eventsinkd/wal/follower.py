@@ -12,11 +12,11 @@ from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import Batch, StartAt, WalScanner
 
-# A cursor catching up on a backlog gives way to the sinks that keep up: when the one
-# turn it yields between batches finds other work (it takes longer than BUSY_TURN_S),
-# it pauses CATCH_UP_PAUSE_S more (BENCHMARKS.md, cursors).
+# A cursor catching up on a backlog gives way when the rest of the loop has work (the
+# turn it yields takes longer than BUSY_TURN_S): it pauses CATCH_UP_GIVE_WAY times as
+# long as its last batch took (BENCHMARKS.md, cursors).
 BUSY_TURN_S = 0.0002
-CATCH_UP_PAUSE_S = 0.001
+CATCH_UP_GIVE_WAY = 1.0
 
 
 class WalFollower:
@@ -67,17 +67,20 @@ class WalFollower:
         try:
             while not self._stopped.is_set():
                 seen = self.waker.generation
+                started = time.monotonic()
                 batch = self.scanner.step()
                 if batch is not None:
                     yield batch
                     # Catching up is CPU-bound: let the rest of the loop run between
-                    # batches. When the rest of the loop has work (the turn it got took
-                    # a while), one turn is not enough: a delivery takes several turns,
-                    # each of which would wait for a whole batch here. Then pause.
-                    now = time.monotonic()
+                    # batches. If it has work (the turn it got took a while: other sinks
+                    # delivering), one turn is not enough - a delivery takes several, each
+                    # waiting for a whole batch here - so give way in proportion to the
+                    # batch just done.
+                    busy = time.monotonic() - started
+                    turn = time.monotonic()
                     await asyncio.sleep(0)
-                    if time.monotonic() - now > BUSY_TURN_S:
-                        await asyncio.sleep(CATCH_UP_PAUSE_S)
+                    if time.monotonic() - turn > BUSY_TURN_S:
+                        await asyncio.sleep(busy * CATCH_UP_GIVE_WAY)
                     continue
                 if not self.follow and self.scanner.at_end:
                     return
