@@ -55,28 +55,29 @@ class CursorFiles:
         fallback = sink.start_at or self.cfg.wal.start_at
         store = self.checkpoints(sink.name).store
         assert store is not None
-        try:
-            saved = store.load()
-        except PositionFileError as exc:
-            problem = f"{exc}; sink {sink.name} started at the {fallback} of the WAL"
-            log.error("%s", problem)
-            self.problems.append(problem)
-            return fallback
+        saved = self._load(store, f"sink {sink.name} started at the {fallback} of the WAL")
         if saved is None:
-            log.info("sink %s: no saved cursor; starting at the %s of the WAL", sink.name, fallback)
+            if not store.path.exists():
+                log.info(
+                    "sink %s: no saved cursor; starting at the %s of the WAL", sink.name, fallback
+                )
             return fallback
         return saved
+
+    def _load(self, store: PositionStore, otherwise: str) -> Position | None:
+        """What ``store`` holds; None if nothing, or if it is unusable (then a problem)."""
+        try:
+            return store.load()
+        except PositionFileError as exc:
+            problem = f"{exc}; {otherwise}"
+            log.error("%s", problem)
+            self.problems.append(problem)
+            return None
 
     def migrate(self, sinks: list[SinkConfig]) -> None:
         """Give every sink without a cursor the old single position (see the module doc)."""
         legacy = PositionStore(self.cfg.state_dir, self.cfg.wal.dir)
-        try:
-            old = legacy.load()
-        except PositionFileError as exc:
-            problem = f"{exc}; sinks without a cursor start at their start_at"
-            log.error("%s", problem)
-            self.problems.append(problem)
-            return
+        old = self._load(legacy, "sinks without a cursor start at their start_at")
         if old is None:
             return
         saved_all = True
