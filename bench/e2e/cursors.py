@@ -200,6 +200,7 @@ def _count_lines(path: Path) -> int:
 @dataclass(slots=True)
 class CatchUpResult:
     variant: str  # "delivering" or "reading only"
+    tails: int  # sinks tailing the live stream meanwhile (0: the cursor has the loop alone)
     backlog: int
     backlog_bytes: int
     bound_s: float
@@ -300,8 +301,8 @@ def catch_up(
     work: Path,
 ) -> CatchUpResult:
     variant = "reading only" if reading_only else "delivering"
-    res = CatchUpResult(variant, backlog.entries, backlog.bytes, bound_s)
-    root = work / f"catchup-{'reading' if reading_only else 'delivering'}"
+    res = CatchUpResult(variant, len(tails), backlog.entries, backlog.bytes, bound_s)
+    root = work / f"catchup-{'reading' if reading_only else 'delivering'}-{len(tails)}"
     backlog.link_into(root / "wal")
     tailing = [
         {"name": f"tail{i + 1}", "url": r.url, "start_at": "end"} for i, r in enumerate(tails)
@@ -502,12 +503,13 @@ def measure_catch_up(res: Results, work: Path) -> None:
         Receiver(0, record_arrivals=True) as tail2,
         Receiver(0) as lag_rcv,
     ):
-        for reading_only in (True, False):
+        # The added cursor with the loop to itself, then beside two tailing sinks.
+        for tails, reading_only in (([], True), ([tail1, tail2], True), ([tail1, tail2], False)):
             what = "reading only" if reading_only else "delivering"
             with stage(f"cursors: catch-up of {backlog.entries:,} entries, {what}"):
                 res.cursors.catch_ups.append(
                     catch_up(
-                        [tail1, tail2],
+                        tails,
                         lag_rcv,
                         backlog,
                         reading_only,

@@ -249,12 +249,13 @@ def _catch_up_row(c: CatchUpResult) -> Row:
             f"{c.delivered_rate:,.0f}/s"
         )
     ok = c.read_s is not None and c.read_rate >= CATCH_UP_TARGET
+    beside = f"while {c.tails} sinks tail {RATE:,.0f} appends/s" if c.tails else "alone"
     return Row(
         "e2e cursors, catch-up",
-        f"{c.variant}: entries/s read",
+        f"{c.variant}{'' if c.tails else ', alone'}: entries/s read",
         f"{c.read_rate:,.0f}",
         f"{what}; {c.backlog:,} entries ({mb:,.0f} MB), added by SIGHUP with start_at "
-        f"beginning while 2 sinks tail {RATE:,.0f} appends/s; {took}; {delivered}; daemon "
+        f"beginning {beside}; {took}; {delivered}; daemon "
         f"CPU {c.cpu_pct:.0f} % of a core meanwhile; "
         f"target >= {CATCH_UP_TARGET:,.0f}/s: {_target(ok)}; right then (the live stream "
         f"written meanwhile still to read) state {c.lagging.get('state')}, lag "
@@ -308,7 +309,8 @@ def cursor_rows(res: Results) -> list[Row]:
         )
     for c in cur.catch_ups:
         rows.append(_catch_up_row(c))
-        rows.append(_tail_latency_row(c))
+        if c.tails:
+            rows.append(_tail_latency_row(c))
     m = cur.memory
     if m is not None:
         mb = m.hwm_kib * 1024 / 1e6
