@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -77,3 +78,15 @@ async def receiver() -> AsyncIterator[WebhookServer]:
     """A webhook receiver on 127.0.0.1 (tests/webhook_server.py)."""
     async with webhook_receiver() as srv:
         yield srv
+
+
+def need_tool(name: str, package: str) -> str:
+    """The path of command ``name``. Missing: on CI a failure (.ci/run installs Debian's
+    ``package``), elsewhere a skip that says what to install."""
+    path = shutil.which(name)
+    if path is None:
+        why = f"{name} is missing (Debian package {package})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: .ci/run should have installed it")
+        pytest.skip(f"{why}; .ci/run installs it on CI")
+    return path

@@ -11,20 +11,20 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
+from conftest import need_tool
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "systemd" / "eventsinkd.service"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd here")
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = need_tool("systemd-analyze", "systemd")
     exe = shutil.which("eventsinkd") or str(Path(sys.executable).parent / "eventsinkd")
     unit = tmp_path / "eventsinkd.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/eventsinkd", exe))
     res = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)],
+        [analyze, "verify", str(unit)],
         capture_output=True,
         text=True,
         check=False,
