@@ -233,7 +233,14 @@ class Daemon:
         cfg = self.cfg
         # One daemon per state directory; a `dead-letters replay` or `rewind` run
         # without a daemon holds the lock for a moment.
-        if not await asyncio.to_thread(self.lock.acquire, "eventsinkd run", wait_s=LOCK_WAIT_S):
+        try:
+            locked = await asyncio.to_thread(
+                self.lock.acquire, "eventsinkd run", wait_s=LOCK_WAIT_S
+            )
+        except OSError as exc:
+            log.error("cannot use the state directory %s: %s", cfg.state_dir, exc)
+            return EXIT_STARTUP
+        if not locked:
             log.error(
                 "state directory %s is in use by %s; not starting",
                 cfg.state_dir,

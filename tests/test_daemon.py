@@ -190,3 +190,33 @@ def test_demo_reports_every_event_arrived(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "OK: every written event arrived" in res.stdout
     assert "events received:           2000 (0 repeated, 0 bad signatures)" in res.stdout
+
+
+async def test_one_daemon_per_state_directory(tmp_path: Path, receiver: WebhookServer) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    first = Daemon(tmp_path / "a", [{"name": "a", "url": receiver.url}])
+    second = Daemon(tmp_path / "b", [{"name": "a", "url": receiver.url}])
+    # The second daemon's config points at the first one's state directory.
+    second.config.write_text(
+        second.config.read_text().replace(str(second.root / "state"), str(first.root / "state"))
+    )
+    await first.start()
+    try:
+        await second.start(wait=False)
+        assert second.proc is not None
+        assert await asyncio.wait_for(second.proc.wait(), 60) == 3
+        assert "is in use by eventsinkd run (pid" in second.log.read_text()
+    finally:
+        assert await first.stop() == 0
+
+
+async def test_an_unusable_state_directory_is_a_start_up_failure(
+    tmp_path: Path, receiver: WebhookServer
+) -> None:
+    d = Daemon(tmp_path, [{"name": "a", "url": receiver.url}])
+    (tmp_path / "state").write_text("a file where the state directory should be")
+    await d.start(wait=False)
+    assert d.proc is not None
+    assert await asyncio.wait_for(d.proc.wait(), 30) == 3
+    assert "cannot use the state directory" in d.log.read_text()
