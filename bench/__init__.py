@@ -17,7 +17,6 @@ import contextlib
 import os
 import platform
 import resource
-import socket
 import statistics
 import sys
 import time
@@ -90,14 +89,6 @@ def filesystem_of(path: Path) -> str:
     except OSError:
         pass
     return fstype
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- processes, from /proc -------------------------------------------------------------

@@ -29,8 +29,9 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from bench import free_port, proc_status_kib
+from bench import proc_status_kib
 from bench.receiver import serve_app
+from eventsinkd.ports import free_port
 from eventsinkd.sim.nexus_writer import NexusWriter
 
 HEALTHY, FLAKY = "healthy", "flaky"

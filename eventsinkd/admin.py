@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from eventsinkd.metrics import DaemonView
+from eventsinkd.ports import listening_port
 
 
 class AdminServer:
@@ -48,9 +49,7 @@ class AdminServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.port = listening_port(runner)
 
     async def stop(self) -> None:
         if self._runner is not None:

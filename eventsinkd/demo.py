@@ -15,7 +15,6 @@ import contextlib
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -26,17 +25,11 @@ from typing import Any
 import aiohttp
 import yaml
 
+from eventsinkd.ports import free_port
 from eventsinkd.receiver import Receiver
 from eventsinkd.sim.nexus_writer import NexusWriter, run_workload
 
 SETTLE_TIMEOUT_S = 60.0  # after the last write, how long to wait for the last deliveries
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _write_config(
@@ -99,7 +92,7 @@ async def _demo(root: Path, events: int, rate: float) -> int:
     mac_key = secrets.token_hex(16)
     receiver = Receiver([key], out=None)
     await receiver.start()
-    admin_port = _free_port()
+    admin_port = free_port()
     config = _write_config(root, receiver.port, admin_port, secret, mac_key)
     log_path = root / "daemon.log"
     print(f"demo directory: {root}")

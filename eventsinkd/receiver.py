@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from eventsinkd.delivery.signing import verify
+from eventsinkd.ports import listening_port
 
 
 class Receiver:
@@ -38,11 +39,8 @@ class Receiver:
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        await web.TCPSite(self._runner, host, port).start()
+        self.port = listening_port(self._runner)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -18,17 +17,11 @@ import aiohttp
 import yaml
 from webhook_server import WebhookServer
 
+from eventsinkd.ports import free_port
 from eventsinkd.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.position import Position, PositionStore, cursor_file
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Daemon:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from eventsinkd.ports import listening_port
+
 
 @dataclass
 class Received:
@@ -50,11 +52,8 @@ class WebhookServer:
         app.router.add_post("/hook", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.port = listening_port(self._runner)
         return self
 
     async def stop(self) -> None:
