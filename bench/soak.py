@@ -31,8 +31,8 @@ from aiohttp import web
 
 from bench import proc_status_kib
 from bench.receiver import serve_app
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.ports import free_port
-from eventsinkd.sim.nexus_writer import NexusWriter
 
 HEALTHY, FLAKY = "healthy", "flaky"
 

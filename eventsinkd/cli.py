@@ -276,7 +276,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     from eventsinkd.config import decode_whsec
-    from eventsinkd.receiver import Receiver
+    from eventsinkd.devtools.receiver import Receiver
 
     try:
         keys = [decode_whsec(resolve_secret(s)) for s in args.secret]
@@ -341,6 +341,6 @@ def cmd_rewind(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from eventsinkd.demo import run_demo
+    from eventsinkd.devtools.demo import run_demo
 
     return run_demo(events=args.events, rate=args.rate, keep=args.keep)

@@ -17,8 +17,8 @@ import aiohttp
 import yaml
 from webhook_server import WebhookServer
 
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.ports import free_port
-from eventsinkd.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.position import Position, PositionStore, cursor_file
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()

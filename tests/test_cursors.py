@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from webhook_server import WebhookServer
 
-from eventsinkd.sim.nexus_writer import NexusWriter, Written
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
 
 BLOCK = "block"
 SHORT_BACKOFF = [0.05, 0.1]

@@ -15,7 +15,7 @@ from daemon_harness import SECRET, Daemon, cli, expected_ids, until
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
-from eventsinkd.sim.nexus_writer import NexusWriter
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 
 @pytest.fixture

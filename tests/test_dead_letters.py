@@ -34,7 +34,7 @@ from daemon_harness import (
 from standardwebhooks.webhooks import Webhook
 from webhook_server import Behaviour, WebhookServer
 
-from eventsinkd.sim.nexus_writer import NexusWriter
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
 
 # -- the store -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from daemon_harness import until
 from engine_harness import Harness, events_cfg
 from webhook_server import WebhookServer
 
-from eventsinkd.sim.nexus_writer import NexusWriter
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading

@@ -20,7 +20,7 @@ from aiohttp import web
 from daemon_harness import Daemon, accounting, expected_ids, metric_value, settle
 from webhook_server import WebhookServer
 
-from eventsinkd.sim.nexus_writer import NexusWriter
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 N = 600
 RATE = 300.0

@@ -12,7 +12,7 @@ import pytest
 from daemon_harness import Daemon, accounting, metric_value, settle, until
 from webhook_server import WebhookServer
 
-from eventsinkd.sim.nexus_writer import NexusWriter, run_workload
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
 from eventsinkd.wal.position import Position
 
 

@@ -16,7 +16,7 @@ import pytest
 from daemon_harness import Daemon, accounting, metric_value, settle, until
 from webhook_server import WebhookServer
 
-from eventsinkd.sim.nexus_writer import NexusWriter, Written
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import collect
 
-from eventsinkd.sim.nexus_writer import NexusWriter, run_workload
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.scanner import Record, WalScanner

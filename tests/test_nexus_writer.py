@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from eventsinkd.sim.nexus_writer import NexusWriter, Written, format_go_time, run_workload
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written, format_go_time, run_workload
 
 START = b"BFBFBFBFBFBFBFBF"
 END = b"FBFBFBFBFBFBFBFB"

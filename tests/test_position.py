@@ -10,7 +10,7 @@ import pytest
 from conftest import collect
 from daemon_harness import run_cli
 
-from eventsinkd.sim.nexus_writer import NexusWriter
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.position import Checkpointer, Position, PositionFileError, PositionStore
 
 

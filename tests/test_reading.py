@@ -73,7 +73,7 @@ def test_cursors_read_the_same_records_and_count_each_line_once() -> None:
 
 
 def test_cursors_that_keep_up_parse_each_line_once(tmp_path: Path) -> None:
-    from eventsinkd.sim.nexus_writer import NexusWriter
+    from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
     w = NexusWriter(tmp_path, precreate=False, max_segment_bytes=50 << 20)  # one segment
     parser = CountingParser()
@@ -149,7 +149,7 @@ async def test_a_change_wakes_every_waiting_cursor(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cursors", [1, 4])
 def test_rewrites_are_counted_once(tmp_path: Path, cursors: int) -> None:
-    from eventsinkd.sim.nexus_writer import NexusWriter
+    from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
     w = NexusWriter(tmp_path, precreate=False)
     w.append(20)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eventsinkd.sim.nexus_writer import NexusWriter, Written, run_workload
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written, run_workload
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Checkpointer, Position, PositionStore

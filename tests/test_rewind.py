@@ -26,7 +26,7 @@ from daemon_harness import (
 )
 from webhook_server import WebhookServer
 
-from eventsinkd.sim.nexus_writer import NexusWriter
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 APPENDS, PER_APPEND = 6, 5  # before the split, and again after it
 

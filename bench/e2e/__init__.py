@@ -5,7 +5,7 @@
     python -m bench.e2e --quick --only burst  # one figure (or several, comma-separated)
 
 Three kinds of process, all on 127.0.0.1: this one (the Nexus-like writer,
-``eventsinkd.sim.nexus_writer.NexusWriter``: every ``append`` is one fsynced group
+``eventsinkd.devtools.sim.nexus_writer.NexusWriter``: every ``append`` is one fsynced group
 commit), the daemon (``python -m eventsinkd run -c <tmp config>``, on uvloop when it
 is installed, as in production) and ``bench/receiver.py`` (a raw asyncio HTTP receiver,
 204 after a configurable latency, that reports what arrived on ``GET /__stats``).

@@ -25,8 +25,8 @@ import bench
 from bench import proc_cpu_s, proc_status_kib
 from bench.common import http_get
 from bench.walgen import SEGMENT_BYTES
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.ports import free_port
-from eventsinkd.sim.nexus_writer import NexusWriter
 
 PREWRITE_BATCH = 100  # entries per group commit when writing as fast as the writer can
 READY_TIMEOUT_S = 30.0

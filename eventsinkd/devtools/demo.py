@@ -25,9 +25,9 @@ from typing import Any
 import aiohttp
 import yaml
 
+from eventsinkd.devtools.receiver import Receiver
+from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
 from eventsinkd.ports import free_port
-from eventsinkd.receiver import Receiver
-from eventsinkd.sim.nexus_writer import NexusWriter, run_workload
 
 SETTLE_TIMEOUT_S = 60.0  # after the last write, how long to wait for the last deliveries
 

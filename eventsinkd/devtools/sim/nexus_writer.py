@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import zstandard
 
+from eventsinkd.devtools.sim.entries import EntryMaker, format_go_time
 from eventsinkd.events import go_json
-from eventsinkd.sim.entries import EntryMaker, format_go_time
 from eventsinkd.wal.lines import LineParser, Reject
 
 __all__ = [

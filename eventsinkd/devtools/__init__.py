@@ -1,0 +1,1 @@
+"""Development tools, kept apart from the daemon: the Nexus-like WAL writer, demo, receiver."""
