@@ -247,7 +247,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from eventsinkd.verify import verify
+    from eventsinkd.wal.verify import verify
 
     setup_logging("error")
     try:

@@ -346,12 +346,10 @@ class WalScanner:
         probe = SegmentFile(self.wal_dir, seg.name)
         found = -1
         try:
-            while lines := probe.read_lines():
-                base = probe.line - len(lines)
-                for i, raw in enumerate(lines):
-                    entry = None if raw is None else self.parser.parse(raw)
-                    if isinstance(entry, Entry) and entry.dedup_key == start.last_key:
-                        found = base + i + 1
+            for n, raw in probe.numbered_lines():
+                entry = None if raw is None else self.parser.parse(raw)
+                if isinstance(entry, Entry) and entry.dedup_key == start.last_key:
+                    found = n
         finally:
             probe.close()
         if found < 0:

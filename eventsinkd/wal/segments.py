@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from eventsinkd.wal.lines import MAX_LINE_BYTES
@@ -112,6 +113,11 @@ class SegmentFile:
             self._skipping = True
         else:
             self._tail += rest
+
+    def numbered_lines(self) -> Iterator[tuple[int, bytes | None]]:
+        """Every complete line left, with its 1-based line number (``TOO_LONG`` for None)."""
+        while lines := self.read_lines():
+            yield from enumerate(lines, self.line - len(lines) + 1)
 
     def skip_lines(self, n: int, keep: int = 0) -> tuple[int, list[bytes]]:
         """Consume up to ``n`` lines; returns how many there were and the last ``keep`` of them.

@@ -29,22 +29,20 @@ def scan_segment(wal_dir: Path, name: str, parser: LineParser, seen: set[str]) -
     report = SegmentReport(name)
     seg = SegmentFile(wal_dir, name)
     try:
-        while lines := seg.read_lines():
-            base = seg.line - len(lines)
-            for i, raw in enumerate(lines):
-                entry: Entry | Reject = Reject.TOO_LONG if raw is None else parser.parse(raw)
-                if isinstance(entry, Reject):
-                    report.rejected[entry.value] += 1
-                    at = report.rejected_at.setdefault(entry.value, [])
-                    if len(at) < MAX_LISTED:
-                        at.append(base + i + 1)
-                    continue
-                kind = entry.entry_type or "data"
-                report.entries[f"{kind}/{entry.status or '-'}"] += 1
-                key = entry.dedup_key
-                if key and key in seen:
-                    report.duplicates += 1
-                seen.add(key)
+        for n, raw in seg.numbered_lines():
+            entry: Entry | Reject = Reject.TOO_LONG if raw is None else parser.parse(raw)
+            if isinstance(entry, Reject):
+                report.rejected[entry.value] += 1
+                at = report.rejected_at.setdefault(entry.value, [])
+                if len(at) < MAX_LISTED:
+                    at.append(n)
+                continue
+            kind = entry.entry_type or "data"
+            report.entries[f"{kind}/{entry.status or '-'}"] += 1
+            key = entry.dedup_key
+            if key and key in seen:
+                report.duplicates += 1
+            seen.add(key)
         report.lines = seg.line
         report.incomplete_tail = seg.pending_tail
     finally:
