@@ -31,9 +31,9 @@ from eventsinkd.metrics import DaemonCollector, Lag, Metrics
 from eventsinkd.state.control import StateLock, pending_rewinds
 from eventsinkd.state.cursors import CursorFiles
 from eventsinkd.state.deadletters import DeadLetterStore, DeadLetterWriter
+from eventsinkd.status import status_document
 from eventsinkd.systemd import Notifier
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import ReaderStats, SharedReading
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ EXIT_STARTUP = 3
 STATUS_EVERY_S = 5.0
 LOCK_WAIT_S = 10.0  # a replay or rewind run without a daemon holds the lock this long at most
 REQUESTS_EVERY_S = 0.5  # how often requests left by `rewind` and `dead-letters replay` are read
-
-
-def _str(pos: Position | None) -> str | None:
-    return str(pos) if pos is not None else None
 
 
 class Daemon:
@@ -125,61 +121,7 @@ class Daemon:
         return {n: (held.get(n, 0), evicted.get(n, 0)) for n in names}
 
     def status(self) -> dict[str, Any]:
-        letters = self.dead_letters_by_sink()
-        lags = self.sink_lags()
-        sinks = {}
-        for name, cursor in self.cursors.items():
-            sink, st, lag = cursor.sink, cursor.sink.stats, lags[name]
-            cp = cursor.checkpoints
-            saved = cp.store.last_saved if cp.store is not None else None
-            sinks[name] = {
-                "type": "webhook",
-                "url": str(sink.cfg.url),
-                "state": cursor.state(),
-                "paused_since": sink.paused_since,
-                "last_error": st.last_error,
-                "cursor": {
-                    "read": _str(cursor.read_position),
-                    "acknowledged": _str(cp.acked),
-                    "saved": _str(saved),
-                },
-                "lag": {"events": lag.events, "bytes": lag.bytes, "seconds": lag.seconds},
-                "queue_depth": sink.inflight,
-                "max_inflight": sink.max_inflight,
-                "offered": st.offered,
-                "delivered": st.delivered,
-                "failed": st.failed,
-                "dropped": st.dropped,
-                "dead_letters": letters.get(name, (0, 0))[0],
-                "last_success": st.last_success,
-                "last_failure": st.last_failure,
-            }
-        rs = self.reading.stats
-        return {
-            "version": __version__,
-            "ready": self.ready,
-            "problems": self.problems(),
-            "wal_dir": str(self.cfg.wal.dir),
-            # The most-behind sink: 0 bytes means every cursor has read everything.
-            "lag": {
-                "bytes_behind": max((lag.bytes for lag in lags.values()), default=0),
-                "seconds_behind": max((lag.seconds for lag in lags.values()), default=0.0),
-            },
-            "reader": {
-                "lines": rs.lines,
-                "rejected": dict(rs.rejected),
-                "segments": rs.segments,
-                "rewrites": rs.rewrites,
-                "truncations": rs.truncations,
-                "vanished": rs.vanished,
-            },
-            "overflow": self.cfg.events.overflow,
-            "sinks": sinks,
-            "config": {
-                "file": str(self.config_path) if self.config_path else None,
-                "loaded_at": self.loaded_at,
-            },
-        }
+        return status_document(self)
 
     # -- signals (they only set state) -----------------------------------------------
 

@@ -1,0 +1,74 @@
+"""The ``/status`` document: what an operator reads to see where each sink stands."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from eventsinkd import __version__
+from eventsinkd.wal.position import Position
+
+if TYPE_CHECKING:
+    from eventsinkd.daemon import Daemon
+
+
+def _str(pos: Position | None) -> str | None:
+    return str(pos) if pos is not None else None
+
+
+def status_document(d: Daemon) -> dict[str, Any]:
+    """What ``/status`` answers: per sink, its cursor, state, lag and counts; the reader."""
+    letters = d.dead_letters_by_sink()
+    lags = d.sink_lags()
+    sinks = {}
+    for name, cursor in d.cursors.items():
+        sink, st, lag = cursor.sink, cursor.sink.stats, lags[name]
+        cp = cursor.checkpoints
+        saved = cp.store.last_saved if cp.store is not None else None
+        sinks[name] = {
+            "type": "webhook",
+            "url": str(sink.cfg.url),
+            "state": cursor.state(),
+            "paused_since": sink.paused_since,
+            "last_error": st.last_error,
+            "cursor": {
+                "read": _str(cursor.read_position),
+                "acknowledged": _str(cp.acked),
+                "saved": _str(saved),
+            },
+            "lag": {"events": lag.events, "bytes": lag.bytes, "seconds": lag.seconds},
+            "queue_depth": sink.inflight,
+            "max_inflight": sink.max_inflight,
+            "offered": st.offered,
+            "delivered": st.delivered,
+            "failed": st.failed,
+            "dropped": st.dropped,
+            "dead_letters": letters.get(name, (0, 0))[0],
+            "last_success": st.last_success,
+            "last_failure": st.last_failure,
+        }
+    rs = d.reading.stats
+    return {
+        "version": __version__,
+        "ready": d.ready,
+        "problems": d.problems(),
+        "wal_dir": str(d.cfg.wal.dir),
+        # The most-behind sink: 0 bytes means every cursor has read everything.
+        "lag": {
+            "bytes_behind": max((lag.bytes for lag in lags.values()), default=0),
+            "seconds_behind": max((lag.seconds for lag in lags.values()), default=0.0),
+        },
+        "reader": {
+            "lines": rs.lines,
+            "rejected": dict(rs.rejected),
+            "segments": rs.segments,
+            "rewrites": rs.rewrites,
+            "truncations": rs.truncations,
+            "vanished": rs.vanished,
+        },
+        "overflow": d.cfg.events.overflow,
+        "sinks": sinks,
+        "config": {
+            "file": str(d.config_path) if d.config_path else None,
+            "loaded_at": d.loaded_at,
+        },
+    }
