@@ -6,7 +6,8 @@ Acknowledged positions are recorded per sink; receivers are real (tests/webhook_
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from eventsinkd.config import EventsConfig
@@ -107,3 +108,14 @@ async def run(cfg: EventsConfig, *batches: Batch, stop_timeout_s: float = 10) ->
     await asyncio.wait_for(h.engine.wait_idle(), 60)
     await h.engine.stop(stop_timeout_s)
     return h
+
+
+@asynccontextmanager
+async def started(cfg: EventsConfig, *, stop_timeout_s: float = 1.0) -> AsyncIterator[Harness]:
+    """A started Harness for ``cfg``, stopped (with ``stop_timeout_s`` to drain) on the way out."""
+    h = Harness(cfg)
+    await h.engine.start()
+    try:
+        yield h
+    finally:
+        await h.engine.stop(stop_timeout_s)

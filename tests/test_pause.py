@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiohttp import web
 from daemon_harness import until
-from engine_harness import Harness, batch, events_cfg
+from engine_harness import batch, events_cfg, started
 from webhook_server import WebhookServer
 
 
@@ -62,11 +62,9 @@ async def test_an_outage_pauses_the_sink_then_one_probe_at_a_time_and_nothing_is
         retry_backoff_seconds=[0.05],
         pause_after_failures=5,
     )
-    h = Harness(cfg)
-    sink = h.engine.sinks["s"]
-    outage.watching = lambda: sink.paused
-    await h.engine.start()
-    try:
+    async with started(cfg) as h:
+        sink = h.engine.sinks["s"]
+        outage.watching = lambda: sink.paused
         await h.handle(batch(0, 50))
         await until(lambda: sink.paused)
         # Many probes: far more attempts than max_retries allows any one event. Requests
@@ -81,8 +79,6 @@ async def test_an_outage_pauses_the_sink_then_one_probe_at_a_time_and_nothing_is
         assert sorted(outage.delivered) == sorted(set(outage.delivered))
         assert len(outage.delivered) == 50
         assert h.accounting("s") == (50, 50, 0, 0)
-    finally:
-        await h.engine.stop(1)
 
 
 async def test_a_paused_sink_honours_retry_after(server: WebhookServer) -> None:
@@ -93,10 +89,8 @@ async def test_a_paused_sink_honours_retry_after(server: WebhookServer) -> None:
         retry_backoff_seconds=[0.01],
         pause_after_failures=2,
     )
-    h = Harness(cfg)
-    sink = h.engine.sinks["s"]
-    await h.engine.start()
-    try:
+    async with started(cfg, stop_timeout_s=0.1) as h:
+        sink = h.engine.sinks["s"]
         await h.handle(batch(0, 3))
         await until(lambda: sink.paused)
         first = len(server.requests)
@@ -105,8 +99,6 @@ async def test_a_paused_sink_honours_retry_after(server: WebhookServer) -> None:
         gaps = [b.at - a.at for a, b in itertools.pairwise(probes)]
         # Each probe waits what the receiver asked (1 s, +0..10%), not the 0.01 s backoff.
         assert min(gaps) >= 0.95, gaps
-    finally:
-        await h.engine.stop(0.1)
 
 
 async def test_concurrency_1_keeps_wal_order_across_retries_and_a_pause(
@@ -128,14 +120,10 @@ async def test_concurrency_1_keeps_wal_order_across_retries_and_a_pause(
         retry_backoff_seconds=[0.01],
         pause_after_failures=4,
     )
-    h = Harness(cfg)
-    sink = h.engine.sinks["s"]
-    await h.engine.start()
-    try:
+    async with started(cfg) as h:
+        sink = h.engine.sinks["s"]
         await h.handle(batch(0, 20))
         await until(lambda: sink.paused)
         await asyncio.wait_for(h.engine.wait_idle(), 30)
-    finally:
-        await h.engine.stop(1)
     assert outage.delivered == [f"memory_written:p{i:06d}" for i in range(20)]
     assert h.accounting("s") == (20, 20, 0, 0)

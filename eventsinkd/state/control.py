@@ -68,12 +68,6 @@ class StateLock:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = -1
 
-    def __enter__(self) -> StateLock:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.release()
-
 
 def _rewind_path(state_dir: Path, sink: str) -> Path:
     return state_dir / REQUESTS_DIR / f"rewind-{sink}.json"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,9 @@ class DeadLetterStore:
         self.path = state_dir / DB_FILE
         self.max_bytes = max_bytes
         state_dir.mkdir(parents=True, exist_ok=True)
+        # One connection, used from the writer's thread and (at scrape time) the event
+        # loop's: every use holds the lock.
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -90,8 +94,12 @@ class DeadLetterStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._db:  # commits, or rolls back on an exception
+        with self._lock, self._db:  # commits, or rolls back on an exception
             yield self._db
+
+    def _query(self, sql: str, args: list[str | float] | tuple[()] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     def add(self, letters: list[DeadLetter]) -> dict[str, list[str]]:
         """Store ``letters`` in one transaction; returns the webhook-ids evicted, by sink.
@@ -137,9 +145,7 @@ class DeadLetterStore:
         where, args = self._where(sink)
         if replay_only:
             where += " AND replay = 1"
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM letters WHERE {where} ORDER BY seq", args
-        ).fetchall()
+        rows = self._query(f"SELECT {_COLUMNS} FROM letters WHERE {where} ORDER BY seq", args)
         return [
             DeadLetter(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6], r[7], r[8], bool(r[9]))
             for r in rows
@@ -149,7 +155,7 @@ class DeadLetterStore:
         return self.letters(replay_only=True)
 
     def counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT sink, COUNT(*) FROM letters GROUP BY sink").fetchall()
+        rows = self._query("SELECT sink, COUNT(*) FROM letters GROUP BY sink")
         return {r[0]: r[1] for r in rows}
 
     def request_replay(self, sink: str | None, ids: list[str] | None) -> list[DeadLetter]:

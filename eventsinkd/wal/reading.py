@@ -45,7 +45,6 @@ class ReaderStats:
     truncations: int = 0
     vanished: int = 0
     segments: int = 0
-    last_timestamp: str = ""
 
 
 class Coverage:

@@ -451,8 +451,6 @@ class WalScanner:
         stats.duplicates += duplicates
         if records:
             self.last_timestamp = records[-1].entry.timestamp
-            if fresh is None:
-                stats.last_timestamp = self.last_timestamp
         self.position = Position(name, cur.line, key)
         return Batch(records, self.position)
 
