@@ -207,10 +207,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"shutdown_timeout_s {cfg.events.shutdown_timeout_s}"
     )
     for s in cfg.events.sinks:
-        signed = f"signed ({len(s.secrets)} secret(s))" if s.secrets else "unsigned"
+        extra = ""
+        if s.type == "webhook":
+            extra = f" signed ({len(s.secrets)} secret(s))" if s.secrets else " unsigned"
+        elif s.batch_size > 1:
+            extra = f" max_batch={s.batch_size} linger_ms={s.linger_s * 1000:g}"
         print(
-            f"  sink {s.name}: {s.url} content={s.content} concurrency={s.concurrency} "
-            f"max_retries={s.max_retries} start_at={s.start_at or cfg.wal.start_at} {signed}"
+            f"  sink {s.name}: {s.type} {s.target} content={s.content} "
+            f"concurrency={s.concurrency} max_retries={s.max_retries} "
+            f"start_at={s.start_at or cfg.wal.start_at}{extra}"
         )
     if not cfg.events.sinks:
         print("  no sinks: nothing is read or sent")

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from eventsinkd.config import Config
+from eventsinkd.config import SINK_TYPES, Config
 
 DEFAULT_PATH = Path("/etc/eventsinkd/config.yaml")
 
@@ -60,6 +60,19 @@ def _line_for(loc: Loc, lines: dict[Loc, int]) -> int | None:
     return None
 
 
+def _config_loc(err: Any) -> Loc:
+    """The key path of an error, without the sink type pydantic puts after a sink's index."""
+    loc: Loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
+    out: list[str | int] = []
+    for part in loc:
+        if part in SINK_TYPES and len(out) >= 2 and out[-2] == "sinks" and isinstance(out[-1], int):
+            continue
+        out.append(part)
+    if err["type"] == "sink_type":
+        out.append("type")
+    return tuple(out)
+
+
 def _message(err: Any) -> str:
     msg = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
@@ -95,7 +108,7 @@ def parse_config(text: str, path: Path) -> Config:
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_input=False, include_url=False):
-            loc: Loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
+            loc = _config_loc(err)
             line = _line_for(loc, lines)
             where = f" (line {line})" if line is not None else ""
             problems.append(f"{key_path(loc)}{where}: {_message(err)}")

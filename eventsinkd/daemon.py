@@ -289,7 +289,7 @@ class Daemon:
     def _send_for(self, sink: str) -> Send | None:
         """How a dead letter of ``sink`` is replayed: one attempt by the running sink."""
         running = self.engine.sinks.get(sink) if self.engine is not None else None
-        return running.attempt if running is not None else None
+        return running.send_one if running is not None else None
 
     async def _shutdown(self) -> None:
         assert self.engine is not None

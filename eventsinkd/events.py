@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
@@ -45,8 +46,30 @@ def parse_go_time(value: str) -> float | None:
     return None if ns is None else ns / 1e9
 
 
+# Go writes UTC as YYYY-MM-DDTHH:MM:SS[.F{1,9}]Z. Once the exact parser has read a
+# timestamp of a second, the others of that second are its Unix time plus their
+# fraction: no date parsing per event (a WAL's entries come a few thousand per second).
+_GO_UTC = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z", re.ASCII)
+SECONDS_KEPT = 64
+_seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" the exact parser read -> Unix seconds
+
+
 def parse_go_time_ns(value: str) -> int | None:
     """Unix nanoseconds of a Go RFC 3339 timestamp, exactly; None if malformed."""
+    m = _GO_UTC.fullmatch(value)
+    if m is not None:
+        seconds = _seconds.get(m[1])
+        if seconds is not None:
+            return seconds * 1_000_000_000 + int((m[2] or "0").ljust(9, "0"))
+    ns = _parse_go_time_ns(value)
+    if m is not None and ns is not None:
+        if len(_seconds) >= SECONDS_KEPT:
+            _seconds.clear()
+        _seconds[m[1]] = ns // 1_000_000_000
+    return ns
+
+
+def _parse_go_time_ns(value: str) -> int | None:
     m = _GO_TIME.fullmatch(value)
     if m is None:
         return None
@@ -92,12 +115,13 @@ class Event:
     kept: a queued event costs its body bytes, not the whole decoded memory.
     """
 
-    __slots__ = ("_bodies", "id", "ticket", "timestamp", "type")
+    __slots__ = ("_bodies", "id", "read_ns", "ticket", "timestamp", "type")
 
     def __init__(self, kind: str, entry: Entry, contents: Iterable[ContentMode]) -> None:
         self.type = kind
         self.id = webhook_id(kind, entry)
         self.timestamp = entry.timestamp
+        self.read_ns = time.time_ns()  # when eventsinkd read it (OTLP's observed time)
         self.ticket: object = None  # the engine's acknowledgement handle (block mode)
         self._bodies = {content: event_body(entry, content) for content in contents}
 
@@ -106,13 +130,25 @@ class Event:
         """An event rebuilt from a dead letter: its body exactly as first sent."""
         event = cls.__new__(cls)
         event.type, event.id, event.timestamp, event.ticket = kind, webhook_id, timestamp, None
+        event.read_ns = time.time_ns()
         event._bodies = {"summary": body, "full": body}
         return event
 
     def body(self, content: ContentMode) -> bytes:
         return self._bodies[content]
 
+    def fields(self) -> dict[str, Any]:
+        """The body's fields (event_type, payload_id, source...), for transports that carry
+        them apart from the body: parsed from the body when asked, not kept per event."""
+        body = next(iter(self._bodies.values()))
+        fields: dict[str, Any] = orjson.loads(body)
+        return fields
+
     @property
     def wal_time(self) -> float | None:
         """Unix time the WAL gave the entry (parsed when a sink needs it, not per event)."""
         return parse_go_time(self.timestamp)
+
+    @property
+    def wal_time_ns(self) -> int | None:
+        return parse_go_time_ns(self.timestamp)

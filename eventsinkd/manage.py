@@ -14,10 +14,11 @@ from typing import TextIO
 import orjson
 
 from eventsinkd.config import Config
-from eventsinkd.delivery.replay import ReplayResult, replay
-from eventsinkd.delivery.webhook import WebhookClient
+from eventsinkd.delivery.replay import ReplayResult, Send, replay
+from eventsinkd.events import Event
 from eventsinkd.state.control import StateLock, request_rewind
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
+from eventsinkd.transports import Attempt, make_transport
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position, PositionStore, cursor_file
 from eventsinkd.wal.seek import Time, parse_target, position_before
@@ -122,9 +123,19 @@ def replay_letters(cfg: Config, sink: str | None, ids: list[str] | None, out: Te
 async def _replay_here(
     cfg: Config, store: DeadLetterStore, letters: list[DeadLetter]
 ) -> ReplayResult:
-    clients = {s.name: WebhookClient(s) for s in cfg.events.sinks}
-    for client in clients.values():
-        await client.open()
+    transports = {s.name: make_transport(s) for s in cfg.events.sinks}
+    for transport in transports.values():
+        await transport.open()
+
+    def send_for(name: str) -> Send | None:
+        if name not in transports:
+            return None
+        transport = transports[name]
+
+        async def send_one(event: Event) -> Attempt:
+            return (await transport.send([event]))[0]
+
+        return send_one
 
     async def run_sync(fn: object, *args: object) -> object:
         return fn(*args)  # type: ignore[operator]
@@ -132,13 +143,13 @@ async def _replay_here(
     try:
         return await replay(
             letters,
-            lambda name: clients[name].send if name in clients else None,
+            send_for,
             store,
             run_sync,
         )
     finally:
-        for client in clients.values():
-            await client.close()
+        for transport in transports.values():
+            await transport.close()
 
 
 def _replay_by_daemon(

@@ -9,13 +9,14 @@ event (reader counters, lag, dead letters) are read at scrape time from a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.events import parse_go_time
 from eventsinkd.wal.lines import Reject
 from eventsinkd.wal.reading import ReaderStats
@@ -29,7 +30,7 @@ class Metrics:
         r = self.registry
         self.delivered = Counter(
             "bubblefish_events_delivered_total",
-            "Events a sink accepted (2xx).",
+            "Events a sink accepted (2xx; for other types, see the README).",
             ["sink"],
             registry=r,
         )
@@ -53,7 +54,7 @@ class Metrics:
         )
         self.attempts = Counter(
             "eventsinkd_delivery_attempts_total",
-            "HTTP attempts by outcome class.",
+            "Attempts (per event) by outcome class.",
             ["sink", "outcome"],
             registry=r,
         )
@@ -72,9 +73,15 @@ class Metrics:
         )
         self.request_duration = Histogram(
             "eventsinkd_request_duration_seconds",
-            "Duration of one HTTP attempt.",
+            "Duration of one request (one event, or one batch).",
             ["sink"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.truncated = Counter(
+            "eventsinkd_messages_truncated_total",
+            "Messages cut to the sink's size limit (syslog oversize: truncate).",
+            ["sink"],
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -107,6 +114,36 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+
+class SinkMetrics:
+    """One sink's labelled metrics, looked up once rather than per event."""
+
+    def __init__(self, m: Metrics, sink: str) -> None:
+        self._m, self._sink = m, sink
+        self.delivered = m.delivered.labels(sink)
+        self.failed = m.failed.labels(sink)
+        self.dropped = m.dropped.labels(sink)
+        self.offered = m.offered.labels(sink)
+        self.retries = m.retries.labels(sink)
+        self.latency = m.delivery_latency.labels(sink)
+        self.duration = m.request_duration.labels(sink)
+        self.attempts = {o: m.attempts.labels(sink, o.value) for o in Outcome}
+
+    def watch(
+        self,
+        *,
+        queue_depth: Callable[[], float],
+        last_success: Callable[[], float],
+        last_failure: Callable[[], float],
+        paused: Callable[[], float],
+    ) -> None:
+        """Gauges read at scrape time from the sink itself."""
+        m, sink = self._m, self._sink
+        m.queue_depth.labels(sink).set_function(queue_depth)
+        m.last_success.labels(sink).set_function(last_success)
+        m.last_failure.labels(sink).set_function(last_failure)
+        m.paused.labels(sink).set_function(paused)
 
 
 class Lag(NamedTuple):

@@ -25,8 +25,8 @@ def status_document(d: Daemon) -> dict[str, Any]:
         cp = cursor.checkpoints
         saved = cp.store.last_saved if cp.store is not None else None
         sinks[name] = {
-            "type": "webhook",
-            "url": str(sink.cfg.url),
+            "type": sink.cfg.type,
+            "url": sink.cfg.target,
             "state": cursor.state(),
             "paused_since": sink.paused_since,
             "last_error": st.last_error,

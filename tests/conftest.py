@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -90,3 +91,26 @@ def need_tool(name: str, package: str) -> str:
             pytest.fail(f"{why}: .ci/run should have installed it")
         pytest.skip(f"{why}; .ci/run installs it on CI")
     return path
+
+
+def self_signed(root: Path, name: str = "peer") -> tuple[Path, Path]:
+    """A self-signed certificate for IP 127.0.0.1 and its key, made by the openssl command."""
+    openssl = need_tool("openssl", "openssl")
+    cert, key = root / f"{name}.crt", root / f"{name}.key"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"),
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One self-signed certificate for 127.0.0.1 and its key, for every TLS test."""
+    return self_signed(tmp_path_factory.mktemp("tls"))

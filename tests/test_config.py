@@ -11,7 +11,7 @@ import yaml
 from daemon_harness import run_cli
 from pydantic import BaseModel
 
-from eventsinkd.config import Config
+from eventsinkd.config import Config, EventsConfig
 from eventsinkd.configfile import ConfigError, parse_config
 
 ROOT = Path(__file__).parent.parent
@@ -38,9 +38,9 @@ def test_example_config_validates_and_documents_every_key(tmp_path: Path) -> Non
                 walk(sub, node[name], f"{path}{name}.")
 
     walk(Config, doc, "")
-    from eventsinkd.config import SinkConfig
+    from eventsinkd.config import WebhookSinkConfig
 
-    walk(SinkConfig, doc["events"]["sinks"][0], "events.sinks[0].")
+    walk(WebhookSinkConfig, doc["events"]["sinks"][0], "events.sinks[0].")
     # Defaults in the example are the model's defaults.
     defaults = Config.model_validate({"wal": {"dir": "/var/lib/nexus/wal"}})
     assert cfg.model_dump(exclude={"events"}) == defaults.model_dump(exclude={"events"})
@@ -129,7 +129,8 @@ def test_check_config_good_and_bad(tmp_path: Path) -> None:
     res = run_cli("check-config", "-c", good)
     assert res.returncode == 0, res.stderr
     assert "valid" in res.stdout and "readable" in res.stdout
-    assert "sink hook: https://h.example/x" in res.stdout and "signed (1 secret(s))" in res.stdout
+    assert "sink hook: webhook https://h.example/x" in res.stdout
+    assert "signed (1 secret(s))" in res.stdout
     assert GOOD_SECRET not in res.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("wal: {dir: /w}\nevents:\n  sinks:\n    - {name: a, url: nope, colour: red}\n")
@@ -140,3 +141,129 @@ def test_check_config_good_and_bad(tmp_path: Path) -> None:
     assert f"{bad}: events.sinks[0].colour (line 4): unknown key" in lines[1]
     res = run_cli("check-config", "-c", tmp_path / "missing.yaml")
     assert res.returncode == 2 and "cannot read" in res.stderr
+
+
+def _sink(body: str) -> str:
+    return "wal: {dir: /w}\nevents:\n  sinks:\n    - name: a\n" + body
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("      type: carrier-pigeon\n", "events.sinks[0].type (line 5): unknown sink type; use"),
+        ("      type: syslog\n", "events.sinks[0].url (line 4): required key is missing"),
+        (
+            "      type: syslog\n      url: http://h:514\n",
+            "events.sinks[0].url (line 6): the scheme must be one of syslog://, syslog+tcp://",
+        ),
+        (
+            "      type: syslog\n      url: syslog+tcp://h:99999\n",
+            "events.sinks[0].url (line 6): Port out of range",
+        ),
+        (
+            "      type: syslog\n      url: syslog://h\n      facility: local9\n",
+            "events.sinks[0].facility (line 7): unknown facility",
+        ),
+        (
+            "      type: syslog\n      url: syslog://h\n      tag: two words\n",
+            "events.sinks[0].tag (line 7): RFC 5424 APP-NAME",
+        ),
+        (
+            "      type: syslog\n      url: syslog://h\n      secrets: [x]\n",
+            "events.sinks[0].secrets (line 7): unknown key",
+        ),
+        (
+            "      type: otlp\n      url: http://c:4318\n      encoding: xml\n",
+            "events.sinks[0].encoding (line 7): Input should be 'json' or 'protobuf'",
+        ),
+        (
+            "      type: otlp\n      url: http://c:4318\n      headers: {content-type: x}\n",
+            "events.sinks[0].headers (line 7): Content-Type and User-Agent are set by",
+        ),
+        (
+            "      type: fluentd\n      url: fluentd://h\n      max_batch: 0\n",
+            "events.sinks[0].max_batch (line 7): Input should be greater than or equal to 1",
+        ),
+        (
+            "      type: nats\n      url: [nats://a:4222, http://b]\n",
+            "events.sinks[0].url (line 6): the scheme must be one of nats://, tls://",
+        ),
+        (
+            "      type: nats\n      url: nats://a\n      subject: 'x.{payload}'\n",
+            "events.sinks[0].subject (line 7): unknown field(s) payload",
+        ),
+        (
+            "      type: nats\n      url: nats://a\n      subject: 'x..y'\n",
+            "events.sinks[0].subject (line 7): not a valid NATS subject",
+        ),
+        (
+            '      type: nats\n      url: nats://a\n      subject: "x.a\\rb"\n',
+            "events.sinks[0].subject (line 7): not a valid NATS subject",
+        ),
+        (
+            "      type: nats\n      url: nats://a\n      token: t\n      user: u\n"
+            "      password: p\n",
+            "events.sinks[0] (line 4): give one of creds_file, token or user/password, "
+            "not token and user",
+        ),
+        (
+            "      type: nats\n      url: nats://a\n      token: env:EVENTSINKD_TEST_UNSET_VAR\n",
+            "events.sinks[0].token (line 7): environment variable EVENTSINKD_TEST_UNSET_VAR",
+        ),
+    ],
+)
+def test_sink_types_are_checked_with_the_key_and_line(body: str, expected: str) -> None:
+    problems = refusal(_sink(body))
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_sink_without_type_is_a_webhook_and_each_type_gets_its_own_settings() -> None:
+    cfg = parse_config(
+        _sink("      url: http://x/\n")
+        + "    - {name: s, type: syslog, url: 'syslog+tls://h'}\n"
+        + "    - {name: o, type: otlp, url: 'http://c:4318/'}\n"
+        + "    - {name: f, type: fluentd, url: 'fluentd://h'}\n"
+        + "    - {name: n, type: nats, url: 'nats://a:1', token: sekrit}\n",
+        Path("c.yaml"),
+    )
+    webhook, syslog, otlp, fluentd, nats = cfg.events.sinks
+    assert (webhook.type, webhook.batch_size) == ("webhook", 1)
+    assert syslog.type == "syslog" and syslog.endpoint == ("syslog+tls", "h", 6514)
+    assert otlp.type == "otlp" and otlp.logs_url == "http://c:4318/v1/logs"
+    assert fluentd.type == "fluentd" and fluentd.endpoint.port == 24224
+    assert nats.type == "nats" and nats.url == ["nats://a:1"] and nats.batch_size == 200
+    assert "sekrit" not in repr(nats)
+
+
+def test_check_config_shows_each_type_and_never_a_secret(tmp_path: Path) -> None:
+    (tmp_path / "wal").mkdir()
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"wal: {{dir: {tmp_path / 'wal'}}}\nstate_dir: {tmp_path / 's'}\n"
+        "events:\n  sinks:\n"
+        "    - {name: n, type: nats, url: 'nats://a:1', user: u, password: hunter2}\n"
+        "    - {name: o, type: otlp, url: 'http://c:4318', headers: {authorization: tok3n}}\n"
+    )
+    res = run_cli("check-config", "-c", path)
+    assert res.returncode == 0, res.stderr
+    assert "sink n: nats nats://a:1" in res.stdout and "sink o: otlp http://c:4318" in res.stdout
+    assert "hunter2" not in res.stdout + res.stderr and "tok3n" not in res.stdout + res.stderr
+
+
+def test_syslog_messages_over_a_datagram_are_refused_for_udp_only() -> None:
+    big = "      type: syslog\n      url: {}\n      max_message_bytes: 100000\n"
+    problems = refusal(_sink(big.format("syslog://h")))
+    assert any("over 65507, the most a UDP datagram holds" in p for p in problems), problems
+    cfg = parse_config(_sink(big.format("syslog+tcp://h")), Path("c.yaml"))
+    assert cfg.events.sinks[0].max_message_bytes == 100_000
+
+
+def test_the_example_configs_of_the_other_types_validate() -> None:
+    text = (ROOT / "config.example.yaml").read_text()
+    commented = [
+        yaml.safe_load(line.strip().removeprefix("#").strip())[0]
+        for line in text.splitlines()
+        if line.strip().startswith("# - {name:")
+    ]
+    events = EventsConfig.model_validate({"sinks": commented})
+    assert sorted(s.type for s in events.sinks) == ["fluentd", "nats", "otlp", "syslog"]

@@ -21,6 +21,7 @@ from daemon_harness import Daemon, accounting, expected_ids, metric_value, settl
 from webhook_server import WebhookServer
 
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
+from eventsinkd.ports import server_port
 
 N = 600
 RATE = 300.0
@@ -128,8 +129,7 @@ async def _raw_server(
     on_connect: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
 ) -> tuple[asyncio.Server, str]:
     srv = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    port = srv.sockets[0].getsockname()[1]
-    return srv, f"http://127.0.0.1:{port}/hook"
+    return srv, f"http://127.0.0.1:{server_port(srv)}/hook"
 
 
 async def test_receiver_that_never_answers_pauses_its_sink_and_spares_others(

@@ -75,9 +75,9 @@ class Engine:
         return {name: c.sink for name, c in self.cursors.items()}
 
     async def start(self) -> None:
-        """Open every sink's client and start its workers (no reading yet)."""
-        for cursor in self.cursors.values():
-            await cursor.sink.start()
+        """Open every sink's transport and start its workers (no reading yet), all at once:
+        a receiver that is down delays the start by one connect timeout, not one per sink."""
+        await asyncio.gather(*(cursor.sink.start() for cursor in self.cursors.values()))
 
     def follow(self, reading: SharedReading) -> None:
         """Start every cursor reading the WAL."""

@@ -16,13 +16,15 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from eventsinkd.delivery.outcome import Outcome, backoff_delay
-from eventsinkd.delivery.webhook import Attempt
+from eventsinkd.transports import Attempt
 
 if TYPE_CHECKING:
-    from eventsinkd.delivery.sink import Job, Sink
+    from eventsinkd.delivery.job import Job
+    from eventsinkd.delivery.sink import Sink
 
 log = logging.getLogger("eventsinkd.delivery.sink")
 
@@ -45,17 +47,23 @@ class Pause:
         self.failures_in_a_row = 0
         self._last_success_mono = time.monotonic()
 
-    def is_outage(self, job: Job, out_of_retries: bool) -> bool:
-        """Count a retryable failure of ``job``; True when the sink must pause for it."""
+    def is_outage(self, failed: Collection[Job], max_retries: int) -> bool:
+        """Count one request whose ``failed`` jobs failed retryably; True when the sink must pause.
+
+        A request counts once, whatever its batch size.
+        """
         self.failures_in_a_row += 1
         if self.failures_in_a_row >= self.threshold:
             return True
-        # Out of retries: this event's own problem only if others got through meanwhile.
-        return out_of_retries and self._last_success_mono < job.first_attempt_mono
+        # Out of retries: that event's own problem only if others got through meanwhile.
+        return any(
+            job.attempts > max_retries and self._last_success_mono < job.first_attempt_mono
+            for job in failed
+        )
 
-    def begin(self, job: Job, result: Attempt) -> None:
+    def begin(self, jobs: list[Job], result: Attempt) -> None:
         self.since = time.time()
-        self.waiting.append(job)
+        self.waiting.extend(jobs)
         log.warning(
             "sink %s: paused after %d failed attempt(s) in a row (last: %s); "
             "probing with one event at a time until the receiver answers",
@@ -86,7 +94,7 @@ class Pause:
             if sink.draining.is_set() or not self.waiting:
                 return
             job = self.waiting.popleft()
-            result = await sink.attempt(job.event)
+            result = await sink.send_one(job.event)
             retry_after = result.retry_after
             if result.outcome.retryable:
                 # Next time probe the next event (one that keeps failing does not hold the

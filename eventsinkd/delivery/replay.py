@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventsinkd.delivery.outcome import Outcome
-from eventsinkd.delivery.webhook import Attempt
 from eventsinkd.events import Event
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
+from eventsinkd.transports import Attempt
 
 Send = Callable[[Event], Awaitable[Attempt]]
 # Runs a DeadLetterStore method (in the daemon: on the store's own thread).

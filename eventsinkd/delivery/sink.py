@@ -1,10 +1,16 @@
-"""One sink: a bounded queue of events, its own HTTP client and workers, retries and pausing.
+"""One sink: a bounded queue of events, its transport and workers, batching, retries, pausing.
 
-Nothing a sink does can hold up another sink: each has its own queue, client
-and workers, and a retry waiting for its backoff is parked on a timer instead
-of occupying a worker (except with ``concurrency: 1``, where order matters more
-and the one worker waits). The number of events a sink holds - queued, in
-flight, parked or waiting out a pause - never exceeds ``max_inflight``.
+This is the same for every sink ``type``; only the transport
+(:mod:`eventsinkd.transports`) knows the protocol. Nothing a sink does can
+hold up another sink: each has its own queue, transport and workers, and a
+retry waiting for its backoff is parked on a timer instead of occupying a
+worker (except with ``concurrency: 1``, where order matters more and the one
+worker waits). The number of events a sink holds - queued, in flight, parked
+or waiting out a pause - never exceeds ``max_inflight``.
+
+A worker sends up to the transport's batch size at a time, waiting up to the
+sink's linger for a batch to fill; each event of a batch has its own outcome,
+so only the ones that failed are retried.
 
 A receiver that keeps failing *pauses* the sink (:mod:`eventsinkd.delivery.pause`);
 paused, it takes no new events in block mode (they wait in the WAL; in drop
@@ -20,49 +26,23 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from eventsinkd.config import EventsConfig, FilterConfig, SinkConfig
 from eventsinkd.delivery.filters import EventFilter
+from eventsinkd.delivery.job import Job, SinkStats
 from eventsinkd.delivery.outcome import Outcome, backoff_delay
 from eventsinkd.delivery.pause import Pause
-from eventsinkd.delivery.webhook import Attempt, WebhookClient
 from eventsinkd.events import Event
-from eventsinkd.metrics import Metrics
+from eventsinkd.metrics import Metrics, SinkMetrics
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterWriter
+from eventsinkd.transports import Attempt, all_failed, make_transport
 from eventsinkd.wal.entry import Entry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class SinkStats:
-    offered: int = 0
-    delivered: int = 0
-    failed: int = 0
-    dropped: int = 0
-    last_success: float | None = None
-    last_failure: float | None = None
-    last_error: str | None = None
-
-
-class Job:
-    __slots__ = ("attempts", "event", "first_attempt", "first_attempt_mono")
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-        self.attempts = 0  # attempts that count against max_retries (none while paused)
-        self.first_attempt = 0.0  # Unix time, for dead letters
-        self.first_attempt_mono = 0.0
-
-    def attempted(self) -> None:
-        """Count an attempt against max_retries."""
-        if self.attempts == 0:
-            self.first_attempt, self.first_attempt_mono = time.time(), time.monotonic()
-        self.attempts += 1
 
 
 class Sink:
@@ -87,7 +67,8 @@ class Sink:
         self.stats = stats if stats is not None else SinkStats()
         self.inflight = 0  # accepted and not finished: queued, in flight, parked or waiting
         self.pause = Pause(self, events.pause_after_failures)
-        self.client = WebhookClient(cfg)
+        self.transport = make_transport(cfg, metrics)
+        self.batch_size = min(cfg.batch_size, self.transport.max_batch)
         self._dead_letters = dead_letters
         self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish
@@ -107,26 +88,20 @@ class Sink:
         self._stop_task: asyncio.Task[int] | None = None
         self._successor: Sink | None = None
         self._rlog = RateLimitedLog(log)
-        m = metrics
-        self._m_delivered = m.delivered.labels(self.name)
-        self._m_failed = m.failed.labels(self.name)
-        self._m_dropped = m.dropped.labels(self.name)
-        self._m_offered = m.offered.labels(self.name)
-        self._m_retries = m.retries.labels(self.name)
-        self._m_latency = m.delivery_latency.labels(self.name)
-        self._m_duration = m.request_duration.labels(self.name)
+        self._m = SinkMetrics(metrics, self.name)
         # Read at scrape time rather than updated per event (the per-event cost shows in
         # profiles). A reloaded sink of the same name takes the callbacks over.
-        m.queue_depth.labels(self.name).set_function(lambda: self.inflight)
-        m.last_success.labels(self.name).set_function(lambda: self.stats.last_success or 0.0)
-        m.last_failure.labels(self.name).set_function(lambda: self.stats.last_failure or 0.0)
-        m.paused.labels(self.name).set_function(lambda: 1.0 if self.paused else 0.0)
-        self._m_attempts = {o: m.attempts.labels(self.name, o.value) for o in Outcome}
+        self._m.watch(
+            queue_depth=lambda: self.inflight,
+            last_success=lambda: self.stats.last_success or 0.0,
+            last_failure=lambda: self.stats.last_failure or 0.0,
+            paused=lambda: 1.0 if self.paused else 0.0,
+        )
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.client.open()
+        await self.transport.open()
         self._workers = [
             asyncio.create_task(self._worker(), name=f"sink-{self.name}-{i}")
             for i in range(self.cfg.concurrency)
@@ -179,7 +154,7 @@ class Sink:
         left = self.inflight + self._left
         if left:
             self.stats.dropped += left
-            self._m_dropped.inc(left)
+            self._m.dropped.inc(left)
             log.warning(
                 "sink %s: %d event(s) left undelivered at shutdown, counted as dropped",
                 self.name,
@@ -187,7 +162,7 @@ class Sink:
             )
         self.inflight = 0
         self._held.clear()
-        await self.client.close()
+        await self.transport.close()
         return left
 
     def _move(self, job: Job) -> None:
@@ -238,16 +213,16 @@ class Sink:
             self.drop()
             return False
         self.stats.offered += 1
-        self._m_offered.inc()
+        self._m.offered.inc()
         self._adopt(Job(event))
         return True
 
     def drop(self) -> None:
         """Count an event this sink had no room for (the warning is rate-limited)."""
         self.stats.offered += 1
-        self._m_offered.inc()
+        self._m.offered.inc()
         self.stats.dropped += 1
-        self._m_dropped.inc()
+        self._m.dropped.inc()
         self._rlog.log(
             logging.WARNING,
             "drop",
@@ -270,7 +245,7 @@ class Sink:
             await self._room.wait()
         # Counted once it is held, so offered = delivered + failed + dropped + queue depth.
         self.stats.offered += 1
-        self._m_offered.inc()
+        self._m.offered.inc()
         self._adopt(Job(event))
         return True
 
@@ -279,14 +254,14 @@ class Sink:
         now = time.time()
         if outcome == "delivered":
             self.stats.delivered += 1
-            self._m_delivered.inc()
+            self._m.delivered.inc()
             self.stats.last_success = now
             wal_time = job.event.wal_time
             if wal_time is not None:
-                self._m_latency.observe(max(0.0, now - wal_time))
+                self._m.latency.observe(max(0.0, now - wal_time))
         else:
             self.stats.failed += 1
-            self._m_failed.inc()
+            self._m.failed.inc()
         self._release(job)
         if self._on_finish is not None:
             self._on_finish(job.event)
@@ -303,48 +278,82 @@ class Sink:
 
     async def _worker(self) -> None:
         while True:
-            job = await self._queue.get()
-            await self._deliver(job)
+            jobs = [await self._queue.get()]
+            if self.batch_size > 1:
+                await self._fill(jobs)
+            await self._deliver(jobs)
 
-    async def _deliver(self, job: Job) -> None:
-        while True:
+    async def _fill(self, jobs: list[Job]) -> None:
+        """Add queued jobs to ``jobs`` up to the batch size, lingering once for more."""
+        self._take_queued(jobs)
+        if len(jobs) < self.batch_size and self.cfg.linger_s > 0 and not self.closed:
+            await asyncio.sleep(self.cfg.linger_s)
+            self._take_queued(jobs)
+
+    def _take_queued(self, jobs: list[Job]) -> None:
+        queue = self._queue
+        while len(jobs) < self.batch_size and not queue.empty():
+            jobs.append(queue.get_nowait())
+
+    async def _deliver(self, jobs: list[Job]) -> None:
+        while jobs:
             if self.paused:
-                self.pause.waiting.append(job)  # the probe takes it from there
+                self.pause.waiting.extend(jobs)  # the probe takes them from there
                 return
-            result = await self.attempt(job.event)
-            if result.outcome is Outcome.DELIVERED:
-                self.finish(job, "delivered")
+            results = await self.attempt([job.event for job in jobs])
+            failed = []
+            for job, result in zip(jobs, results, strict=True):
+                if result.outcome is Outcome.DELIVERED:
+                    self.finish(job, "delivered")
+                else:
+                    failed.append((job, result))
+            if not failed:
                 return
             if self.paused:
-                # It was in flight when the sink paused: this attempt does not count.
-                self.pause.waiting.append(job)
+                # In flight when the sink paused: these attempts do not count.
+                self.pause.waiting.extend(job for job, _ in failed)
                 return
+            jobs = await self._failed(failed)
+
+    async def _failed(self, failed: list[tuple[Job, Attempt]]) -> list[Job]:
+        """Decide what becomes of each failed job; returns those the (ordered) worker retries."""
+        for job, _ in failed:
             job.attempted()
-            out_of_retries = job.attempts > self.cfg.max_retries
-            if result.outcome.retryable:
-                if self.draining.is_set():
-                    if self._successor is not None:
-                        self._move(job)
-                    else:  # its one try at shutdown did not get through: left unfinished
-                        self._left += 1
-                        self._release(job)
-                    return
-                if self.pause.is_outage(job, out_of_retries):
-                    self.pause.begin(job, result)
-                    return
-            if not result.outcome.retryable or out_of_retries:
+        retryable = {job for job, result in failed if result.outcome.retryable}
+        if retryable and self.draining.is_set():
+            for job, _ in failed:
+                if job not in retryable:
+                    continue
+                if self._successor is not None:
+                    self._move(job)
+                else:  # its one try at shutdown did not get through: left unfinished
+                    self._left += 1
+                    self._release(job)
+            retryable = set()
+        elif retryable and self.pause.is_outage(retryable, self.cfg.max_retries):
+            held = [(job, result) for job, result in failed if job in retryable]
+            self.pause.begin([job for job, _ in held], held[-1][1])
+            retryable = set()
+        retry: list[Job] = []
+        wait = 0.0
+        for job, result in failed:
+            if job in retryable and job.attempts <= self.cfg.max_retries:
+                delay = backoff_delay(
+                    job.attempts, self.backoff, result.retry_after, self.retry_after_max, self.rng
+                )
+                self._m.retries.inc()
+                if self.ordered:
+                    retry.append(job)
+                    wait = max(wait, delay)
+                else:
+                    self._park(job, delay)
+            elif not result.outcome.retryable or job in retryable:
                 await self.give_up(job, result)
-                return
-            delay = backoff_delay(
-                job.attempts, self.backoff, result.retry_after, self.retry_after_max, self.rng
-            )
-            self._m_retries.inc()
-            if not self.ordered:
-                self._park(job, delay)
-                return
+        if retry:
             # concurrency 1: order over throughput, so the one worker waits (until shutdown).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.draining.wait(), delay)
+                await asyncio.wait_for(self.draining.wait(), wait)
+        return retry
 
     async def give_up(self, job: Job, result: Attempt) -> None:
         """A permanent failure, or retries used up while the receiver works: a dead letter."""
@@ -399,15 +408,27 @@ class Sink:
 
     # -- one attempt ---------------------------------------------------------------
 
-    async def attempt(self, event: Event) -> Attempt:
-        """One request for ``event``, counted in the metrics; never raises."""
+    async def attempt(self, events: Sequence[Event]) -> Sequence[Attempt]:
+        """One request (batch) for ``events``, counted in the metrics; never raises."""
         started = time.perf_counter()
-        result = await self.client.send(event)
-        self._m_duration.observe(time.perf_counter() - started)
-        self._m_attempts[result.outcome].inc()
-        if result.outcome is Outcome.DELIVERED:
-            self.pause.succeeded()
-            return result
+        try:
+            results = await self.transport.send(events)
+        except Exception as exc:  # a transport's bug must not stop the worker
+            log.exception("sink %s: the %s transport failed", self.name, self.cfg.type)
+            results = all_failed(events, Attempt(Outcome.CONNECTION, None, repr(exc)))
+        self._m.duration.observe(time.perf_counter() - started)
+        outcomes = Counter(result.outcome for result in results)
+        for outcome, n in outcomes.items():
+            self._m.attempts[outcome].inc(n)  # once per outcome: a metric update takes a lock
+        if outcomes[Outcome.DELIVERED]:
+            self.pause.succeeded()  # the receiver works (it took all or part of the batch)
+        if outcomes[Outcome.DELIVERED] == len(results):
+            return results
+        event, result = next(
+            (e, r)
+            for e, r in zip(events, results, strict=True)
+            if r.outcome is not Outcome.DELIVERED
+        )
         self.stats.last_failure = time.time()
         self.stats.last_error = result.detail
         self._rlog.log(
@@ -418,4 +439,8 @@ class Sink:
             event.id,
             result.detail,
         )
-        return result
+        return results
+
+    async def send_one(self, event: Event) -> Attempt:
+        """One attempt for one event (a dead letter's replay)."""
+        return (await self.attempt([event]))[0]

@@ -1,0 +1,35 @@
+"""What a sink keeps per event (a :class:`Job`) and for itself (:class:`SinkStats`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from eventsinkd.events import Event
+
+
+@dataclass(slots=True)
+class SinkStats:
+    offered: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dropped: int = 0
+    last_success: float | None = None
+    last_failure: float | None = None
+    last_error: str | None = None
+
+
+class Job:
+    __slots__ = ("attempts", "event", "first_attempt", "first_attempt_mono")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.attempts = 0  # attempts that count against max_retries (none while paused)
+        self.first_attempt = 0.0  # Unix time, for dead letters
+        self.first_attempt_mono = 0.0
+
+    def attempted(self) -> None:
+        """Count an attempt against max_retries."""
+        if self.attempts == 0:
+            self.first_attempt, self.first_attempt_mono = time.time(), time.monotonic()
+        self.attempts += 1

@@ -1,0 +1,39 @@
+"""Go timestamps as the WAL has them: the exact parser, and its shortcut for a known second."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventsinkd import events
+from eventsinkd.events import _parse_go_time_ns, parse_go_time_ns
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2026-04-10T12:34:56Z",
+        "2026-04-10T12:34:56.5Z",
+        "2026-04-10T12:34:56.123456789Z",
+        "2026-04-10T12:34:56.000000001Z",
+        "2026-04-10T12:34:56.1234567890Z",  # 10 digits: not RFC 3339 as Go writes it
+        "2026-04-10T12:34:56.Z",
+        "2026-04-10T12:34:56.12\u0663Z",  # a non-ASCII digit
+        "2026-04-10T12:34:56.5z",
+        "2026-04-10T12:34:56.5+00:00",
+        "2026-04-10T12:34:56.5-01:30",
+        "2026-04-10T12:34:56",
+        "2026-04-10T12:34:56.5Z ",
+    ],
+)
+def test_go_times_of_a_second_already_read_are_exact(stamp: str) -> None:
+    events._seconds.clear()
+    assert parse_go_time_ns("2026-04-10T12:34:56.9Z") == 1775824496900000000  # exact, kept
+    assert list(events._seconds) == ["2026-04-10T12:34:56"]
+    assert parse_go_time_ns(stamp) == _parse_go_time_ns(stamp)  # the shortcut, or exact
+
+
+def test_go_times_keep_a_bounded_number_of_seconds() -> None:
+    stamps = [f"2026-04-10T12:{m:02d}:{s:02d}.25Z" for m in range(3) for s in range(60)]
+    twice = stamps + stamps
+    assert [parse_go_time_ns(x) for x in twice] == [_parse_go_time_ns(x) for x in twice]
+    assert len(events._seconds) <= events.SECONDS_KEPT
