@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -26,13 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import web
 
 from bench import proc_status_kib
 from bench.receiver import serve_app
+from eventsinkd.devtools.child import DaemonDir
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.ports import free_port
 
 HEALTHY, FLAKY = "healthy", "flaky"
 
@@ -82,38 +80,23 @@ def pct(values: list[float], q: int) -> float:
 
 async def soak(minutes: float, rate: float, window_minutes: float) -> int:
     root = Path(tempfile.mkdtemp(prefix="eventsinkd-soak-"))
-    wal = root / "wal"
-    wal.mkdir()
+    child = DaemonDir(root)
+    wal = child.wal
     healthy, flaky = Receiver(), Receiver(fail_every=7)
     await healthy.start()
     await flaky.start()
-    admin_port = free_port()
-    config = root / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "wal": {"dir": str(wal), "start_at": "beginning"},
-                "state_dir": str(root / "state"),
-                "events": {
-                    "retry_backoff_seconds": [0.5, 1, 2],
-                    "sinks": [
-                        {"name": HEALTHY, "url": f"http://127.0.0.1:{healthy.port}/hook"},
-                        {
-                            "name": FLAKY,
-                            "url": f"http://127.0.0.1:{flaky.port}/hook",
-                            "max_retries": 5,
-                        },
-                    ],
-                },
-                "admin": {"listen": f"127.0.0.1:{admin_port}"},
-                "log": {"level": "warning", "format": "text"},
-            }
-        )
+    admin_port = child.admin_port
+    child.write_config(
+        [
+            {"name": HEALTHY, "url": f"http://127.0.0.1:{healthy.port}/hook"},
+            {"name": FLAKY, "url": f"http://127.0.0.1:{flaky.port}/hook", "max_retries": 5},
+        ],
+        wal={"start_at": "beginning"},
+        events={"retry_backoff_seconds": [0.5, 1, 2]},
+        log={"level": "warning", "format": "text"},
     )
-    log = (root / "daemon.log").open("wb")
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eventsinkd", "run", "-c", str(config), stdout=log, stderr=log
-    )
+    log = child.log.open("wb")
+    daemon = await asyncio.create_subprocess_exec(*child.argv(), stdout=log, stderr=log)
     fsynced: dict[str, float] = {}
     stop = threading.Event()
     written = [0]

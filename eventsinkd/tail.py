@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from eventsinkd.events import ContentMode, event_body, event_type
+from eventsinkd.state.cursors import load_saved
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.position import Checkpointer, Position, PositionFileError, PositionStore
+from eventsinkd.wal.position import Checkpointer, Position, PositionStore
 from eventsinkd.wal.scanner import StartAt
 
 
@@ -31,11 +32,7 @@ async def tail(
     store = PositionStore(state_dir, wal_dir) if state_dir is not None else None
     start: Position | StartAt = start_at
     if store is not None:
-        try:
-            saved = store.load()
-        except PositionFileError as exc:
-            print(f"eventsinkd: {exc}; starting at the {start_at}", file=sys.stderr)
-            saved = None
+        saved = load_saved(store, f"starting at the {start_at}", _warn)
         if saved is not None:
             start = saved
     follower = WalFollower(
@@ -74,3 +71,7 @@ async def tail(
         print(f"eventsinkd: {follower.scanner.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _warn(problem: str) -> None:
+    print(f"eventsinkd: {problem}", file=sys.stderr)

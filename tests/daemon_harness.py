@@ -7,72 +7,56 @@ import base64
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from webhook_server import WebhookServer
 
+from eventsinkd.devtools.child import DaemonDir, command
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.ports import free_port
 from eventsinkd.wal.position import Position, PositionStore, cursor_file
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 
 
-class Daemon:
-    """One `eventsinkd run` subprocess with its config file and admin URL."""
+class Daemon(DaemonDir):
+    """One `eventsinkd run` subprocess with its config file and admin URL.
+
+    Several Daemons made in one ``root`` share its WAL, state and config: a restart."""
 
     def __init__(self, root: Path, sinks: list[dict[str, Any]], **events: Any) -> None:
-        self.root = root
-        self.wal = root / "wal"
-        self.wal.mkdir(exist_ok=True)
-        self.config = root / "config.yaml"
-        self.admin = f"http://127.0.0.1:{free_port()}"
-        self.log = root / "daemon.log"
+        super().__init__(root)
         self.proc: asyncio.subprocess.Process | None = None
         self.write_config(sinks, **events)
 
-    def write_config(self, sinks: list[dict[str, Any]], **events: Any) -> None:
-        cfg = {
-            "wal": {"dir": str(self.wal), "start_at": "beginning", "poll_interval_s": 0.1},
-            "state_dir": str(self.root / "state"),
-            "state_save_interval_s": 0.2,
-            "events": {
-                "retry_backoff_seconds": [0.1],
-                "shutdown_timeout_s": 5,
-                **events,
-                "sinks": sinks,
-            },
-            "admin": {"listen": self.admin.removeprefix("http://")},
-            "log": {"level": "info", "format": "json"},
-        }
-        self.config.write_text(yaml.safe_dump(cfg))
+    def write_config(self, sinks: list[dict[str, Any]], **events: Any) -> dict[str, Any]:
+        return super().write_config(
+            sinks,
+            wal={"start_at": "beginning", "poll_interval_s": 0.1},
+            events={"retry_backoff_seconds": [0.1], "shutdown_timeout_s": 5, **events},
+            state_save_interval_s=0.2,
+            log={"level": "info", "format": "json"},
+        )
 
     async def start(self, *, wait: bool = True, **popen: Any) -> None:
-        argv = [sys.executable, "-m", "eventsinkd", "run", "-c", str(self.config)]
         with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, **popen)
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv(), stdout=log, stderr=log, **popen
+            )
         if wait:
             await self.wait_ready()
 
     async def wait_ready(self, timeout_s: float = 30) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        async with aiohttp.ClientSession() as s:
-            while loop.time() < deadline:
-                assert self.proc is not None and self.proc.returncode is None, self.log.read_text()
-                try:
-                    async with s.get(f"{self.admin}/readyz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
+        while loop.time() < deadline:
+            assert self.proc is not None and self.proc.returncode is None, self.log.read_text()
+            if await asyncio.to_thread(self.ready):
+                return
+            await asyncio.sleep(0.05)
         raise AssertionError(f"daemon not ready:\n{self.log.read_text()}")
 
     def cursor_path(self, sink: str) -> Path:
@@ -106,7 +90,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m eventsinkd ARGS`` as a real subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "eventsinkd", *map(str, args)],
+        command(*args),
         capture_output=True,
         text=True,
         timeout=timeout,

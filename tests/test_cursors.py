@@ -27,7 +27,6 @@ from daemon_harness import (
     Daemon,
     accounting,
     eventsinkd,
-    free_port,
     kill9,
     memory_kib,
     received_all,
@@ -43,6 +42,7 @@ from hypothesis import strategies as st
 from webhook_server import WebhookServer
 
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
+from eventsinkd.ports import free_port
 
 BLOCK = "block"
 SHORT_BACKOFF = [0.05, 0.1]

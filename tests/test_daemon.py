@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import sys
@@ -93,6 +94,8 @@ async def test_status_readyz_and_metrics(tmp_path: Path, receiver: WebhookServer
         await until(lambda: len(receiver.requests) >= 5)
         status = await d.get("/status")
         assert '"ready": true' in status and '"queue_depth": 0' in status
+        sink = json.loads(status)["sinks"]["a"]
+        assert (sink["type"], sink["url"]) == ("webhook", receiver.url)
         metrics = await d.get("/metrics")
         assert 'eventsinkd_wal_lines_rejected_total{reason="partial"} 1.0' in metrics
         assert "eventsinkd_wal_bytes_behind 0.0" in metrics
@@ -142,7 +145,7 @@ async def test_exit_codes(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         d = Daemon(tmp_path, [])
-        d.admin = f"http://127.0.0.1:{port}"
+        d.admin_port = port
         d.write_config([])
         await d.start(wait=False)
         assert d.proc is not None

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from conftest import need_tool
+
+from eventsinkd.devtools.child import DaemonDir
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "systemd" / "eventsinkd.service"
@@ -67,28 +68,15 @@ def test_dockerfile_installs_like_make() -> None:
 
 
 def test_sd_notify_ready_reload_watchdog_stopping(tmp_path: Path) -> None:
-    wal = tmp_path / "wal"
-    wal.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "wal": {"dir": str(wal)},
-                "state_dir": str(tmp_path / "state"),
-                "admin": {"listen": f"127.0.0.1:{port}"},
-            }
-        )
-    )
+    child = DaemonDir(tmp_path)
+    child.write_config([])
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(10)
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventsinkd", "run", "-c", str(config)],
+        child.argv(),
         env=env,
         stderr=subprocess.DEVNULL,
     )

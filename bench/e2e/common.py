@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import http.client
 import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import bench
 from bench import proc_cpu_s, proc_status_kib
 from bench.common import http_get
 from bench.walgen import SEGMENT_BYTES
+from eventsinkd.devtools.child import DaemonDir
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.ports import free_port
 
@@ -102,7 +101,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class Daemon:
+class Daemon(DaemonDir):
     """``python -m eventsinkd run -c <config>`` as a child process; always terminated."""
 
     def __init__(
@@ -113,20 +112,8 @@ class Daemon:
         wal: Path | None = None,
         **events: Any,
     ) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.wal = wal if wal is not None else root / "wal"
-        self.wal.mkdir(mode=0o700, exist_ok=True)
-        self.admin_port = free_port()
-        self.config = root / "config.yaml"
-        self.log = root / "daemon.log"
-        self.cfg: dict[str, Any] = {
-            "wal": {"dir": str(self.wal), "start_at": "beginning"},
-            "state_dir": str(root / "state"),
-            "events": {**events, "sinks": sinks},
-            "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
-        }
-        self.config.write_text(yaml.safe_dump(self.cfg))
+        super().__init__(root, wal=wal)
+        self.write_config(sinks, wal={"start_at": "beginning"}, events=events)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -135,10 +122,9 @@ class Daemon:
         return self.proc.pid
 
     def start(self, wait: bool = True) -> Daemon:
-        cmd = [sys.executable, "-m", "eventsinkd", "run", "-c", str(self.config)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                cmd,
+                self.argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -152,8 +138,7 @@ class Daemon:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.check_alive()
-            with contextlib.suppress(OSError, RuntimeError, http.client.HTTPException):
-                http_get(self.admin_port, "/readyz", 2.0)
+            if self.ready():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"daemon not ready after {timeout_s:g} s:\n{self.log_tail()}")
@@ -170,11 +155,6 @@ class Daemon:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"daemon exited ({self.proc.returncode}):\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
     def status(self) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads(http_get(self.admin_port, "/status"))

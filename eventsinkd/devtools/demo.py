@@ -23,45 +23,29 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
+from eventsinkd.devtools.child import DaemonDir
 from eventsinkd.devtools.receiver import Receiver
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
-from eventsinkd.ports import free_port
 
 SETTLE_TIMEOUT_S = 60.0  # after the last write, how long to wait for the last deliveries
 
 
-def _write_config(
-    root: Path, receiver_port: int, admin_port: int, secret: str, mac_key: str
-) -> Path:
-    cfg = {
-        "wal": {
-            "dir": str(root / "wal"),
-            "start_at": "beginning",
-            "mac_key": mac_key,
-            "poll_interval_s": 0.2,
-        },
-        "state_dir": str(root / "state"),
-        "events": {
-            "overflow": "block",
-            "retry_backoff_seconds": [0.5, 1, 2],
-            "shutdown_timeout_s": 5,
-            "sinks": [
-                {
-                    "name": "demo-receiver",
-                    "url": f"http://127.0.0.1:{receiver_port}/hook",
-                    "secret": secret,
-                    "concurrency": 8,
-                }
-            ],
-        },
-        "admin": {"listen": f"127.0.0.1:{admin_port}"},
-        "log": {"level": "info", "format": "text"},
-    }
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+def _write_config(child: DaemonDir, receiver_port: int, secret: str, mac_key: str) -> Path:
+    child.write_config(
+        [
+            {
+                "name": "demo-receiver",
+                "url": f"http://127.0.0.1:{receiver_port}/hook",
+                "secret": secret,
+                "concurrency": 8,
+            }
+        ],
+        wal={"start_at": "beginning", "mac_key": mac_key, "poll_interval_s": 0.2},
+        events={"overflow": "block", "retry_backoff_seconds": [0.5, 1, 2], "shutdown_timeout_s": 5},
+        log={"level": "info", "format": "text"},
+    )
+    return child.config
 
 
 class _Progress:
@@ -92,22 +76,17 @@ async def _demo(root: Path, events: int, rate: float) -> int:
     mac_key = secrets.token_hex(16)
     receiver = Receiver([key], out=None)
     await receiver.start()
-    admin_port = free_port()
-    config = _write_config(root, receiver.port, admin_port, secret, mac_key)
-    log_path = root / "daemon.log"
+    child = DaemonDir(root)
+    admin_port = child.admin_port
+    config = _write_config(child, receiver.port, secret, mac_key)
+    log_path = child.log
     print(f"demo directory: {root}")
     print(f"  WAL {root / 'wal'} | config {config} | daemon log {log_path}")
     print(f"  receiver http://127.0.0.1:{receiver.port}/hook (verifying signatures)")
     print(f"  metrics  http://127.0.0.1:{admin_port}/metrics   status /status")
-    (root / "wal").mkdir(mode=0o700)
     with log_path.open("wb") as log_file:
         daemon = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "eventsinkd",
-            "run",
-            "-c",
-            str(config),
+            *child.argv(),
             stdout=log_file,
             stderr=log_file,
         )

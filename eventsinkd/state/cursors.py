@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from eventsinkd.config import Config, SinkConfig
@@ -28,6 +29,18 @@ from eventsinkd.wal.scanner import StartAt
 log = logging.getLogger(__name__)
 
 MIGRATED_SUFFIX = ".migrated"
+
+
+def load_saved(
+    store: PositionStore, otherwise: str, report: Callable[[str], None]
+) -> Position | None:
+    """What ``store`` holds; None if nothing, or if it is unusable: then ``report`` is told
+    why and ``otherwise`` (what happens instead)."""
+    try:
+        return store.load()
+    except PositionFileError as exc:
+        report(f"{exc}; {otherwise}")
+        return None
 
 
 class CursorFiles:
@@ -65,14 +78,11 @@ class CursorFiles:
         return saved
 
     def _load(self, store: PositionStore, otherwise: str) -> Position | None:
-        """What ``store`` holds; None if nothing, or if it is unusable (then a problem)."""
-        try:
-            return store.load()
-        except PositionFileError as exc:
-            problem = f"{exc}; {otherwise}"
-            log.error("%s", problem)
-            self.problems.append(problem)
-            return None
+        return load_saved(store, otherwise, self._problem)
+
+    def _problem(self, problem: str) -> None:
+        log.error("%s", problem)
+        self.problems.append(problem)
 
     def migrate(self, sinks: list[SinkConfig]) -> None:
         """Give every sink without a cursor the old single position (see the module doc)."""
