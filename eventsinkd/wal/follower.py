@@ -12,9 +12,12 @@ from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import Batch, StartAt, WalScanner
 
-# A cursor catching up on a backlog gives way when the rest of the loop has work (the
-# turn it yields takes longer than BUSY_TURN_S): it pauses CATCH_UP_GIVE_WAY times as
-# long as its last batch took (BENCHMARKS.md, cursors).
+# A cursor catching up on a backlog (CATCHING_UP_AFTER batches in a row without
+# reaching the end) gives way to cursors that are not, when the rest of the loop has
+# work (the turn it yields takes longer than BUSY_TURN_S): it pauses CATCH_UP_GIVE_WAY
+# times as long as its last batch took (BENCHMARKS.md, cursors). Alone, or beside
+# cursors that catch up too, it does not: nobody would gain from the wait.
+CATCHING_UP_AFTER = 4
 BUSY_TURN_S = 0.0002
 CATCH_UP_GIVE_WAY = 1.0
 
@@ -44,6 +47,7 @@ class WalFollower:
                 wal_dir, parser, poll_interval_s=poll_interval_s, force_polling=force_polling
             )
         self.scanner = WalScanner(wal_dir, parser, start, batch_lines=batch_lines, reading=reading)
+        self.reading = reading
         self.waker = reading.waker
         self.follow = follow
         self._stopped = asyncio.Event()
@@ -64,28 +68,42 @@ class WalFollower:
     async def __aiter__(self) -> AsyncIterator[Batch]:
         if self.follow and self._owns_watcher:
             self.waker.start()
+        reading = self.reading
+        reading.followers += 1
+        streak = 0  # batches in a row without reaching the end
         try:
             while not self._stopped.is_set():
                 seen = self.waker.generation
                 started = time.monotonic()
                 batch = self.scanner.step()
                 if batch is not None:
+                    streak += 1
+                    if streak == CATCHING_UP_AFTER:
+                        reading.catching_up.add(self)
                     yield batch
                     # Catching up is CPU-bound: let the rest of the loop run between
                     # batches. If it has work (the turn it got took a while: other sinks
                     # delivering), one turn is not enough - a delivery takes several, each
                     # waiting for a whole batch here - so give way in proportion to the
-                    # batch just done.
+                    # batch just done, if some cursor is not catching up itself.
                     busy = time.monotonic() - started
                     turn = time.monotonic()
                     await asyncio.sleep(0)
-                    if time.monotonic() - turn > BUSY_TURN_S:
+                    if (
+                        time.monotonic() - turn > BUSY_TURN_S
+                        and self in reading.catching_up
+                        and reading.followers > len(reading.catching_up)
+                    ):
                         await asyncio.sleep(busy * CATCH_UP_GIVE_WAY)
                     continue
+                streak = 0
+                reading.catching_up.discard(self)
                 if not self.follow and self.scanner.at_end:
                     return
                 await self.waker.wait(seen)
         finally:
+            reading.followers -= 1
+            reading.catching_up.discard(self)
             if self._owns_watcher:
                 await self.waker.stop()
             self.scanner.close()
