@@ -46,6 +46,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from eventsinkd.ports import server_port
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -212,7 +214,7 @@ async def start_raw(counter: Counter, latency_s: float) -> tuple[int, Callable[[
     server = await loop.create_server(
         lambda: RawHttp(counter, latency_s), "127.0.0.1", 0, backlog=1024
     )
-    port: int = server.sockets[0].getsockname()[1]
+    port = server_port(server)
 
     async def close() -> None:
         server.close()
@@ -260,9 +262,8 @@ async def serve_app(app: web.Application) -> tuple[int, Callable[[], Any]]:
 IMPLS = {"raw": start_raw, "aiohttp": start_aiohttp}
 
 
-async def serve(
-    impl: str, latency_ms: float, max_seconds: float, loop_name: str, record_arrivals: bool = False
-) -> None:
+def stop_when_told() -> asyncio.Event:
+    """Set on SIGTERM or SIGINT, or when the parent (which holds our stdin) is gone."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -275,6 +276,13 @@ async def serve(
             loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+    return stop
+
+
+async def serve(
+    impl: str, latency_ms: float, max_seconds: float, loop_name: str, record_arrivals: bool = False
+) -> None:
+    stop = stop_when_told()
     counter = Counter(record_arrivals)
     port, close = await IMPLS[impl](counter, latency_ms / 1000)
     print(f"PORT {port} {loop_name}", flush=True)

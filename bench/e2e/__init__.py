@@ -23,6 +23,9 @@ e. ``burst``: a 2,000-event burst against a receiver that never answers, default
 f. ``cursors``: what one sink's cursor costs the others: a healthy sink's events/s beside
    a dead one, an added sink catching up on a backlog while two others tail (its rate, their
    latency), RSS with 8 sinks (2 dead) over 1,000,000 entries, reading CPU with 1 and 4 sinks.
+g. ``transports``: every sink type (webhook, nats, syslog TCP and UDP, otlp JSON and
+   protobuf, fluentd) to a local server (``bench.peers``): events/s and the daemon's CPU per
+   event, as ``throughput`` measures them (about 2.5 minutes; 30 s with ``--quick``).
 
 ``bench.e2e.rows`` turns the results into the rows of the table.
 """
@@ -38,7 +41,7 @@ from pathlib import Path
 
 from bench import CpuMeter, Row, print_table
 from bench.common import Capacity
-from bench.e2e import burst, cursors, idle, latency, memory, throughput
+from bench.e2e import burst, cursors, idle, latency, memory, throughput, transports
 from bench.e2e.burst import BurstResult
 from bench.e2e.common import Settings
 from bench.e2e.cursors import CursorResults
@@ -47,6 +50,7 @@ from bench.e2e.latency import LatResult
 from bench.e2e.memory import MemResult
 from bench.e2e.rows import rows_for
 from bench.e2e.throughput import TpCell
+from bench.e2e.transports import TrCell
 
 __all__ = ["FIGURES", "Results", "Settings", "main", "measure", "rows_for", "run"]
 
@@ -61,8 +65,9 @@ _PARTS: tuple[tuple[str, str, Callable[[Results, Path], None]], ...] = (
     ("cursors", "cursors catch-up", cursors.measure_catch_up),
     ("cursors", "cursors memory", cursors.measure_memory),
     ("cursors", "cursors reading CPU", cursors.measure_cpu),
+    ("transports", "transports", transports.measure),
 )
-FIGURES = ("throughput", "latency", "memory", "idle", "burst", "cursors")
+FIGURES = ("throughput", "latency", "memory", "idle", "burst", "cursors", "transports")
 
 
 @dataclass(slots=True)
@@ -77,6 +82,7 @@ class Results:
     idle: IdleResult | None = None
     bursts: dict[str, list[BurstResult]] = field(default_factory=dict)
     cursors: CursorResults = field(default_factory=CursorResults)
+    transports: list[TrCell] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     machine_note: str = ""

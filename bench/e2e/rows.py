@@ -10,6 +10,7 @@ from bench.e2e.burst import NEXUS_BURST, median_dropped
 from bench.e2e.cursors import MEM_DEAD, MEM_HEALTHY, RATE, CatchUpResult
 from bench.e2e.idle import LEFTOVER_EMPTY_SEGMENTS
 from bench.e2e.memory import MemResult
+from bench.e2e.transports import POLL_FAST_S, POLL_SLOW_S, TrCell
 
 if TYPE_CHECKING:
     from bench.e2e import Results
@@ -366,6 +367,56 @@ def cursor_rows(res: Results) -> list[Row]:
     return rows
 
 
+def _transport_rows(c: TrCell) -> list[Row]:
+    bench = f"e2e transports ({c.loop})"
+    if not c.runs:
+        return [Row(bench, f"{c.label} events/s", "n/a", c.error or "not measured")]
+    target = c.kind.target
+    aim = f"target >= {target:,.0f}/s: {_target(c.rate >= target)}; " if target is not None else ""
+    lost = c.lost if not c.kind.reliable else 0
+    others = f"; other processes {c.others:.0%} of a core" if c.others is not None else ""
+    rates = " / ".join(f"{r.rate:,.0f}" for r in c.runs)
+    changed = c.kind.changed or "defaults"
+    return [
+        Row(
+            bench,
+            f"{c.label} events/s",
+            f"{c.rate:,.0f}",
+            f"median of {len(c.runs)} ({rates}) x {c.events:,} ev; {aim}{changed}"
+            f"; server {c.program}: busy {c.server_share:.0%} of a core, {c.server_us:,.1f} us/ev",
+        ),
+        Row(
+            bench,
+            f"{c.label} CPU us/ev",
+            f"{c.cpu_us:,.1f}",
+            f"daemon utime+stime, busy {c.daemon_share:.0%} of a core; incl. "
+            f"~{c.poll_us:.2f} us/ev of /status polls "
+            f"({c.status_us:,.0f} us each); delivered {c.delivered:,} = written {c.written:,}, "
+            f"received {c.received:,}"
+            + (f" ({lost:,} LOST over UDP)" if lost else "")
+            + f"; peak RSS {mib(c.hwm_kib)}{others}",
+        ),
+    ]
+
+
+def transport_rows(res: Results) -> list[Row]:
+    rows = [row for c in res.transports for row in _transport_rows(c)]
+    if res.transports:
+        rows.append(
+            Row(
+                "e2e transports",
+                "method",
+                "pre-written",
+                "as throughput: WAL pre-written, renamed in at once; one daemon and one server "
+                "process per type, runs round-robin; timed to delivered = N in /status (polled "
+                f"every {POLL_SLOW_S * 1000:g} ms, {POLL_FAST_S * 1000:g} ms near the end), then "
+                "N checked at the server; overflow block, max_inflight 1,000, other settings "
+                "default unless said",
+            )
+        )
+    return rows
+
+
 def error_rows(res: Results) -> list[Row]:
     return [
         Row("e2e ERROR", err.split(":", 1)[0], "failed", err.split(":", 1)[1][:300])
@@ -382,5 +433,6 @@ def rows_for(res: Results) -> list[Row]:
         *memory_rows(res),
         *burst_rows(res),
         *cursor_rows(res),
+        *transport_rows(res),
         *error_rows(res),
     ]
