@@ -13,10 +13,11 @@ from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import Batch, StartAt, WalScanner
 
 # A cursor catching up on a backlog (CATCHING_UP_AFTER batches in a row without
-# reaching the end) gives way to cursors that are not, when the rest of the loop has
-# work (the turn it yields takes longer than BUSY_TURN_S): it pauses CATCH_UP_GIVE_WAY
-# times as long as its last batch took (BENCHMARKS.md, cursors). Alone, or beside
-# cursors that catch up too, it does not: nobody would gain from the wait.
+# reaching the end) gives way to the other cursors when the rest of the loop has work
+# (the turn it yields takes longer than BUSY_TURN_S): it pauses CATCH_UP_GIVE_WAY times
+# as long as its last batch took (BENCHMARKS.md, cursors). Alone it does not: the work
+# is its own sink's, which the pause would only delay. (Whether the others are catching
+# up too cannot tell: a tailing cursor starved by a catch-up falls behind and looks it.)
 CATCHING_UP_AFTER = 4
 BUSY_TURN_S = 0.0002
 CATCH_UP_GIVE_WAY = 1.0
@@ -78,32 +79,28 @@ class WalFollower:
                 batch = self.scanner.step()
                 if batch is not None:
                     streak += 1
-                    if streak == CATCHING_UP_AFTER:
-                        reading.catching_up.add(self)
                     yield batch
                     # Catching up is CPU-bound: let the rest of the loop run between
                     # batches. If it has work (the turn it got took a while: other sinks
                     # delivering), one turn is not enough - a delivery takes several, each
                     # waiting for a whole batch here - so give way in proportion to the
-                    # batch just done, if some cursor is not catching up itself.
+                    # batch just done, if there are other cursors to give way to.
                     busy = time.monotonic() - started
                     turn = time.monotonic()
                     await asyncio.sleep(0)
                     if (
                         time.monotonic() - turn > BUSY_TURN_S
-                        and self in reading.catching_up
-                        and reading.followers > len(reading.catching_up)
+                        and streak >= CATCHING_UP_AFTER
+                        and reading.followers > 1
                     ):
                         await asyncio.sleep(busy * CATCH_UP_GIVE_WAY)
                     continue
                 streak = 0
-                reading.catching_up.discard(self)
                 if not self.follow and self.scanner.at_end:
                     return
                 await self.waker.wait(seen)
         finally:
             reading.followers -= 1
-            reading.catching_up.discard(self)
             if self._owns_watcher:
                 await self.waker.stop()
             self.scanner.close()
