@@ -498,7 +498,7 @@ class EventsConfig(Model):
 
 class WalConfig(Model):
     dir: Path
-    mac_key: str | None = Field(
+    mac_key: SecretRef = Field(
         default=None,
         description="Nexus's mac_key_file: env:VAR, file:/path or a literal",
         repr=False,
@@ -506,16 +506,6 @@ class WalConfig(Model):
     start_at: Literal["beginning", "end"] = "end"
     poll_interval_s: float = Field(default=0.5, gt=0, le=60)
     force_polling: bool = False
-
-    @field_validator("mac_key")
-    @classmethod
-    def _resolvable(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                resolve_secret(v)
-            except SecretError as exc:
-                raise ValueError(str(exc)) from None
-        return v
 
     @cached_property
     def mac_key_bytes(self) -> bytes | None:

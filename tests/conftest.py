@@ -114,3 +114,16 @@ def self_signed(root: Path, name: str = "peer") -> tuple[Path, Path]:
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """One self-signed certificate for 127.0.0.1 and its key, for every TLS test."""
     return self_signed(tmp_path_factory.mktemp("tls"))
+
+
+# Timestamps a Go-time fast path must hand to the exact parser (or get exactly right).
+ODD_GO_TIMESTAMPS = (
+    "2026-04-10T12:34:56.1234567890Z",  # 10 digits: not RFC 3339 as Go writes it
+    "2026-04-10T12:34:56.Z",
+    "2026-04-10T12:34:56.12\u0663Z",  # a non-ASCII digit
+    "2026-04-10T12:34:56.5z",
+    "2026-04-10T12:34:56.5+00:00",
+    "2026-04-10T12:34:56.5-01:30",
+    "2026-04-10T12:34:56",
+    "2026-04-10T12:34:56.5Z ",
+)
