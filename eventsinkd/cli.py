@@ -280,8 +280,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from eventsinkd.config import decode_whsec
     from eventsinkd.devtools.receiver import Receiver
+    from eventsinkd.sinkconfig import decode_whsec
 
     try:
         keys = [decode_whsec(resolve_secret(s)) for s in args.secret]

@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from eventsinkd.config import SINK_TYPES, Config
+from eventsinkd.config import Config
+from eventsinkd.sinkconfig import SINK_TYPES
 
 DEFAULT_PATH = Path("/etc/eventsinkd/config.yaml")
 

@@ -38,7 +38,7 @@ def test_example_config_validates_and_documents_every_key(tmp_path: Path) -> Non
                 walk(sub, node[name], f"{path}{name}.")
 
     walk(Config, doc, "")
-    from eventsinkd.config import WebhookSinkConfig
+    from eventsinkd.sinkconfig import WebhookSinkConfig
 
     walk(WebhookSinkConfig, doc["events"]["sinks"][0], "events.sinks[0].")
     # Defaults in the example are the model's defaults.

@@ -35,10 +35,10 @@ from daemon_harness import (
 )
 from fluentd_peer import OTHER_CHUNK, EventTime, FluentdPeer, SpecError, ext_hook, parse, time_ns
 
-from eventsinkd.config import FluentdSinkConfig
 from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
 from eventsinkd.events import Event, go_json, parse_go_time_ns
+from eventsinkd.sinkconfig import FluentdSinkConfig
 from eventsinkd.transports import Attempt, make_transport
 from eventsinkd.transports.fluentd import FluentdTransport, encode_message, new_chunk_id
 

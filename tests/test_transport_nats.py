@@ -39,10 +39,10 @@ from nats.js.api import DiscardPolicy
 from nats_peer import NatsPeer, add_stream, client, nats_peer, stream_count, stream_messages
 from webhook_server import WebhookServer
 
-from eventsinkd.config import NatsSinkConfig
 from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import MEMORY_WRITTEN, Event
+from eventsinkd.sinkconfig import NatsSinkConfig
 from eventsinkd.transports.nats import (
     MAX_CACHED_SUBJECTS,
     NatsTransport,

@@ -40,11 +40,11 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from otlp_peer import OK, Answer, OtlpPeer, Request, log_record_id, status_protobuf
 
 from eventsinkd import __version__
-from eventsinkd.config import OtlpSinkConfig
 from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import ContentMode, Event, event_body, parse_go_time_ns
 from eventsinkd.ports import free_port, listening_port
+from eventsinkd.sinkconfig import OtlpSinkConfig
 from eventsinkd.transports import Attempt
 from eventsinkd.transports.otlp import (
     ATTRIBUTES,

@@ -41,12 +41,12 @@ from syslog_peer import (
 )
 from webhook_server import WebhookServer
 
-from eventsinkd.config import SyslogSinkConfig, TlsConfig
 from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import Event, event_body, go_json, parse_go_time_ns
 from eventsinkd.metrics import Metrics
 from eventsinkd.ports import free_port
+from eventsinkd.sinkconfig import SyslogSinkConfig, TlsConfig
 from eventsinkd.transports.syslog import (
     SD_ID,
     SECONDS_KEPT,

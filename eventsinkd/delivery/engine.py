@@ -11,10 +11,11 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from eventsinkd.config import EventsConfig, SinkConfig
+from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.cursor import SinkCursor, finish_ticket
 from eventsinkd.delivery.sink import Sink
 from eventsinkd.metrics import Metrics
+from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.deadletters import DeadLetterWriter
 from eventsinkd.wal.position import Checkpointer, Position
 from eventsinkd.wal.reading import SharedReading

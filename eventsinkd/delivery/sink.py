@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from eventsinkd.config import EventsConfig, FilterConfig, SinkConfig
+from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.filters import EventFilter
 from eventsinkd.delivery.job import Job, SinkStats
 from eventsinkd.delivery.outcome import Outcome, backoff_delay
@@ -38,6 +38,7 @@ from eventsinkd.delivery.pause import Pause
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics, SinkMetrics
 from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.sinkconfig import FilterConfig, SinkConfig
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterWriter
 from eventsinkd.transports import Attempt, all_failed, make_transport
 from eventsinkd.wal.entry import Entry

@@ -16,7 +16,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from eventsinkd.config import Config, SinkConfig
+from eventsinkd.config import Config
+from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.wal.position import (
     Checkpointer,
     Position,

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from eventsinkd.delivery.outcome import Outcome
 
 if TYPE_CHECKING:
-    from eventsinkd.config import SinkConfig
     from eventsinkd.events import Event
     from eventsinkd.metrics import Metrics
+    from eventsinkd.sinkconfig import SinkConfig
 
 
 class Attempt(NamedTuple):

@@ -47,9 +47,9 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 import orjson
 
-from eventsinkd.config import FluentdSinkConfig
 from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.events import ContentMode, Event
+from eventsinkd.sinkconfig import FluentdSinkConfig
 from eventsinkd.transports import Attempt, all_failed
 from eventsinkd.transports.tls import ssl_context
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from eventsinkd import __version__
-from eventsinkd.config import OtlpSinkConfig, WebhookSinkConfig
+from eventsinkd.sinkconfig import OtlpSinkConfig, WebhookSinkConfig
 from eventsinkd.transports.tls import ssl_context
 
 USER_AGENT = f"eventsinkd/{__version__}"

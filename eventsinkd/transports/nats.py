@@ -53,11 +53,11 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import Header
 
-from eventsinkd.config import NatsSinkConfig
 from eventsinkd.delivery.outcome import Outcome, classify
 from eventsinkd.events import MEMORY_WRITTEN, Event
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.secrets import SecretError, resolve_secret
+from eventsinkd.sinkconfig import NatsSinkConfig
 from eventsinkd.transports import Attempt, all_failed
 from eventsinkd.transports.tls import ssl_context
 

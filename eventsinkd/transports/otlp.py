@@ -52,10 +52,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 
 from eventsinkd import __version__
-from eventsinkd.config import OtlpSinkConfig
 from eventsinkd.delivery.outcome import Outcome, parse_retry_after
 from eventsinkd.events import ContentMode, Event, parse_go_time_ns
 from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.sinkconfig import OtlpSinkConfig
 from eventsinkd.transports import Attempt, all_failed
 from eventsinkd.transports.http import USER_AGENT, HttpSession
 

@@ -47,9 +47,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
-from eventsinkd.config import SYSLOG_FACILITIES, SyslogSinkConfig
 from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.events import MEMORY_WRITTEN, Event, parse_go_time_ns
+from eventsinkd.sinkconfig import SYSLOG_FACILITIES, SyslogSinkConfig
 from eventsinkd.transports import Attempt
 from eventsinkd.transports.tls import ssl_context
 

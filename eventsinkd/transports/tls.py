@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from eventsinkd.config import TlsConfig
+from eventsinkd.sinkconfig import TlsConfig
 
 
 def ssl_context(tls: TlsConfig) -> ssl.SSLContext:

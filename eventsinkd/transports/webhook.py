@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from eventsinkd.config import WebhookSinkConfig
 from eventsinkd.delivery.outcome import Outcome, classify, parse_retry_after
 from eventsinkd.delivery.signing import sign
 from eventsinkd.events import Event
+from eventsinkd.sinkconfig import WebhookSinkConfig
 from eventsinkd.transports import Attempt
 from eventsinkd.transports.http import USER_AGENT, HttpSession
 

@@ -1,0 +1,464 @@
+"""Sink configuration: what every sink has, and each ``type``'s own settings.
+
+``events.sinks`` is a discriminated union on ``type`` (``webhook`` when absent);
+:mod:`eventsinkd.config` holds the rest of the file's model. The base
+:class:`Model` and secret references are here because the sinks use them first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from functools import cached_property
+from pathlib import Path
+from string import Formatter
+from typing import Annotated, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from eventsinkd.secrets import SecretError, resolve_secret
+
+WHSEC_PREFIX = "whsec_"
+RESERVED_HEADERS = frozenset(
+    {"content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"}
+)
+_SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FilterConfig(Model):
+    """Which events a sink receives; an empty list matches everything."""
+
+    event_types: list[str] = Field(default_factory=list)
+    source: list[str] = Field(default_factory=list, description="glob patterns")
+    subject: list[str] = Field(default_factory=list, description="glob patterns")
+    destination: list[str] = Field(default_factory=list, description="glob patterns")
+    actor_type: list[str] = Field(default_factory=list, description="glob patterns")
+
+
+class TlsConfig(Model):
+    verify: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TlsConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set but cert_file is not")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a readable file")
+        return self
+
+
+def decode_whsec(value: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret ``whsec_<base64>``."""
+    if not value.startswith(WHSEC_PREFIX):
+        raise ValueError("a webhook secret must start with whsec_")
+    try:
+        key = base64.b64decode(value[len(WHSEC_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise ValueError("a webhook secret must be whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise ValueError("a webhook secret must hold at least 16 bytes of key")
+    return key
+
+
+def _check_secret(ref: str) -> str:
+    try:
+        decode_whsec(resolve_secret(ref))
+    except SecretError as exc:
+        raise ValueError(str(exc)) from None
+    return ref
+
+
+class SinkBase(Model):
+    """What every sink has, whatever carries its events (``type``)."""
+
+    name: Annotated[str, Field(description="unique; the sink label of every metric")]
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    retry_backoff_seconds: list[float] | None = Field(
+        default=None, description="overrides events.retry_backoff_seconds"
+    )
+    content: Literal["summary", "full"] = "summary"
+    concurrency: int = Field(default=4, ge=1, le=1024, description="requests (batches) in flight")
+    start_at: Literal["beginning", "end"] | None = Field(
+        default=None,
+        description="where a sink without a saved cursor starts; default wal.start_at",
+    )
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, v: str) -> str:
+        if not _SINK_NAME.fullmatch(v):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("retry_backoff_seconds")
+    @classmethod
+    def _backoff(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(x < 0 for x in v)):
+            raise ValueError("must be a non-empty list of seconds >= 0")
+        return v
+
+    @property
+    def batch_size(self) -> int:
+        """Events per request (the transport's batch); 1 for transports that send one by one."""
+        return 1
+
+    @property
+    def linger_s(self) -> float:
+        return 0.0
+
+    @property
+    def target(self) -> str:
+        """Where the events go, for logs and /status (never a secret)."""
+        return str(getattr(self, "url", ""))
+
+
+class Batched(SinkBase):
+    """A transport that carries several events per request."""
+
+    # 4 workers x 200 fit in the default max_inflight (1,000), with room to queue the next.
+    max_batch: int = Field(default=200, ge=1, le=10_000, description="events per request")
+    linger_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="how long a batch waits to fill"
+    )
+
+    @property
+    def batch_size(self) -> int:
+        return self.max_batch
+
+    @property
+    def linger_s(self) -> float:
+        return self.linger_ms / 1000
+
+
+class WebhookSinkConfig(SinkBase):
+    type: Literal["webhook"] = "webhook"
+    url: AnyHttpUrl
+    secrets: list[Annotated[str, AfterValidator(_check_secret)]] = Field(
+        default_factory=list,
+        description="whsec_... secrets (literal, env:VAR or file:/path); several = rotation",
+        repr=False,
+    )
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_alias(cls, data: object) -> object:
+        # `secret: x` is accepted as the one-element form of `secrets: [x]`.
+        if isinstance(data, dict) and "secret" in data:
+            data = dict(data)
+            if "secrets" in data:
+                raise ValueError("give either secret or secrets, not both")
+            secret = data.pop("secret")
+            data["secrets"] = [secret] if secret is not None else []
+        return data
+
+    @field_validator("headers")
+    @classmethod
+    def _no_reserved_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        clash = sorted(k for k in v if k.lower() in RESERVED_HEADERS)
+        if clash:
+            raise ValueError(f"header(s) {', '.join(clash)} are set by eventsinkd itself")
+        return v
+
+    @cached_property
+    def signing_keys(self) -> list[bytes]:
+        return [decode_whsec(resolve_secret(ref)) for ref in self.secrets]
+
+
+SYSLOG_FACILITIES = {
+    name: code
+    for code, name in enumerate(
+        [
+            "kern",
+            "user",
+            "mail",
+            "daemon",
+            "auth",
+            "syslog",
+            "lpr",
+            "news",
+            "uucp",
+            "cron",
+            "authpriv",
+            "ftp",
+            "ntp",
+            "security",
+            "console",
+            "solaris-cron",
+            "local0",
+            "local1",
+            "local2",
+            "local3",
+            "local4",
+            "local5",
+            "local6",
+            "local7",
+        ]
+    )
+}
+UDP_MAX_PAYLOAD = 65_507
+SYSLOG_SCHEMES = {"syslog": 514, "syslog+tcp": 514, "syslog+tls": 6514}
+_PRINTUSASCII = re.compile(r"[!-~]+")
+
+
+class Endpoint(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+
+
+def parse_endpoint(url: str, schemes: dict[str, int]) -> Endpoint:
+    """``scheme://host[:port]`` with one of ``schemes`` (scheme -> default port)."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"the scheme must be one of {', '.join(f'{s}://' for s in schemes)}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError("give only scheme://host:port")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    if not parts.hostname:
+        raise ValueError("a host is required")
+    return Endpoint(parts.scheme, parts.hostname, port or schemes[parts.scheme])
+
+
+class SyslogSinkConfig(Batched):
+    type: Literal["syslog"]
+    url: Annotated[str, Field(description="syslog:// (UDP), syslog+tcp:// or syslog+tls://")]
+    facility: str = Field(default="local0", description="local0..local7, daemon, user...")
+    tag: str = Field(default="nexus", description="APP-NAME")
+    hostname: str | None = Field(default=None, description="HOSTNAME; default this host's name")
+    framing: Literal["octet-counting", "lf"] = Field(
+        default="octet-counting", description="TCP and TLS only (RFC 6587)"
+    )
+    max_message_bytes: int = Field(
+        default=8192,
+        ge=480,
+        le=1024 * 1024,
+        description="larger messages are cut or refused; at most 65507 over UDP",
+    )
+    oversize: Literal["truncate", "refuse"] = Field(
+        default="refuse", description="refused = a dead letter; truncated = counted"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_endpoint(v, SYSLOG_SCHEMES)
+        return v
+
+    @field_validator("facility")
+    @classmethod
+    def _facility(cls, v: str) -> str:
+        if v not in SYSLOG_FACILITIES:
+            raise ValueError("unknown facility; use one of " + ", ".join(SYSLOG_FACILITIES))
+        return v
+
+    @field_validator("tag")
+    @classmethod
+    def _app_name(cls, v: str) -> str:
+        if not _PRINTUSASCII.fullmatch(v) or len(v) > 48:
+            raise ValueError("RFC 5424 APP-NAME: 1-48 printable ASCII characters, no spaces")
+        return v
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str | None) -> str | None:
+        if v is not None and (not _PRINTUSASCII.fullmatch(v) or len(v) > 255):
+            raise ValueError("RFC 5424 HOSTNAME: 1-255 printable ASCII characters, no spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_a_datagram(self) -> SyslogSinkConfig:
+        if self.endpoint.scheme == "syslog" and self.max_message_bytes > UDP_MAX_PAYLOAD:
+            raise ValueError(
+                f"max_message_bytes {self.max_message_bytes} is over {UDP_MAX_PAYLOAD}, "
+                "the most a UDP datagram holds"
+            )
+        return self
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return parse_endpoint(self.url, SYSLOG_SCHEMES)
+
+
+def _secret_ref(ref: str | None) -> str | None:
+    if ref is not None:
+        try:
+            resolve_secret(ref)
+        except SecretError as exc:
+            raise ValueError(str(exc)) from None
+    return ref
+
+
+SecretRef = Annotated[str | None, AfterValidator(_secret_ref)]
+
+
+class OtlpSinkConfig(Batched):
+    type: Literal["otlp"]
+    url: Annotated[AnyHttpUrl, Field(description="the collector; records go to {url}/v1/logs")]
+    encoding: Literal["json", "protobuf"] = "json"
+    headers: dict[str, Annotated[str, AfterValidator(_secret_ref)]] = Field(
+        default_factory=dict,
+        description="values: literal, env:VAR or file:/path (e.g. an Authorization token)",
+        repr=False,
+    )
+    service_name: str = Field(default="bubblefish-nexus", description="resource service.name")
+
+    @field_validator("headers")
+    @classmethod
+    def _no_content_type(cls, v: dict[str, str]) -> dict[str, str]:
+        if any(k.lower() in ("content-type", "user-agent") for k in v):
+            raise ValueError("Content-Type and User-Agent are set by eventsinkd itself")
+        return v
+
+    @cached_property
+    def resolved_headers(self) -> dict[str, str]:
+        return {k: resolve_secret(v) for k, v in self.headers.items()}
+
+    @property
+    def logs_url(self) -> str:
+        return str(self.url).rstrip("/") + "/v1/logs"
+
+
+FLUENTD_SCHEMES = {"fluentd": 24224, "fluentd+tls": 24224}
+
+
+class FluentdSinkConfig(Batched):
+    type: Literal["fluentd"]
+    url: Annotated[str, Field(description="fluentd://host:port or fluentd+tls://host:port")]
+    tag: str = Field(default="nexus.events", min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_endpoint(v, FLUENTD_SCHEMES)
+        return v
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return parse_endpoint(self.url, FLUENTD_SCHEMES)
+
+
+NATS_SCHEMES = {"nats": 4222, "tls": 4222}
+_BAD_SUBJECT_CHARS = re.compile(r"[\s\x00-\x1f\x7f*>]")
+NATS_SUBJECT_FIELDS = frozenset(
+    {"event_type", "source", "subject", "destination", "actor_type", "actor_id"}
+)
+
+
+class NatsSinkConfig(Batched):
+    type: Literal["nats"]
+    url: Annotated[list[str], Field(description="nats:// or tls:// servers; several for a cluster")]
+    subject: str = Field(
+        default="nexus.events.{event_type}",
+        description="template; fields: " + ", ".join(sorted(NATS_SUBJECT_FIELDS)),
+    )
+    creds_file: Path | None = None
+    token: SecretRef = Field(default=None, repr=False)
+    user: str | None = None
+    password: SecretRef = Field(default=None, repr=False)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("url")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one server")
+        for server in v:
+            parse_endpoint(server, NATS_SCHEMES)
+        return v
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        try:
+            fields = {f for _, f, _, _ in Formatter().parse(v) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a valid template: {exc}") from None
+        unknown = sorted(fields - NATS_SUBJECT_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(unknown)}; use "
+                + ", ".join(sorted(NATS_SUBJECT_FIELDS))
+            )
+        probe = v.format(**dict.fromkeys(NATS_SUBJECT_FIELDS, "x"))
+        if not probe or any(not t or _BAD_SUBJECT_CHARS.search(t) for t in probe.split(".")):
+            raise ValueError(
+                "not a valid NATS subject (an empty token, whitespace, a control character, * or >)"
+            )
+        return v
+
+    @field_validator("creds_file")
+    @classmethod
+    def _creds(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v} is not a readable file")
+        return v
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> NatsSinkConfig:
+        given = [n for n in ("creds_file", "token", "user") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"give one of creds_file, token or user/password, not {' and '.join(given)}"
+            )
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together")
+        return self
+
+    @property
+    def target(self) -> str:
+        return ",".join(self.url)
+
+
+SINK_TYPES = ("webhook", "syslog", "otlp", "fluentd", "nats")
+
+
+def _sink_type(data: object) -> str:
+    if isinstance(data, dict):
+        return str(data.get("type", "webhook"))
+    return str(getattr(data, "type", "webhook"))
+
+
+SinkConfig = Annotated[
+    Annotated[WebhookSinkConfig, Tag("webhook")]
+    | Annotated[SyslogSinkConfig, Tag("syslog")]
+    | Annotated[OtlpSinkConfig, Tag("otlp")]
+    | Annotated[FluentdSinkConfig, Tag("fluentd")]
+    | Annotated[NatsSinkConfig, Tag("nats")],
+    Discriminator(
+        _sink_type,
+        custom_error_type="sink_type",
+        custom_error_message="unknown sink type; use one of " + ", ".join(SINK_TYPES),
+    ),
+]
