@@ -43,12 +43,8 @@ from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import MEMORY_WRITTEN, Event
 from eventsinkd.sinkconfig import NatsSinkConfig
-from eventsinkd.transports.nats import (
-    MAX_CACHED_SUBJECTS,
-    NatsTransport,
-    SubjectTemplate,
-    subject_token,
-)
+from eventsinkd.transports.nats import NatsTransport
+from eventsinkd.transports.nats_subjects import MAX_CACHED_SUBJECTS, SubjectTemplate, subject_token
 
 ATTEMPTS = "eventsinkd_delivery_attempts_total"
 

@@ -39,7 +39,6 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
-from string import Formatter
 from typing import Any
 
 import nats
@@ -54,11 +53,12 @@ from nats.js import JetStreamContext
 from nats.js.api import Header
 
 from eventsinkd.delivery.outcome import Outcome, classify
-from eventsinkd.events import MEMORY_WRITTEN, Event
+from eventsinkd.events import Event
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.secrets import SecretError, resolve_secret
 from eventsinkd.sinkconfig import NatsSinkConfig
 from eventsinkd.transports import Attempt, all_failed
+from eventsinkd.transports.nats_subjects import SubjectTemplate
 from eventsinkd.transports.tls import ssl_context
 
 log = logging.getLogger(__name__)
@@ -66,73 +66,10 @@ log = logging.getLogger(__name__)
 MSG_ID = "Nats-Msg-Id"
 RECONNECT_WAIT_S = 2.0  # between two attempts at the same server (nats-py's default)
 PING_INTERVAL_S = 20  # a silently dead connection is noticed within ~1 minute
-MAX_CACHED_SUBJECTS = 4096  # rendered subjects kept, for templates with body fields
 MAX_TRACKED_SUBJECTS = 256  # subjects without a stream remembered (and logged) one by one
-_BAD_TOKEN_CHARS = re.compile(r"[.*>\s\x00-\x1f\x7f]")
-_PLACEHOLDER = "\x00"
 _REFUSAL = re.compile(r"authori[sz]ation|authentication|offers no TLS|cannot resolve the", re.I)
 LOST = Attempt(Outcome.CONNECTION, None, "connection to NATS lost before the ack")
 PLAINTEXT = "the NATS server offers no TLS but the sink's url asks for tls://"
-
-
-def subject_token(value: object) -> str:
-    """``value`` as one valid subject token: '.', '*', '>', whitespace -> '_'; empty -> '_'."""
-    text = "" if value is None else str(value)
-    return _BAD_TOKEN_CHARS.sub("_", text) or "_"
-
-
-class SubjectTemplate:
-    """The sink's ``subject`` template and what can be known about it before any event."""
-
-    def __init__(self, template: str) -> None:
-        self.template = template
-        self.fields = {f for _, f, _, _ in Formatter().parse(template) if f}
-        # Only event_type: the subject is known from the event's type, no body parsing.
-        self.needs_body = bool(self.fields - {"event_type"})
-        self._body_fields = tuple(sorted(self.fields - {"event_type"}))
-        self._by_type: dict[str, str] = {}
-        self._by_values: dict[tuple[object, ...], str] = {}  # (type, field values) -> subject
-        rendered = template.format(
-            **{**dict.fromkeys(self.fields, _PLACEHOLDER), "event_type": MEMORY_WRITTEN}
-        )
-        tokens = rendered.split(".")
-        # What a stream must take: the subject itself, or (fields in it) its pattern.
-        self.probe = ".".join("*" if _PLACEHOLDER in t else t for t in tokens)
-        static: list[str] = []
-        for token in template.split("."):
-            if "{" in token:
-                break
-            static.append(token)
-        # A subjects filter to suggest for a new stream.
-        self.suggestion = ".".join([*static, ">"]) if len(static) < len(tokens) else rendered
-
-    def render(self, event: Event) -> str:
-        if not self.needs_body:
-            subject = self._by_type.get(event.type)
-            if subject is None:
-                subject = self._by_type[event.type] = self.template.format(
-                    event_type=subject_token(event.type)
-                )
-            return subject
-        fields = event.fields()
-        # The fields a subject may use (source, actor...) take few values: each set is made
-        # into a subject once (the cache emptied when full), not once per event.
-        values = [fields.get(name) for name in self._body_fields]
-        for value in values:
-            if value is not None and type(value) is not str:  # 1 == True, lists: not cached
-                return self._format(event.type, fields)
-        key = (event.type, *values)
-        subject = self._by_values.get(key)
-        if subject is not None:
-            return subject
-        if len(self._by_values) >= MAX_CACHED_SUBJECTS:
-            self._by_values.clear()
-        subject = self._by_values[key] = self._format(event.type, fields)
-        return subject
-
-    def _format(self, kind: str, fields: dict[str, Any]) -> str:
-        values = {name: subject_token(fields.get(name)) for name in self._body_fields}
-        return self.template.format(**values, event_type=subject_token(kind))
 
 
 class _Batch:
