@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"eventsinkd {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run the daemon: tail the WAL and deliver webhooks")
+    r = sub.add_parser("run", help="run the daemon: tail the WAL and deliver events to the sinks")
     _add_config_arg(r)
 
     c = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")

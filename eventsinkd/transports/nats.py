@@ -25,51 +25,40 @@ replies are read here as nats-py's ``js.publish`` reads them: a PubAck
 "description"}}``, or the server's "no responders" status (503, no stream takes
 the subject).
 
-nats-py keeps the connection: it reconnects forever, to any server of the
-cluster. ``open()`` waits up to ``timeout_seconds`` for the first connection and
-then leaves it to the background, so a server that is down when eventsinkd
-starts does not hold it up; until connected, sends fail as connection errors and
-the sink pauses as for any receiver that is down.
+The connection - the nats-py client, connecting in the background, reconnecting,
+credentials, the refusal of plaintext for a tls:// url, the reply subscription
+and the stream check when connected - is
+:class:`~eventsinkd.transports.nats_connection.NatsConnection`'s; until it is
+connected, sends fail as connection errors and the sink pauses as for any
+receiver that is down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import nats
 import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import NO_RESPONDERS_STATUS
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 from nats.js.api import Header
 
 from eventsinkd.delivery.outcome import Outcome, classify
 from eventsinkd.events import Event
 from eventsinkd.ratelimit import RateLimitedLog
-from eventsinkd.secrets import SecretError, resolve_secret
 from eventsinkd.sinkconfig import NatsSinkConfig
 from eventsinkd.transports import Attempt, all_failed
+from eventsinkd.transports.nats_connection import NatsConnection, describe
 from eventsinkd.transports.nats_subjects import SubjectTemplate
-from eventsinkd.transports.tls import ssl_context
 
 log = logging.getLogger(__name__)
 
 MSG_ID = "Nats-Msg-Id"
-RECONNECT_WAIT_S = 2.0  # between two attempts at the same server (nats-py's default)
-PING_INTERVAL_S = 20  # a silently dead connection is noticed within ~1 minute
 MAX_TRACKED_SUBJECTS = 256  # subjects without a stream remembered (and logged) one by one
-_REFUSAL = re.compile(r"authori[sz]ation|authentication|offers no TLS|cannot resolve the", re.I)
 LOST = Attempt(Outcome.CONNECTION, None, "connection to NATS lost before the ack")
-PLAINTEXT = "the NATS server offers no TLS but the sink's url asks for tls://"
 
 
 class _Batch:
@@ -85,234 +74,35 @@ class _Batch:
 
 
 class NatsTransport:
+    """Publishes batches over a :class:`NatsConnection` and maps each reply to an attempt."""
+
     def __init__(self, cfg: NatsSinkConfig) -> None:
         self.cfg = cfg
         self.max_batch = cfg.max_batch
         self.subjects = SubjectTemplate(cfg.subject)
         self.duplicates = 0  # PubAcks that said the stream already had the message
-        self._nc: NATS | None = None
-        self._js: JetStreamContext | None = None
-        self._replies: Subscription | None = None  # <prefix>*: every ack of this connection
-        self._prefix = ""  # "_INBOX.<nuid>."
+        self._conn = NatsConnection(cfg, self.subjects, self._on_reply)
         self._waiting: dict[str, tuple[_Batch, int]] = {}  # reply subject -> (batch, index)
         self._token = 0  # the last reply token handed out; never repeats
         self._stored: dict[str, Attempt] = {}  # stream -> its "delivered" attempt
-        self._up = asyncio.Event()
-        self._lost: asyncio.Future[None] | None = None  # done when this connection drops
-        self._connecting: asyncio.Task[None] | None = None
-        self._checking: asyncio.Task[None] | None = None
         self._missing: dict[str, str] = {}  # subject -> why no stream took it (logged once)
         self._rlog = RateLimitedLog(log)
-        self._closing = False
-        self._error = "no answer yet"  # the last connection error nats-py reported
-        self._refusal: str | None = None  # credentials (or plaintext) refused since connected
-        self._wants_tls = any(url.startswith("tls://") for url in cfg.url)
-
-    # -- connection ----------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._nc is not None:
-            return
-        self._closing = False
-        nc = self._nc = NATS()
-        options = self._connect_options()
-        self._connecting = asyncio.create_task(
-            self._connect(nc, options), name=f"nats-connect-{self.cfg.name}"
-        )
-        # A short wait for the first connection (a replay sends right after open());
-        # a server that is down does not hold the daemon up: sends fail until it is back.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up.wait(), self.cfg.timeout_seconds)
-        if not self._up.is_set() and not self._connecting.done():
-            log.warning(
-                "sink %s: not connected to NATS %s yet (%s); connecting in the background",
-                self.cfg.name,
-                self.cfg.target,
-                self._last_error(),
-            )
-
-    def _connect_options(self) -> dict[str, Any]:
-        cfg = self.cfg
-        options: dict[str, Any] = {
-            "servers": list(cfg.url),
-            "name": f"eventsinkd/{cfg.name}",
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,  # forever; also for the first connection
-            "reconnect_time_wait": RECONNECT_WAIT_S,
-            "connect_timeout": max(1, round(cfg.timeout_seconds)),
-            "ping_interval": PING_INTERVAL_S,
-            "max_outstanding_pings": 3,
-            # Used for tls:// servers and for any server that requires TLS.
-            "tls": ssl_context(cfg.tls),
-            "error_cb": self._on_error,
-            "disconnected_cb": self._on_disconnected,
-            "reconnected_cb": self._on_reconnected,
-            "closed_cb": self._on_closed,
-        }
-        if cfg.creds_file is not None:
-            options["user_credentials"] = str(cfg.creds_file)
-        # Secrets are resolved at each (re)connection, so a rotated file: secret is picked up.
-        if cfg.token is not None:
-            options["token"] = self._secret_callback("token", cfg.token)
-        if cfg.user is not None and cfg.password is not None:
-            options["user"] = cfg.user
-            options["password"] = self._secret_callback("password", cfg.password)
-        return options
-
-    def _secret_callback(self, what: str, ref: str) -> Callable[[], str]:
-        """A credential for nats-py, resolved when it connects (never over plaintext when the
-        url says tls://); a failure is a connection error, which nats-py retries, and its text
-        never holds the secret."""
-
-        def resolve() -> str:
-            if self._plaintext():
-                raise nats.errors.Error(PLAINTEXT)
-            try:
-                return resolve_secret(ref)
-            except SecretError as exc:
-                raise nats.errors.Error(f"cannot resolve the {what}: {exc}") from None
-
-        return resolve
-
-    def _plaintext(self) -> bool:
-        """True when the sink asks for TLS (a tls:// url) and the server offers none.
-
-        nats-py upgrades to TLS only when the server's INFO requires it, and would
-        otherwise carry on in plaintext whatever the url's scheme says."""
-        if not self._wants_tls or self._nc is None:
-            return False
-        info = getattr(self._nc, "_server_info", None)  # the INFO nats-py acted on
-        return not (isinstance(info, dict) and info.get("tls_required"))
-
-    async def _connect(self, nc: NATS, options: dict[str, Any]) -> None:
-        try:
-            await nc.connect(**options)  # tries until it connects (max_reconnect_attempts -1)
-        except ImportError as exc:  # creds_file: nats-py needs the nkeys package for it
-            self._error = f"creds_file needs the {exc.name} package (pip install 'nats-py[nkeys]')"
-            log.error("sink %s: cannot connect to NATS: %s", self.cfg.name, self._error)
-            return
-        except Exception as exc:  # nats-py gave up (it should not): say so, sends keep failing
-            self._error = _describe(exc)
-            log.error("sink %s: cannot connect to NATS: %s", self.cfg.name, self._error)
-            return
-        await self._connected(nc)
-
-    async def _connected(self, nc: NATS) -> None:
-        if self._plaintext():
-            self._error = PLAINTEXT
-            log.error("sink %s: %s: not publishing over it", self.cfg.name, PLAINTEXT)
-            return
-        if self._js is None:  # for the stream checks (requests, on nats-py's own inbox)
-            self._js = nc.jetstream(timeout=self.cfg.timeout_seconds)
-        if self._replies is None:  # one for the client's life: nats-py renews it on reconnect
-            prefix = f"{nc.new_inbox()}."
-            try:
-                self._replies = await nc.subscribe(f"{prefix}*", cb=self._on_reply)
-            except (nats.errors.Error, OSError) as exc:  # lost again already: the next try
-                self._error = _describe(exc)
-                return
-            self._prefix = prefix
-        self._lost = asyncio.get_running_loop().create_future()
-        self._refusal = None
-        self._up.set()
-        url = nc.connected_url
-        log.info(
-            "sink %s: connected to NATS %s", self.cfg.name, url.netloc if url else self.cfg.target
-        )
-        if self._checking is None or self._checking.done():
-            self._checking = asyncio.create_task(self._check_stream())
-
-    async def _on_reconnected(self) -> None:
-        if self._nc is not None:
-            await self._connected(self._nc)
-
-    async def _on_disconnected(self) -> None:
-        if self._up.is_set() and not self._closing:
-            self._up.clear()
-            log.warning(
-                "sink %s: disconnected from NATS (%s); reconnecting",
-                self.cfg.name,
-                self._last_error(),
-            )
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
-
-    async def _on_closed(self) -> None:
-        await self._on_disconnected()
-
-    async def _on_error(self, exc: Exception) -> None:
-        self._error = _describe(exc)
-        if _REFUSAL.search(self._error):
-            self._refusal = self._error
-        # Connection attempts fail every few seconds while a server is down: rate-limited.
-        self._rlog.log(logging.WARNING, "error", "sink %s: NATS: %s", self.cfg.name, _describe(exc))
-
-    def _last_error(self) -> str:
-        """The last error, and the server's refusal if one came since the last connection: a
-        server that refuses the credentials may also just reset the next attempt."""
-        if self._refusal is None or self._refusal == self._error:
-            return self._error
-        return f"{self._error}; before that: {self._refusal}"
-
-    async def _check_stream(self) -> None:
-        """Say at once, not at the first event, when no stream takes the sink's subjects."""
-        js = self._js
-        if js is None:
-            return
-        probe = self.subjects.probe
-        try:
-            stream = await js.find_stream_name_by_subject(probe)
-        except nats.js.errors.NotFoundError:
-            log.error(
-                "sink %s: no JetStream stream takes subject %s; events wait until one does "
-                "(create one, e.g. nats stream add NEXUS --subjects '%s')",
-                self.cfg.name,
-                probe,
-                self.subjects.suggestion,
-            )
-        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
-            log.error(
-                "sink %s: JetStream is not available on NATS %s (start nats-server with -js); "
-                "events wait until it is",
-                self.cfg.name,
-                self.cfg.target,
-            )
-        except (nats.errors.Error, OSError, TimeoutError) as exc:
-            log.warning(
-                "sink %s: cannot check which stream takes %s: %s",
-                self.cfg.name,
-                probe,
-                _describe(exc),
-            )
-        else:
-            log.info("sink %s: subject %s goes to stream %s", self.cfg.name, probe, stream)
+        await self._conn.open()
 
     async def close(self) -> None:
-        self._closing = True
-        for task in (self._connecting, self._checking):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._connecting = self._checking = None
-        nc, self._nc, self._js = self._nc, None, None
-        self._replies, self._prefix = None, ""
-        self._up.clear()
-        if nc is not None and not nc.is_closed:
-            # AssertionError: nats-py's close() of a client whose connect() never got going.
-            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError, AssertionError):
-                await nc.close()
-
-    # -- sending -------------------------------------------------------------------
+        await self._conn.close()
 
     @property
     def connected(self) -> bool:
-        return self._up.is_set()
+        return self._conn.connected
 
     async def send(self, events: Sequence[Event]) -> list[Attempt]:
-        nc, lost, prefix = self._nc, self._lost, self._prefix
+        conn = self._conn
+        nc, lost, prefix = conn.nc, conn.lost, conn.prefix
         if nc is None or lost is None or not prefix or not nc.is_connected or lost.done():
-            detail = f"not connected to NATS ({self._last_error()})"
+            detail = f"not connected to NATS ({conn.last_error()})"
             return all_failed(events, Attempt(Outcome.CONNECTION, None, detail))
         batch = _Batch(len(events))
         attempts: list[Attempt | None] = [None] * len(events)
@@ -424,14 +214,15 @@ class NatsTransport:
     def _refused(self, exc: BaseException, event: Event, subject: str, body: bytes) -> Attempt:
         """What nats-py's refusal to publish an event means."""
         if isinstance(exc, nats.errors.MaxPayloadError):
-            max_payload = self._nc.max_payload if self._nc is not None else "?"
+            nc = self._conn.nc
+            max_payload = nc.max_payload if nc is not None else "?"
             detail = f"{len(body)} bytes: larger than the server's max_payload ({max_payload})"
             return Attempt(Outcome.PERMANENT, None, detail)
         if isinstance(exc, nats.errors.BadSubjectError):
             return Attempt(Outcome.PERMANENT, None, f"not a valid NATS subject: {subject!r}")
         if isinstance(exc, nats.errors.BadHeaderError):
             return Attempt(Outcome.PERMANENT, None, f"not a valid {MSG_ID}: {event.id!r}")
-        return Attempt(Outcome.CONNECTION, None, _describe(exc))
+        return Attempt(Outcome.CONNECTION, None, describe(exc))
 
     def _duplicate(self) -> None:
         self.duplicates += 1
@@ -456,7 +247,7 @@ class NatsTransport:
         if len(self._missing) >= MAX_TRACKED_SUBJECTS:
             return detail
         self._missing[subject] = detail
-        js = self._js
+        js = self._conn.js
         stream = None
         if js is not None:
             try:
@@ -487,11 +278,3 @@ def _not_an_ack(subject: str, data: bytes) -> Attempt:
     """Something else answers on the subject (a service, not a stream): retried, not lost."""
     detail = f"not a JetStream ack (is something else answering on {subject}?): {data[:80]!r}"
     return Attempt(Outcome.RETRY_STATUS, None, detail)
-
-
-def _describe(exc: BaseException) -> str:
-    """A short text for an exception from nats-py (never holds a credential)."""
-    text = str(exc).strip()
-    if not text or text == "nats: ":
-        return type(exc).__name__
-    return text.removeprefix("nats: ")
