@@ -15,7 +15,8 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from eventsinkd.secrets import resolve_secret
-from eventsinkd.sinkconfig import Model, SecretRef, SinkConfig
+from eventsinkd.sinkbase import Model, SecretRef
+from eventsinkd.sinkconfig import SinkConfig
 
 
 class EventsConfig(Model):

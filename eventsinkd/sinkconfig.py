@@ -1,8 +1,6 @@
-"""Sink configuration: what every sink has, and each ``type``'s own settings.
-
-``events.sinks`` is a discriminated union on ``type`` (``webhook`` when absent);
-:mod:`eventsinkd.config` holds the rest of the file's model. The base
-:class:`Model` and secret references are here because the sinks use them first.
+"""Each sink ``type``'s own settings, and ``events.sinks`` as a discriminated union on
+``type`` (``webhook`` when absent). What they share is in :mod:`eventsinkd.sinkbase`;
+:mod:`eventsinkd.config` holds the rest of the file's model.
 """
 
 from __future__ import annotations
@@ -13,14 +11,11 @@ import re
 from functools import cached_property
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, Literal, NamedTuple
-from urllib.parse import urlsplit
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
     AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -29,43 +24,19 @@ from pydantic import (
 )
 
 from eventsinkd.secrets import SecretError, resolve_secret
+from eventsinkd.sinkbase import (
+    Batched,
+    Endpoint,
+    SecretRef,
+    SinkBase,
+    check_secret_ref,
+    parse_endpoint,
+)
 
 WHSEC_PREFIX = "whsec_"
 RESERVED_HEADERS = frozenset(
     {"content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"}
 )
-_SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FilterConfig(Model):
-    """Which events a sink receives; an empty list matches everything."""
-
-    event_types: list[str] = Field(default_factory=list)
-    source: list[str] = Field(default_factory=list, description="glob patterns")
-    subject: list[str] = Field(default_factory=list, description="glob patterns")
-    destination: list[str] = Field(default_factory=list, description="glob patterns")
-    actor_type: list[str] = Field(default_factory=list, description="glob patterns")
-
-
-class TlsConfig(Model):
-    verify: bool = True
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _key_needs_cert(self) -> TlsConfig:
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file is set but cert_file is not")
-        for name in ("ca_file", "cert_file", "key_file"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name} {path} is not a readable file")
-        return self
 
 
 def decode_whsec(value: str) -> bytes:
@@ -87,71 +58,6 @@ def _check_secret(ref: str) -> str:
     except SecretError as exc:
         raise ValueError(str(exc)) from None
     return ref
-
-
-class SinkBase(Model):
-    """What every sink has, whatever carries its events (``type``)."""
-
-    name: Annotated[str, Field(description="unique; the sink label of every metric")]
-    timeout_seconds: float = Field(default=5.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
-    retry_backoff_seconds: list[float] | None = Field(
-        default=None, description="overrides events.retry_backoff_seconds"
-    )
-    content: Literal["summary", "full"] = "summary"
-    concurrency: int = Field(default=4, ge=1, le=1024, description="requests (batches) in flight")
-    start_at: Literal["beginning", "end"] | None = Field(
-        default=None,
-        description="where a sink without a saved cursor starts; default wal.start_at",
-    )
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    tls: TlsConfig = Field(default_factory=TlsConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _name_shape(cls, v: str) -> str:
-        if not _SINK_NAME.fullmatch(v):
-            raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
-        return v
-
-    @field_validator("retry_backoff_seconds")
-    @classmethod
-    def _backoff(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and (not v or any(x < 0 for x in v)):
-            raise ValueError("must be a non-empty list of seconds >= 0")
-        return v
-
-    @property
-    def batch_size(self) -> int:
-        """Events per request (the transport's batch); 1 for transports that send one by one."""
-        return 1
-
-    @property
-    def linger_s(self) -> float:
-        return 0.0
-
-    @property
-    def target(self) -> str:
-        """Where the events go, for logs and /status (never a secret)."""
-        return str(getattr(self, "url", ""))
-
-
-class Batched(SinkBase):
-    """A transport that carries several events per request."""
-
-    # 4 workers x 200 fit in the default max_inflight (1,000), with room to queue the next.
-    max_batch: int = Field(default=200, ge=1, le=10_000, description="events per request")
-    linger_ms: float = Field(
-        default=5.0, ge=0, le=1000, description="how long a batch waits to fill"
-    )
-
-    @property
-    def batch_size(self) -> int:
-        return self.max_batch
-
-    @property
-    def linger_s(self) -> float:
-        return self.linger_ms / 1000
 
 
 class WebhookSinkConfig(SinkBase):
@@ -225,28 +131,6 @@ SYSLOG_SCHEMES = {"syslog": 514, "syslog+tcp": 514, "syslog+tls": 6514}
 _PRINTUSASCII = re.compile(r"[!-~]+")
 
 
-class Endpoint(NamedTuple):
-    scheme: str
-    host: str
-    port: int
-
-
-def parse_endpoint(url: str, schemes: dict[str, int]) -> Endpoint:
-    """``scheme://host[:port]`` with one of ``schemes`` (scheme -> default port)."""
-    parts = urlsplit(url)
-    if parts.scheme not in schemes:
-        raise ValueError(f"the scheme must be one of {', '.join(f'{s}://' for s in schemes)}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError("give only scheme://host:port")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-    if not parts.hostname:
-        raise ValueError("a host is required")
-    return Endpoint(parts.scheme, parts.hostname, port or schemes[parts.scheme])
-
-
 class SyslogSinkConfig(Batched):
     type: Literal["syslog"]
     url: Annotated[str, Field(description="syslog:// (UDP), syslog+tcp:// or syslog+tls://")]
@@ -307,23 +191,11 @@ class SyslogSinkConfig(Batched):
         return parse_endpoint(self.url, SYSLOG_SCHEMES)
 
 
-def _secret_ref(ref: str | None) -> str | None:
-    if ref is not None:
-        try:
-            resolve_secret(ref)
-        except SecretError as exc:
-            raise ValueError(str(exc)) from None
-    return ref
-
-
-SecretRef = Annotated[str | None, AfterValidator(_secret_ref)]
-
-
 class OtlpSinkConfig(Batched):
     type: Literal["otlp"]
     url: Annotated[AnyHttpUrl, Field(description="the collector; records go to {url}/v1/logs")]
     encoding: Literal["json", "protobuf"] = "json"
-    headers: dict[str, Annotated[str, AfterValidator(_secret_ref)]] = Field(
+    headers: dict[str, Annotated[str, AfterValidator(check_secret_ref)]] = Field(
         default_factory=dict,
         description="values: literal, env:VAR or file:/path (e.g. an Authorization token)",
         repr=False,

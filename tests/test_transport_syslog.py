@@ -46,7 +46,8 @@ from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import Event, event_body, go_json, parse_go_time_ns
 from eventsinkd.metrics import Metrics
 from eventsinkd.ports import free_port
-from eventsinkd.sinkconfig import SyslogSinkConfig, TlsConfig
+from eventsinkd.sinkbase import TlsConfig
+from eventsinkd.sinkconfig import SyslogSinkConfig
 from eventsinkd.transports.syslog import (
     SD_ID,
     SECONDS_KEPT,

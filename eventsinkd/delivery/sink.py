@@ -38,7 +38,8 @@ from eventsinkd.delivery.pause import Pause
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics, SinkMetrics
 from eventsinkd.ratelimit import RateLimitedLog
-from eventsinkd.sinkconfig import FilterConfig, SinkConfig
+from eventsinkd.sinkbase import FilterConfig
+from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterWriter
 from eventsinkd.transports import Attempt, all_failed, make_transport
 from eventsinkd.wal.entry import Entry

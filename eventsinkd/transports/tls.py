@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from eventsinkd.sinkconfig import TlsConfig
+from eventsinkd.sinkbase import TlsConfig
 
 
 def ssl_context(tls: TlsConfig) -> ssl.SSLContext:

@@ -1,0 +1,148 @@
+"""What every sink's configuration shares: the base model, filters, TLS, secret references,
+the keys every sink has (:class:`SinkBase`), batching (:class:`Batched`) and endpoints.
+
+Each ``type``'s own model is in :mod:`eventsinkd.sinkconfig`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from eventsinkd.secrets import SecretError, resolve_secret
+
+_SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FilterConfig(Model):
+    """Which events a sink receives; an empty list matches everything."""
+
+    event_types: list[str] = Field(default_factory=list)
+    source: list[str] = Field(default_factory=list, description="glob patterns")
+    subject: list[str] = Field(default_factory=list, description="glob patterns")
+    destination: list[str] = Field(default_factory=list, description="glob patterns")
+    actor_type: list[str] = Field(default_factory=list, description="glob patterns")
+
+
+class TlsConfig(Model):
+    verify: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TlsConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set but cert_file is not")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a readable file")
+        return self
+
+
+def check_secret_ref(ref: str | None) -> str | None:
+    if ref is not None:
+        try:
+            resolve_secret(ref)
+        except SecretError as exc:
+            raise ValueError(str(exc)) from None
+    return ref
+
+
+SecretRef = Annotated[str | None, AfterValidator(check_secret_ref)]
+
+
+class SinkBase(Model):
+    """What every sink has, whatever carries its events (``type``)."""
+
+    name: Annotated[str, Field(description="unique; the sink label of every metric")]
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    retry_backoff_seconds: list[float] | None = Field(
+        default=None, description="overrides events.retry_backoff_seconds"
+    )
+    content: Literal["summary", "full"] = "summary"
+    concurrency: int = Field(default=4, ge=1, le=1024, description="requests (batches) in flight")
+    start_at: Literal["beginning", "end"] | None = Field(
+        default=None,
+        description="where a sink without a saved cursor starts; default wal.start_at",
+    )
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, v: str) -> str:
+        if not _SINK_NAME.fullmatch(v):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("retry_backoff_seconds")
+    @classmethod
+    def _backoff(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(x < 0 for x in v)):
+            raise ValueError("must be a non-empty list of seconds >= 0")
+        return v
+
+    @property
+    def batch_size(self) -> int:
+        """Events per request (the transport's batch); 1 for transports that send one by one."""
+        return 1
+
+    @property
+    def linger_s(self) -> float:
+        return 0.0
+
+    @property
+    def target(self) -> str:
+        """Where the events go, for logs and /status (never a secret)."""
+        return str(getattr(self, "url", ""))
+
+
+class Batched(SinkBase):
+    """A transport that carries several events per request."""
+
+    # 4 workers x 200 fit in the default max_inflight (1,000), with room to queue the next.
+    max_batch: int = Field(default=200, ge=1, le=10_000, description="events per request")
+    linger_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="how long a batch waits to fill"
+    )
+
+    @property
+    def batch_size(self) -> int:
+        return self.max_batch
+
+    @property
+    def linger_s(self) -> float:
+        return self.linger_ms / 1000
+
+
+class Endpoint(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+
+
+def parse_endpoint(url: str, schemes: dict[str, int]) -> Endpoint:
+    """``scheme://host[:port]`` with one of ``schemes`` (scheme -> default port)."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"the scheme must be one of {', '.join(f'{s}://' for s in schemes)}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError("give only scheme://host:port")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    if not parts.hostname:
+        raise ValueError("a host is required")
+    return Endpoint(parts.scheme, parts.hostname, port or schemes[parts.scheme])
