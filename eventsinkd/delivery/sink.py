@@ -70,7 +70,7 @@ class Sink:
         self.inflight = 0  # accepted and not finished: queued, in flight, parked or waiting
         self.pause = Pause(self, events.pause_after_failures)
         self.transport = make_transport(cfg, metrics)
-        self.batch_size = min(cfg.batch_size, self.transport.max_batch)
+        self.batch_size = self.transport.max_batch  # 1, or the sink's max_batch
         self._dead_letters = dead_letters
         self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish

@@ -69,8 +69,6 @@ class WalFollower:
     async def __aiter__(self) -> AsyncIterator[Batch]:
         if self.follow and self._owns_watcher:
             self.waker.start()
-        reading = self.reading
-        reading.followers += 1
         streak = 0  # batches in a row without reaching the end
         try:
             while not self._stopped.is_set():
@@ -91,7 +89,7 @@ class WalFollower:
                     if (
                         time.monotonic() - turn > BUSY_TURN_S
                         and streak >= CATCHING_UP_AFTER
-                        and reading.followers > 1
+                        and self.reading.cursors > 1
                     ):
                         await asyncio.sleep(busy * CATCH_UP_GIVE_WAY)
                     continue
@@ -100,7 +98,6 @@ class WalFollower:
                     return
                 await self.waker.wait(seen)
         finally:
-            reading.followers -= 1
             if self._owns_watcher:
                 await self.waker.stop()
             self.scanner.close()

@@ -147,7 +147,6 @@ class SharedReading:
         self.cache = ParseCache()
         self.rlog = RateLimitedLog(log)
         self.cursors = 0  # scanners open on this directory
-        self.followers = 0  # cursors following it (some scanners are only read through)
         # Reports made once per file: forgotten when no cursor holds the file open any
         # more, because only then can its inode number come back (see nexus-wal.md).
         self._held: Counter[Identity] = Counter()
