@@ -14,12 +14,26 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from eventsinkd.events import MEMORY_WRITTEN, EventType
 from eventsinkd.secrets import resolve_secret
 from eventsinkd.sinkbase import Model, SecretRef
 from eventsinkd.sinkconfig import SinkConfig
 
 
+def _produced_by_default() -> list[EventType]:
+    return ["memory_written"]
+
+
 class EventsConfig(Model):
+    types: list[EventType] = Field(
+        default_factory=_produced_by_default,
+        description="event types to produce: memory_written, memory_persisted, memory_write_failed",
+    )
+    pending_limit: int = Field(
+        default=100_000,
+        ge=1,
+        description="PENDING entries each sink remembers to spot their status events",
+    )
     max_inflight: int = Field(default=1000, ge=1, description="queue size per sink")
     overflow: Literal["drop", "block"] = "drop"
     retry_backoff_seconds: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0, 300.0])
@@ -29,6 +43,35 @@ class EventsConfig(Model):
     )
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
     sinks: list[SinkConfig] = Field(default_factory=list)
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, v: list[EventType]) -> list[EventType]:
+        if not v:
+            raise ValueError("must list at least one event type")
+        if len(set(v)) != len(v):
+            raise ValueError("lists an event type twice")
+        return v
+
+    @property
+    def status_types(self) -> frozenset[str]:
+        """The status event types produced (none by default)."""
+        return frozenset(self.types) - {MEMORY_WRITTEN}
+
+    def unproduced_filters(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Sink filters naming an event type ``types`` does not produce: (key path, problem)."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for i, sink in enumerate(self.sinks):
+            missing = [t for t in sink.filter.event_types if t not in self.types]
+            if missing:
+                problems.append(
+                    (
+                        ("events", "sinks", i, "filter", "event_types"),
+                        f"events.types ({', '.join(self.types)}) does not produce "
+                        f"{', '.join(missing)}: add it there, or drop it here",
+                    )
+                )
+        return problems
 
     @field_validator("retry_backoff_seconds")
     @classmethod

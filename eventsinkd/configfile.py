@@ -105,15 +105,27 @@ def parse_config(text: str, path: Path) -> Config:
     if dups:
         raise ConfigError(path, dups)
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_input=False, include_url=False):
-            loc = _config_loc(err)
-            line = _line_for(loc, lines)
-            where = f" (line {line})" if line is not None else ""
-            problems.append(f"{key_path(loc)}{where}: {_message(err)}")
-        raise ConfigError(path, problems) from None
+        found = [
+            (_config_loc(err), _message(err))
+            for err in exc.errors(include_input=False, include_url=False)
+        ]
+        raise ConfigError(path, _located(found, lines)) from None
+    # Checks across sections, made once each section is valid on its own.
+    found = cfg.events.unproduced_filters()
+    if found:
+        raise ConfigError(path, _located(found, lines))
+    return cfg
+
+
+def _located(found: list[tuple[Loc, str]], lines: dict[Loc, int]) -> list[str]:
+    problems = []
+    for loc, message in found:
+        line = _line_for(loc, lines)
+        where = f" (line {line})" if line is not None else ""
+        problems.append(f"{key_path(loc)}{where}: {message}")
+    return problems
 
 
 def load_config(path: Path) -> Config:

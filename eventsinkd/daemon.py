@@ -35,6 +35,7 @@ from eventsinkd.status import status_document
 from eventsinkd.systemd import Notifier
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.reading import ReaderStats, SharedReading
+from eventsinkd.wal.statuses import StatusWatch
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ class Daemon:
 
     def sink_lags(self) -> dict[str, Lag]:
         return {name: c.lag() for name, c in self.cursors.items()}
+
+    def status_watches(self) -> dict[str, StatusWatch]:
+        return {name: c.statuses for name, c in self.cursors.items() if c.statuses is not None}
 
     def dead_letters_by_sink(self) -> dict[str, tuple[int, int]]:
         if self.dead_letters is None:
@@ -218,10 +222,11 @@ class Daemon:
         self.engine.follow(self.reading)
         self.notifier.ready("reading the WAL")
         log.info(
-            "eventsinkd %s started: WAL %s, %d sink(s), overflow %s, admin http://%s:%d",
+            "eventsinkd %s started: WAL %s, %d sink(s), events %s, overflow %s, admin http://%s:%d",
             __version__,
             cfg.wal.dir,
             len(cfg.events.sinks),
+            ", ".join(cfg.events.types),
             cfg.events.overflow,
             cfg.admin.host,
             self.admin.port,
@@ -328,13 +333,17 @@ class Daemon:
                 ("state_save_interval_s", old.state_save_interval_s, new.state_save_interval_s),
                 ("admin", old.admin, new.admin),
                 ("events.overflow", old.events.overflow, new.events.overflow),
+                ("events.types", old.events.types, new.events.types),
+                ("events.pending_limit", old.events.pending_limit, new.events.pending_limit),
                 ("dead_letters", old.dead_letters, new.dead_letters),
             )
             if a != b
         ]
         if fixed:
             log.warning("changed on reload, applied only after a restart: %s", ", ".join(fixed))
-        events = new.events.model_copy(update={"overflow": old.events.overflow})
+        events = new.events.model_copy(
+            update={key: getattr(old.events, key) for key in ("overflow", "types", "pending_limit")}
+        )
         changes = await self.engine.reconfigure(events)
         if new.log != old.log:
             setup_logging(new.log.level, new.log.format)

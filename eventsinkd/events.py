@@ -13,6 +13,13 @@ import orjson
 from eventsinkd.wal.entry import Entry
 
 MEMORY_WRITTEN = "memory_written"
+MEMORY_PERSISTED = "memory_persisted"  # opt-in: the entry's status became DELIVERED
+MEMORY_WRITE_FAILED = "memory_write_failed"  # opt-in: it became PERMANENT_FAILURE
+EVENT_TYPES = (MEMORY_WRITTEN, MEMORY_PERSISTED, MEMORY_WRITE_FAILED)
+EventType = Literal["memory_written", "memory_persisted", "memory_write_failed"]
+PENDING = "PENDING"  # an entry's status when appended (nexus-wal.md)
+# The status an entry's line is rewritten with -> the event that reports it.
+STATUS_EVENTS = {"DELIVERED": MEMORY_PERSISTED, "PERMANENT_FAILURE": MEMORY_WRITE_FAILED}
 ContentMode = Literal["summary", "full"]
 
 # Go's encoding/json (which Nexus's notifier uses) escapes these inside strings.
@@ -86,15 +93,21 @@ def event_type(entry: Entry) -> str | None:
     return MEMORY_WRITTEN if entry.is_data else None
 
 
+def status_event_type(entry: Entry) -> str | None:
+    """The status event a data entry's status makes, or None (still PENDING, or unknown)."""
+    return STATUS_EVENTS.get(entry.status) if entry.is_data else None
+
+
 def webhook_id(kind: str, entry: Entry) -> str:
     """Stable across retries, restarts and re-reads: derived from the entry alone."""
     return f"{kind}:{entry.payload_id}"
 
 
-def event_body(entry: Entry, content: ContentMode = "summary") -> bytes:
-    """The JSON body Nexus's notifier sends, fields in its order."""
+def event_body(entry: Entry, content: ContentMode = "summary", kind: str = MEMORY_WRITTEN) -> bytes:
+    """The JSON body Nexus's notifier sends, fields in its order; a status event (``kind``
+    other than memory_written) adds the entry's ``status`` after them."""
     body: dict[str, Any] = {
-        "event_type": MEMORY_WRITTEN,
+        "event_type": kind,
         "payload_id": entry.payload_id,
         "source": entry.source,
         "subject": entry.subject,
@@ -103,6 +116,8 @@ def event_body(entry: Entry, content: ContentMode = "summary") -> bytes:
         "actor_type": entry.actor_type,
         "actor_id": entry.actor_id,
     }
+    if kind != MEMORY_WRITTEN:
+        body["status"] = entry.status
     if content == "full":
         body["content"] = entry.payload
     return go_json(body)
@@ -123,7 +138,7 @@ class Event:
         self.timestamp = entry.timestamp
         self.read_ns = time.time_ns()  # when eventsinkd read it (OTLP's observed time)
         self.ticket: object = None  # the engine's acknowledgement handle (block mode)
-        self._bodies = {content: event_body(entry, content) for content in contents}
+        self._bodies = {content: event_body(entry, content, kind) for content in contents}
 
     @classmethod
     def stored(cls, kind: str, webhook_id: str, timestamp: str, body: bytes) -> Event:

@@ -20,6 +20,7 @@ from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.events import parse_go_time
 from eventsinkd.wal.lines import Reject
 from eventsinkd.wal.reading import ReaderStats
+from eventsinkd.wal.statuses import GONE, LIMIT, StatusWatch
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
@@ -173,6 +174,10 @@ class DaemonView(Protocol):
         """(letters held, letters evicted since start) by sink."""
         ...
 
+    def status_watches(self) -> dict[str, StatusWatch]:
+        """The PENDING entries each sink follows for status events (sinks that do)."""
+        ...
+
 
 class DaemonCollector(Collector):
     """Reader, lag and dead-letter figures, read at scrape time (nothing on the hot path)."""
@@ -215,11 +220,34 @@ class DaemonCollector(Collector):
             evicted.add_metric([sink], n_evicted)
         yield held
         yield evicted
+        yield from self._statuses()
         yield GaugeMetricFamily(
             "eventsinkd_ready",
             "1 when the WAL is readable and the reader runs.",
             value=1.0 if self.view.ready else 0.0,
         )
+
+    def _statuses(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        watches = self.view.status_watches()
+        if not watches:
+            return
+        pending = GaugeMetricFamily(
+            "eventsinkd_status_pending_entries",
+            "PENDING entries a sink follows for their status events.",
+            labels=["sink"],
+        )
+        forgotten = CounterMetricFamily(
+            "eventsinkd_status_forgotten",
+            "PENDING entries given up on without a status event: events.pending_limit reached "
+            "(limit), or their segment or line gone (gone).",
+            labels=["sink", "reason"],
+        )
+        for sink, watch in sorted(watches.items()):
+            pending.add_metric([sink], watch.pending)
+            for reason in (LIMIT, GONE):
+                forgotten.add_metric([sink, reason], watch.forgotten[reason])
+        yield pending
+        yield forgotten
 
     def _reader(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         st = self.view.reader_stats()

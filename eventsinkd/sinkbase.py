@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from eventsinkd.events import EventType
 from eventsinkd.secrets import SecretError, resolve_secret
 
 _SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -25,7 +26,7 @@ class Model(BaseModel):
 class FilterConfig(Model):
     """Which events a sink receives; an empty list matches everything."""
 
-    event_types: list[str] = Field(default_factory=list)
+    event_types: list[EventType] = Field(default_factory=list)
     source: list[str] = Field(default_factory=list, description="glob patterns")
     subject: list[str] = Field(default_factory=list, description="glob patterns")
     destination: list[str] = Field(default_factory=list, description="glob patterns")

@@ -19,7 +19,7 @@ def status_document(d: Daemon) -> dict[str, Any]:
     """What ``/status`` answers: per sink, its cursor, state, lag and counts; the reader."""
     letters = d.dead_letters_by_sink()
     lags = d.sink_lags()
-    sinks = {}
+    sinks: dict[str, dict[str, Any]] = {}
     for name, cursor in d.cursors.items():
         sink, st, lag = cursor.sink, cursor.sink.stats, lags[name]
         cp = cursor.checkpoints
@@ -46,6 +46,11 @@ def status_document(d: Daemon) -> dict[str, Any]:
             "last_success": st.last_success,
             "last_failure": st.last_failure,
         }
+        if cursor.statuses is not None:
+            sinks[name]["status_events"] = {
+                "pending": cursor.statuses.pending,
+                "forgotten": dict(cursor.statuses.forgotten),
+            }
     rs = d.reading.stats
     return {
         "version": __version__,
@@ -66,6 +71,7 @@ def status_document(d: Daemon) -> dict[str, Any]:
             "vanished": rs.vanished,
         },
         "overflow": d.cfg.events.overflow,
+        "event_types": list(d.cfg.events.types),
         "sinks": sinks,
         "config": {
             "file": str(d.config_path) if d.config_path else None,

@@ -20,22 +20,38 @@ from collections.abc import Callable
 
 from eventsinkd.delivery.acks import AckTracker, Ticket
 from eventsinkd.delivery.sink import Sink
-from eventsinkd.events import Event, event_type
+from eventsinkd.events import MEMORY_WRITTEN, STATUS_EVENTS, Event, event_type, status_event_type
 from eventsinkd.metrics import Lag, lag_seconds
+from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.position import Checkpointer, Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import Batch, StartAt
+from eventsinkd.wal.statuses import StatusChange, StatusWatch
 
 log = logging.getLogger(__name__)
 
 STOP_READING_S = 1.0  # how long a cursor waiting for room may take to notice a stop
 
 
+class StatusTicket:
+    """A status event's acknowledgement handle (block mode): finished, it is not sent again."""
+
+    __slots__ = ("change", "watch")
+
+    def __init__(self, watch: StatusWatch, change: StatusChange) -> None:
+        self.watch = watch
+        self.change = change
+
+
 def finish_ticket(event: Event) -> None:
-    """The sinks' ``on_finish``: a finished event moves its cursor's position (block mode)."""
-    if isinstance(event.ticket, Ticket):
-        event.ticket.tracker.done(event.ticket)
+    """The sinks' ``on_finish``: a finished event moves its cursor's position (block mode),
+    or lets the cursor forget a status event."""
+    ticket = event.ticket
+    if isinstance(ticket, Ticket):
+        ticket.tracker.done(ticket)
+    elif isinstance(ticket, StatusTicket):
+        ticket.watch.finished(ticket.change)
 
 
 class SinkCursor:
@@ -46,6 +62,8 @@ class SinkCursor:
         *,
         block: bool,
         started_at: Position | StartAt,
+        types: frozenset[str] = frozenset({MEMORY_WRITTEN}),
+        pending_limit: int = 100_000,
         on_failure: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.sink = sink
@@ -55,6 +73,14 @@ class SinkCursor:
         self.start: Position | StartAt = started_at
         self.tracker = AckTracker(checkpoints.ack) if block else None
         self.follower: WalFollower | None = None
+        self.types = types  # the event types produced (events.types)
+        self.written = MEMORY_WRITTEN in types
+        # The PENDING entries this cursor read, followed for their status events.
+        self.statuses: StatusWatch | None = None
+        if types - {MEMORY_WRITTEN}:
+            self.statuses = StatusWatch(self._wants_status, pending_limit)
+            self.restore_statuses()
+            checkpoints.statuses = self.statuses
         self._on_failure = on_failure
         self._task: asyncio.Task[None] | None = None
 
@@ -70,7 +96,7 @@ class SinkCursor:
             await self._handle_blocking(batch)
             return
         sink = self.sink
-        for rec in batch.records:
+        for rec in batch.records if self.written else ():
             kind = event_type(rec.entry)
             if kind is None or not sink.accepts(kind, rec.entry):
                 continue
@@ -78,6 +104,14 @@ class SinkCursor:
                 sink.offer(Event(kind, rec.entry, (sink.cfg.content,)))
             else:
                 sink.drop()  # a flood against a full sink renders no bodies
+        for change in batch.statuses:
+            event = self._status_event(change)
+            if event is not None:
+                if sink.has_room:
+                    sink.offer(event)
+                else:
+                    sink.drop()
+            self._finished(change)
         self.checkpoints.ack(batch.end)
 
     async def _handle_blocking(self, batch: Batch) -> None:
@@ -85,15 +119,24 @@ class SinkCursor:
         assert tracker is not None
         sink = self.sink
         events = []
-        for rec in batch.records:
+        for rec in batch.records if self.written else ():
             kind = event_type(rec.entry)
             if kind is not None and sink.accepts(kind, rec.entry):
                 event = Event(kind, rec.entry, (sink.cfg.content,))
                 event.ticket = tracker.track(rec.position, rec.entry.timestamp)
                 events.append(event)
+        for change in batch.statuses:
+            status = self._status_event(change)
+            if status is None:
+                self._finished(change)
+                continue
+            assert self.statuses is not None
+            status.ticket = StatusTicket(self.statuses, change)
+            events.append(status)
         # While this cursor waits for room, it holds rendered events, not decoded
         # entries (a memory's whole payload each).
         batch.records.clear()
+        batch.statuses = ()
         for event in events:
             # A reload can replace the sink while we wait for room: the event goes
             # to the new one. At shutdown it stays unfinished and is read again.
@@ -102,12 +145,51 @@ class SinkCursor:
                     await asyncio.Event().wait()  # until the reader is cancelled
         tracker.track(batch.end, finished=True)
 
+    # -- status events ----------------------------------------------------------------
+
+    def _wants_status(self, entry: Entry) -> bool:
+        """Whether this sink takes a status event for ``entry`` (its PENDING entries that
+        it does not are not followed)."""
+        sink = self.sink
+        return any(k in self.types and sink.accepts(k, entry) for k in STATUS_EVENTS.values())
+
+    def _status_event(self, change: StatusChange) -> Event | None:
+        kind = status_event_type(change.entry)
+        if kind is None or kind not in self.types or not self.sink.accepts(kind, change.entry):
+            return None
+        return Event(kind, change.entry, (self.sink.cfg.content,))
+
+    def _finished(self, change: StatusChange) -> None:
+        if self.statuses is not None:
+            self.statuses.finished(change)
+
+    def restore_statuses(self) -> None:
+        """Take the PENDING entries saved with the cursor (once, before reading)."""
+        store = self.checkpoints.store
+        if self.statuses is None or store is None or store.statuses is None:
+            return
+        try:
+            self.statuses.restore(store.statuses)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            log.error(
+                "sink %s: the PENDING entries saved in %s cannot be used (%s); those read "
+                "before this start give no status events",
+                self.name,
+                store.path,
+                exc,
+            )
+
     # -- reading --------------------------------------------------------------------
 
     def follow(self, reading: SharedReading, *, batch_lines: int = 256) -> None:
         """Start reading the WAL from ``start`` (the saved position or ``start_at``)."""
         self.follower = WalFollower(
-            reading.wal_dir, reading.parser, self.start, reading=reading, batch_lines=batch_lines
+            reading.wal_dir,
+            reading.parser,
+            self.start,
+            reading=reading,
+            batch_lines=batch_lines,
+            statuses=self.statuses,
         )
         self._task = asyncio.create_task(self._read(self.follower), name=f"cursor-{self.name}")
 

@@ -68,6 +68,8 @@ class Engine:
             self._checkpoints_for(sc.name),
             block=self.block,
             started_at=self._start_for(sc),
+            types=frozenset(cfg.types),
+            pending_limit=cfg.pending_limit,
             on_failure=self._on_failure,
         )
 
@@ -107,8 +109,9 @@ class Engine:
         drains, and leaves its saved cursor behind: re-adding the same name
         resumes there (a sink re-added while it still drains waits for that, so
         its cursor is final). An added one starts at its saved cursor if it has
-        one, else at its ``start_at``, else at ``wal.start_at``. ``overflow`` is
-        fixed for the life of the engine; the caller keeps it unchanged.
+        one, else at its ``start_at``, else at ``wal.start_at``. ``overflow``,
+        ``types`` and ``pending_limit`` are fixed for the life of the engine; the
+        caller keeps them unchanged.
         """
         keep_all = self._same_settings(cfg)
         changes = []

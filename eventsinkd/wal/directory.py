@@ -38,18 +38,22 @@ class SegmentDirectory:
         self._listed_at = float("-inf")
         self._swept_at = float("-inf")
         self._seen_empty: set[str] = set()
+        self.listings = 0  # listings made so far: a new one may hold files renamed in
+        self.relist_s = RELIST_S
+        self.min_relist_s = MIN_RELIST_S
 
     def names(self) -> list[str]:
         """Segment names in WAL order; raises OSError when the directory cannot be read."""
         st = os.stat(self.path)
         ident = (st.st_dev, st.st_ino, st.st_mtime_ns)
         since = time.monotonic() - self._listed_at
-        if (ident != self._ident and since >= MIN_RELIST_S) or since >= RELIST_S:
+        if (ident != self._ident and since >= self.min_relist_s) or since >= self.relist_s:
             # The identity is taken before listing: a change during the listing
             # leaves it different, so the next call lists again.
             self._names = list_segments(self.path)
             self._ident = ident
             self._listed_at = time.monotonic()
+            self.listings += 1
         return self._names
 
     def first_with_data_after(self, names: list[str], after: str) -> str | None:

@@ -11,6 +11,7 @@ from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import Batch, StartAt, WalScanner
+from eventsinkd.wal.statuses import StatusWatch
 
 # A cursor catching up on a backlog (CATCHING_UP_AFTER batches in a row without
 # reaching the end) gives way to the other cursors when the rest of the loop has work
@@ -41,13 +42,16 @@ class WalFollower:
         force_polling: bool = False,
         batch_lines: int = 256,
         reading: SharedReading | None = None,
+        statuses: StatusWatch | None = None,
     ) -> None:
         self._owns_watcher = reading is None
         if reading is None:
             reading = SharedReading(
                 wal_dir, parser, poll_interval_s=poll_interval_s, force_polling=force_polling
             )
-        self.scanner = WalScanner(wal_dir, parser, start, batch_lines=batch_lines, reading=reading)
+        self.scanner = WalScanner(
+            wal_dir, parser, start, batch_lines=batch_lines, reading=reading, statuses=statuses
+        )
         self.reading = reading
         self.waker = reading.waker
         self.follow = follow

@@ -14,10 +14,14 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from eventsinkd.state.files import atomic_write
+
+if TYPE_CHECKING:
+    from eventsinkd.wal.statuses import StatusWatch
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,9 @@ class PositionStore:
         self.path = state_dir / file
         self.last_error: str | None = None
         self.last_saved: Position | None = None
+        # The PENDING entries followed for status events (StatusWatch.saved()), as loaded or
+        # last saved: kept as they are by saves that do not bring their own.
+        self.statuses: object = None
 
     def load(self) -> Position | None:
         """The saved position, None if there is none; PositionFileError if it is unusable."""
@@ -99,11 +106,14 @@ class PositionStore:
                 self.wal_dir,
             )
         self.last_saved = pos
+        self.statuses = doc.get("statuses")
         return pos
 
-    def save(self, pos: Position) -> bool:
-        """Write ``pos`` atomically (temp file, fsync, rename, fsync dir). False on failure."""
-        doc = {
+    def save(self, pos: Position, statuses: object = None) -> bool:
+        """Write ``pos`` (and ``statuses``, else those loaded) atomically: temp file, fsync,
+        rename, fsync dir. False on failure."""
+        keep = statuses if statuses is not None else self.statuses
+        doc: dict[str, object] = {
             "version": FORMAT_VERSION,
             "segment": pos.segment,
             "line": pos.line,
@@ -111,6 +121,8 @@ class PositionStore:
             "wal_dir": str(self.wal_dir.resolve()),
             "saved_at": datetime.now(UTC).isoformat(),
         }
+        if keep is not None:
+            doc["statuses"] = keep
         try:
             atomic_write(self.path, orjson.dumps(doc) + b"\n")
         except OSError as exc:
@@ -123,6 +135,7 @@ class PositionStore:
             log.info("position saving works again (%s)", self.path)
         self.last_error = None
         self.last_saved = pos
+        self.statuses = keep
         return True
 
 
@@ -138,16 +151,30 @@ class Checkpointer:
         self.store = store
         self.interval_s = interval_s
         self.acked: Position | None = None
+        self.statuses: StatusWatch | None = None  # saved with the position, when there
+        self._statuses_saved = -1  # the version of them last saved
 
     def ack(self, pos: Position) -> None:
         if self.acked is None or pos.key() > self.acked.key():
             self.acked = pos
 
     def flush(self) -> bool:
-        """Save the acknowledged position if it moved since the last save."""
-        if self.store is None or self.acked is None or self.acked == self.store.last_saved:
+        """Save the acknowledged position (and the PENDING entries) if either changed since
+        the last save."""
+        watch = self.statuses
+        if self.store is None or self.acked is None:
             return True
-        return self.store.save(self.acked)
+        if self.acked == self.store.last_saved and (
+            watch is None or watch.version == self._statuses_saved
+        ):
+            return True
+        if watch is None:
+            return self.store.save(self.acked)
+        version = watch.version
+        saved = self.store.save(self.acked, watch.saved())
+        if saved:
+            self._statuses_saved = version
+        return saved
 
     async def run(self) -> None:
         """Save every ``interval_s`` until cancelled."""

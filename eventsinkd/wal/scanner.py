@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -39,6 +39,7 @@ from eventsinkd.wal.lines import LineParser, Reject
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import ReaderStats, SharedReading
 from eventsinkd.wal.segments import SegmentFile
+from eventsinkd.wal.statuses import StatusChange, StatusWatch, signature
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Record(NamedTuple):
 class Batch:
     records: list[Record]
     end: Position  # read position after every line behind this batch
+    statuses: Sequence[StatusChange] = ()  # status events (with a StatusWatch), after records
 
 
 class _RecentKeys:
@@ -95,6 +97,7 @@ class WalScanner:
         batch_lines: int = 256,
         dedup_window: int = DEDUP_WINDOW,
         reading: SharedReading | None = None,
+        statuses: StatusWatch | None = None,
     ) -> None:
         self.wal_dir = wal_dir
         self.parser = parser
@@ -113,6 +116,8 @@ class WalScanner:
         self._cur: SegmentFile | None = None
         self._cur_gone = False
         self._closed = False
+        self.statuses = statuses  # the PENDING entries followed for status events, if any
+        self._changes: list[StatusChange] = []  # status changes seen, for the next batch
 
     @property
     def ready(self) -> bool:
@@ -157,10 +162,25 @@ class WalScanner:
         the scanner not ready (with the reason in ``error``) until it can.
         """
         try:
-            return self._step()
+            batch = self._step()
         except OSError as exc:
             self._not_ready(self._describe(exc))
             return None
+        if self.statuses is not None:
+            cur = self._cur
+            self._changes += self.statuses.look_behind(
+                self._dir,
+                self.position.segment,
+                cur.name if cur is not None else None,
+                self.parser.parse,
+            )
+        if not self._changes:
+            return batch
+        changes, self._changes = self._changes, []
+        if batch is None:
+            return Batch([], self.position, changes)
+        batch.statuses = changes
+        return batch
 
     def _step(self) -> Batch | None:
         if self._start is not None or self._cur is None:
@@ -246,6 +266,8 @@ class WalScanner:
         if seg is not None:
             self.reading.hold(seg.identity)
         if old is not None:
+            if self.statuses is not None and (seg is None or seg.name != old.name):
+                self.statuses.left(old.name, signature(old.stat()))
             old.close()
             self.reading.release(old.identity)
 
@@ -264,7 +286,12 @@ class WalScanner:
     def _skip_to(self, seg: SegmentFile, line: int | None, learn: bool = False) -> None:
         """Consume ``line`` lines of ``seg`` (None: all of them) and set the position there."""
         want = ALL_LINES if line is None else line
-        skipped, recent = seg.skip_lines(want, keep=self._dedup_window if learn else 1)
+        pick = self.statuses.lines_in(seg.name) if self.statuses is not None else None
+        skipped, recent, picked = seg.skip_lines(
+            want, keep=self._dedup_window if learn else 1, pick=pick or frozenset()
+        )
+        if pick and self.statuses is not None:  # reading the lines anyway: look at them
+            self._changes += self.statuses.checked(seg.name, picked, self.parser.parse)
         if (
             line is not None
             and skipped < line
@@ -379,7 +406,7 @@ class WalScanner:
             try:
                 if prev.size() == 0:
                     continue
-                _, recent = prev.skip_lines(ALL_LINES, keep=self._dedup_window)
+                _, recent, _ = prev.skip_lines(ALL_LINES, keep=self._dedup_window)
             finally:
                 prev.close()
             for raw in recent:
@@ -445,6 +472,8 @@ class WalScanner:
                 if len(order) > window:
                     keys.discard(order.popleft())
             append(Record(entry, name, line_no))
+        if self.statuses is not None:
+            self._changes += self.statuses.read(records)
         stats = self.stats
         stats.lines += len(lines) if fresh is None else len(fresh)
         stats.entries.update(counts)

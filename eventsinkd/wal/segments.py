@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from eventsinkd.wal.lines import MAX_LINE_BYTES
@@ -55,6 +56,10 @@ class SegmentFile:
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
+
+    def stat(self) -> os.stat_result:
+        """The open file's (not the path's) status."""
+        return os.fstat(self._fd)
 
     def read_lines(
         self, max_lines: int | None = None, max_bytes: int = 2 * CHUNK_BYTES
@@ -119,14 +124,19 @@ class SegmentFile:
         while lines := self.read_lines():
             yield from enumerate(lines, self.line - len(lines) + 1)
 
-    def skip_lines(self, n: int, keep: int = 0) -> tuple[int, list[bytes]]:
-        """Consume up to ``n`` lines; returns how many there were and the last ``keep`` of them.
+    def skip_lines(
+        self, n: int, keep: int = 0, pick: AbstractSet[int] = frozenset()
+    ) -> tuple[int, list[bytes], dict[int, bytes | None]]:
+        """Consume up to ``n`` lines; returns how many there were, the last ``keep`` of them,
+        and the lines numbered in ``pick`` (1-based, counted from the start of the file).
 
         The kept lines let the caller re-learn dedup keys and check the saved
-        position's last key without parsing the whole segment.
+        position's last key without parsing the whole segment; the picked ones are
+        the entries it follows for status events.
         """
         skipped = 0
         recent: list[bytes] = []
+        picked: dict[int, bytes | None] = {}
         while skipped < n:
             lines = self.read_lines(max_lines=n - skipped)
             if not lines:
@@ -135,4 +145,9 @@ class SegmentFile:
             if keep:
                 recent.extend(ln for ln in lines if ln is not None)
                 del recent[:-keep]
-        return skipped, recent
+            if pick:
+                first = self.line - len(lines) + 1
+                for line in pick:
+                    if first <= line <= self.line:
+                        picked[line] = lines[line - first]
+        return skipped, recent, picked

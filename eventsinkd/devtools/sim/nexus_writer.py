@@ -151,6 +151,8 @@ class NexusWriter:
         self._segments: list[str] = []  # every segment this writer created, in creation order
         self._lines: dict[str, int] = {}  # segment -> line count (a partial tail counts as one)
         self._partial: str | None = None  # segment whose last line has no "\n" yet
+        #: (segment, 0-based line) -> the status a rewrite gave that line
+        self.marks: dict[tuple[str, int], str] = {}
 
         self.wal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._last_ns = 0
@@ -402,13 +404,16 @@ class NexusWriter:
             return None
         return entry if isinstance(entry, dict) else None
 
-    def rewrite(self, segment: str | None = None, *, fraction: float = 0.5) -> None:
+    def rewrite(
+        self, segment: str | None = None, *, fraction: float = 0.5, failed: float = 0.0
+    ) -> None:
         """Nexus status rewrite of one segment (default: the active one).
 
         About `fraction` of the PENDING entries (at least one if there are any and fraction > 0)
-        become DELIVERED and are re-encoded in sentinel layout, uncompressed, with fresh CRC/HMAC.
-        Every other line is kept byte-identical, each now ending in "\\n". The result goes to
-        ``wal-<ns>.tmp``, is fsynced and renamed over the segment (new inode, new size).
+        become DELIVERED (each PERMANENT_FAILURE instead with probability `failed`) and are
+        re-encoded in sentinel layout, uncompressed, with fresh CRC/HMAC. Every other line is
+        kept byte-identical, each now ending in "\\n". The result goes to ``wal-<ns>.tmp``, is
+        fsynced and renamed over the segment (new inode, new size). ``marks`` records it.
         """
         self._check_open()
         name = segment if segment is not None else self._active
@@ -426,8 +431,9 @@ class NexusWriter:
         if fraction > 0 and pending:
             count = max(1, count)
         for i, entry in self._rng.sample(pending, min(count, len(pending))):
-            entry["status"] = "DELIVERED"
+            entry["status"] = "PERMANENT_FAILURE" if self._rng.random() < failed else "DELIVERED"
             lines[i] = self._encode(go_json(entry), legacy=False, compress=False)
+            self.marks[(name, i)] = entry["status"]
         data = b"".join(line + b"\n" for line in lines)
 
         tmp = self.wal_dir / f"wal-{self._next_ns()}.tmp"
@@ -445,14 +451,18 @@ class NexusWriter:
         if name == self._active:
             self._active_size = len(data)
 
-    def rewrite_recent(self, *, fraction: float = 0.5) -> None:
+    def rewrite_recent(self, *, fraction: float = 0.5, failed: float = 0.0) -> None:
         """Rewrite the active segment and the previous non-empty one (a batch spanning rotation).
 
         If the active segment is empty, the two newest non-empty segments up to it are used.
         """
         candidates = [s for s in self.segments if s <= self._active and self._lines[s] > 0]
         for name in candidates[-2:]:
-            self.rewrite(name, fraction=fraction)
+            self.rewrite(name, fraction=fraction, failed=failed)
+
+    def status(self, w: Written) -> str:
+        """The status the line of ``w`` holds now (as appended, or as a rewrite marked it)."""
+        return self.marks.get((w.segment, w.line), "PENDING")
 
     def close(self) -> None:
         """Stop writing. The records (``written``, ``expected_data()``) stay available."""
@@ -471,12 +481,14 @@ def run_workload(
     *,
     batch: int = 50,
     rewrite_every: int = 300,
+    failed: float = 0.0,
     rate_per_s: float | None = None,
     stop: threading.Event | None = None,
     progress: Callable[[int], None] | None = None,
     **writer_kwargs: Any,
 ) -> NexusWriter:
-    """Append `total` data entries in batches, rewriting recent segments every `rewrite_every`.
+    """Append `total` data entries in batches, rewriting recent segments every `rewrite_every`
+    (a share `failed` of the entries marked become PERMANENT_FAILURE, the rest DELIVERED).
 
     Meant to run in a thread (e.g. ``ThreadPoolExecutor().submit(run_workload, ...)``). Paced to
     `rate_per_s` entries per second when given. Setting `stop` ends the workload early. The
@@ -494,7 +506,7 @@ def run_workload(
             if progress is not None:
                 progress(done)
             if rewrite_every > 0 and done >= next_rewrite:
-                writer.rewrite_recent()
+                writer.rewrite_recent(failed=failed)
                 while next_rewrite <= done:
                     next_rewrite += rewrite_every
             if rate_per_s:
