@@ -18,6 +18,7 @@ from typing import Any
 
 from eventsinkd import __version__
 from eventsinkd.configfile import DEFAULT_PATH, ConfigError, load_config
+from eventsinkd.events import EVENT_TYPES, MEMORY_WRITTEN
 from eventsinkd.logs import setup_logging
 from eventsinkd.secrets import SecretError, resolve_secret
 from eventsinkd.wal.lines import LineParser
@@ -56,8 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")
     _add_config_arg(c)
 
-    t = sub.add_parser("tail", help="print the memory_written events, one JSON body per line")
+    t = sub.add_parser(
+        "tail", help="print the events the daemon would send, one JSON body per line"
+    )
     _add_wal_args(t)
+    t.add_argument(
+        "--types",
+        type=_event_types,
+        default=[MEMORY_WRITTEN],
+        metavar="TYPE[,TYPE...]",
+        help=f"event types to print, among {', '.join(EVENT_TYPES)} (default {MEMORY_WRITTEN})",
+    )
     t.add_argument("--from", dest="start_at", choices=["beginning", "end"], default="end")
     t.add_argument(
         "--follow",
@@ -223,6 +233,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _event_types(value: str) -> list[str]:
+    types = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in types if t not in EVENT_TYPES]
+    if unknown or not types:
+        raise argparse.ArgumentTypeError(
+            f"unknown event type {', '.join(unknown) or repr(value)}; use {', '.join(EVENT_TYPES)}"
+        )
+    return types
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from eventsinkd.tail import tail
 
@@ -239,6 +259,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 start_at=args.start_at,
                 follow=args.follow,
                 content="full" if args.full else "summary",
+                types=frozenset(args.types),
                 state_dir=args.state_dir,
                 poll_interval_s=args.poll_interval,
                 force_polling=args.force_polling,

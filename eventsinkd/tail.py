@@ -1,4 +1,8 @@
-"""``eventsinkd tail``: print the memory_written events the daemon would send."""
+"""``eventsinkd tail``: print the events the daemon would send (``--types``), one body per line.
+
+With status events, the PENDING entries are followed as a sink's cursor follows them,
+and saved with the position in ``--state-dir``.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,21 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from eventsinkd.events import ContentMode, event_body, event_type
+from eventsinkd.events import (
+    MEMORY_WRITTEN,
+    ContentMode,
+    event_body,
+    event_type,
+    status_event_type,
+)
 from eventsinkd.state.cursors import load_saved
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Checkpointer, Position, PositionStore
-from eventsinkd.wal.scanner import StartAt
+from eventsinkd.wal.scanner import Batch, StartAt
+from eventsinkd.wal.statuses import StatusWatch
+
+PENDING_LIMIT = 100_000  # as events.pending_limit's default
 
 
 async def tail(
@@ -24,6 +37,7 @@ async def tail(
     start_at: StartAt,
     follow: bool,
     content: ContentMode,
+    types: frozenset[str] = frozenset({MEMORY_WRITTEN}),
     state_dir: Path | None,
     poll_interval_s: float,
     force_polling: bool,
@@ -35,6 +49,15 @@ async def tail(
         saved = load_saved(store, f"starting at the {start_at}", _warn)
         if saved is not None:
             start = saved
+    checkpoints = Checkpointer(store)
+    watch = None
+    if types - {MEMORY_WRITTEN}:
+        watch = checkpoints.statuses = StatusWatch(lambda _entry: True, PENDING_LIMIT)
+        if store is not None and store.statuses is not None:
+            try:
+                watch.restore(store.statuses)
+            except (TypeError, ValueError, KeyError, IndexError) as exc:
+                _warn(f"{store.path}: the PENDING entries saved there cannot be used ({exc})")
     follower = WalFollower(
         wal_dir,
         parser,
@@ -42,24 +65,23 @@ async def tail(
         follow=follow,
         poll_interval_s=poll_interval_s,
         force_polling=force_polling,
+        statuses=watch,
     )
-    checkpoints = Checkpointer(store)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, follower.stop)
     saver = asyncio.create_task(checkpoints.run())
     try:
         async for batch in follower:
-            lines = [
-                event_body(rec.entry, content) + b"\n"
-                for rec in batch.records
-                if event_type(rec.entry) is not None
-            ]
+            lines = _bodies(batch, types, content)
             if lines:
                 out.write(b"".join(lines))
                 out.flush()
             # Printed and flushed: the position may move past these lines.
             checkpoints.ack(batch.end)
+            if watch is not None:
+                for change in batch.statuses:
+                    watch.finished(change)
     finally:
         saver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -71,6 +93,21 @@ async def tail(
         print(f"eventsinkd: {follower.scanner.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _bodies(batch: Batch, types: frozenset[str], content: ContentMode) -> list[bytes]:
+    lines = []
+    if MEMORY_WRITTEN in types:
+        lines = [
+            event_body(rec.entry, content) + b"\n"
+            for rec in batch.records
+            if event_type(rec.entry) is not None
+        ]
+    for change in batch.statuses:
+        kind = status_event_type(change.entry)
+        if kind in types:
+            lines.append(event_body(change.entry, content, kind) + b"\n")
+    return lines
 
 
 def _warn(problem: str) -> None:

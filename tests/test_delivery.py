@@ -356,7 +356,7 @@ async def test_filters_and_event_types(server: WebhookServer) -> None:
     cfg = events_cfg(
         {"name": "alice", "url": server.url, "filter": {"subject": ["user:alice"]}},
         {"name": "bob", "url": server.url, "filter": {"subject": ["user:b*"]}},
-        {"name": "none", "url": server.url, "filter": {"event_types": ["memory_deleted"]}},
+        {"name": "none", "url": server.url, "filter": {"event_types": ["memory_persisted"]}},
     )
     recs = [
         Record(entry(1, subject="user:alice"), "wal-1.jsonl", 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from conftest import ODD_GO_TIMESTAMPS
 
@@ -31,3 +32,26 @@ def test_go_times_keep_a_bounded_number_of_seconds() -> None:
     twice = stamps + stamps
     assert [parse_go_time_ns(x) for x in twice] == [_parse_go_time_ns(x) for x in twice]
     assert len(events._seconds) <= events.SECONDS_KEPT
+
+
+def test_a_status_event_is_memory_written_with_its_type_and_status() -> None:
+    """Same fields, its own event_type, ``status`` added (before content), its own id."""
+    from engine_harness import entry
+
+    e = entry(5, status="PERMANENT_FAILURE")
+    assert events.status_event_type(e) == "memory_write_failed"
+    assert events.status_event_type(e._replace(status="DELIVERED")) == "memory_persisted"
+    assert events.status_event_type(e._replace(status="PENDING")) is None
+    assert events.status_event_type(e._replace(entry_type="checkpoint")) is None
+    written = orjson.loads(events.event_body(e, "full"))
+    failed = orjson.loads(events.event_body(e, "full", "memory_write_failed"))
+    assert list(failed) == [*list(written)[:-1], "status", "content"]
+    assert failed == {
+        **written,
+        "event_type": "memory_write_failed",
+        "status": "PERMANENT_FAILURE",
+    }
+    assert "status" not in written
+    ev = events.Event("memory_write_failed", e, ("summary",))
+    assert ev.id == "memory_write_failed:p000005"
+    assert ev.timestamp == e.timestamp  # the append time, not when the status changed

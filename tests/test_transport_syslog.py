@@ -209,6 +209,15 @@ def test_timestamps_keep_a_bounded_number_of_seconds() -> None:
     assert len(fmt._seconds) <= SECONDS_KEPT
 
 
+def test_a_status_event_has_its_type_as_msgid_and_its_status_in_msg() -> None:
+    t = SyslogTransport(cfg("syslog://127.0.0.1:9"))
+    e = Event("memory_persisted", entry(3, status="DELIVERED"), ("summary",))
+    m = parse_5424(t.format.message(e)[0])
+    assert m.msgid == "memory_persisted"
+    assert m.sd == {SD_ID: {"id": "memory_persisted:p000003", "payload_id": "p000003"}}
+    assert json.loads(m.msg)["status"] == "DELIVERED"
+
+
 def test_payload_id_is_the_bodys() -> None:
     """Usually the tail of the webhook-id, but always the body's: a dead letter comes back
     with its body as it was first sent."""

@@ -26,6 +26,8 @@ f. ``cursors``: what one sink's cursor costs the others: a healthy sink's events
 g. ``transports``: every sink type (webhook, nats, syslog TCP and UDP, otlp JSON and
    protobuf, fluentd) to a local server (``bench.peers``): events/s and the daemon's CPU per
    event, as ``throughput`` measures them (about 2.5 minutes; 30 s with ``--quick``).
+h. ``statuses``: CPU of the reader (``tail``) and of the daemon with and without status
+   events, at 1,000 appends/s with Nexus-like marking.
 
 ``bench.e2e.rows`` turns the results into the rows of the table.
 """
@@ -41,7 +43,7 @@ from pathlib import Path
 
 from bench import CpuMeter, Row, print_table
 from bench.common import Capacity
-from bench.e2e import burst, cursors, idle, latency, memory, throughput, transports
+from bench.e2e import burst, cursors, idle, latency, memory, statuses, throughput, transports
 from bench.e2e.burst import BurstResult
 from bench.e2e.common import Settings
 from bench.e2e.cursors import CursorResults
@@ -49,6 +51,7 @@ from bench.e2e.idle import IdleResult
 from bench.e2e.latency import LatResult
 from bench.e2e.memory import MemResult
 from bench.e2e.rows import rows_for
+from bench.e2e.statuses import StatusCost
 from bench.e2e.throughput import TpCell
 from bench.e2e.transports import TrCell
 
@@ -66,8 +69,18 @@ _PARTS: tuple[tuple[str, str, Callable[[Results, Path], None]], ...] = (
     ("cursors", "cursors memory", cursors.measure_memory),
     ("cursors", "cursors reading CPU", cursors.measure_cpu),
     ("transports", "transports", transports.measure),
+    ("statuses", "status events", statuses.measure),
 )
-FIGURES = ("throughput", "latency", "memory", "idle", "burst", "cursors", "transports")
+FIGURES = (
+    "throughput",
+    "latency",
+    "memory",
+    "idle",
+    "burst",
+    "cursors",
+    "transports",
+    "statuses",
+)
 
 
 @dataclass(slots=True)
@@ -83,6 +96,7 @@ class Results:
     bursts: dict[str, list[BurstResult]] = field(default_factory=dict)
     cursors: CursorResults = field(default_factory=CursorResults)
     transports: list[TrCell] = field(default_factory=list)
+    statuses: StatusCost | None = None
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     machine_note: str = ""

@@ -10,6 +10,7 @@ from bench.e2e.burst import NEXUS_BURST, median_dropped
 from bench.e2e.cursors import MEM_DEAD, MEM_HEALTHY, RATE, CatchUpResult
 from bench.e2e.idle import LEFTOVER_EMPTY_SEGMENTS
 from bench.e2e.memory import MemResult
+from bench.e2e.statuses import status_rows
 from bench.e2e.transports import POLL_FAST_S, POLL_SLOW_S, TrCell
 
 if TYPE_CHECKING:
@@ -434,5 +435,6 @@ def rows_for(res: Results) -> list[Row]:
         *burst_rows(res),
         *cursor_rows(res),
         *transport_rows(res),
+        *status_rows(res),
         *error_rows(res),
     ]

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import orjson
 
 from eventsinkd.delivery.outcome import Outcome
-from eventsinkd.events import MEMORY_WRITTEN, Event, parse_go_time_ns
+from eventsinkd.events import Event, parse_go_time_ns
 from eventsinkd.sinkconfig import SYSLOG_FACILITIES, SyslogSinkConfig
 from eventsinkd.transports import Attempt
 from eventsinkd.transports.tls import ssl_context
@@ -73,8 +73,6 @@ _GO_UTC = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6})\d{0,3})?Z"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 WRITTEN = Attempt(Outcome.DELIVERED, None, "written")
 SENT = Attempt(Outcome.DELIVERED, None, "sent")
-# How every body starts (eventsinkd.events.event_body: event_type, then payload_id).
-_BODY_START = b'{"event_type":"' + MEMORY_WRITTEN.encode() + b'","payload_id":'
 
 
 def sd_escape(value: str) -> str:
@@ -167,9 +165,12 @@ class MessageFormat:
         payload_id: when the body starts with exactly that payload_id, JSON-encoded, that is
         the value (the body's keys are unique). Otherwise the body is parsed."""
         payload_id = event.id.partition(":")[2]
-        if event.body(self.content).startswith(
-            b"".join((_BODY_START, orjson.dumps(payload_id), b","))
-        ):
+        # How every body starts (eventsinkd.events.event_body: event_type, then payload_id).
+        start = b'{"event_type":%b,"payload_id":%b,' % (
+            orjson.dumps(event.type),
+            orjson.dumps(payload_id),
+        )
+        if event.body(self.content).startswith(start):
             return payload_id
         value = event.fields().get("payload_id")
         return value if isinstance(value, str) else None

@@ -155,12 +155,7 @@ class StatusWatch:
         directory; the listing is redone at most every 0.1 s when the directory changes, at
         least every second), and then one stat per segment holding PENDING lines.
         """
-        behind = [
-            (name, seg.sig)
-            for name, seg in self._segments.items()
-            if name <= position and name != reading
-        ]
-        if not behind:
+        if not self._segments:
             return []
         try:
             directory.names()
@@ -168,6 +163,11 @@ class StatusWatch:
             return []  # the scanner reports it
         if directory.listings == self._listing:
             return []
+        behind = [
+            (name, seg.sig)
+            for name, seg in self._segments.items()
+            if name <= position and name != reading
+        ]
         changes: list[StatusChange] = []
         for name, sig in behind:
             if len(changes) >= MAX_CHANGES:

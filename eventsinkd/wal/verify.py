@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from eventsinkd.events import STATUS_EVENTS
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, Reject
 from eventsinkd.wal.segments import SegmentFile, list_segments
@@ -23,6 +24,7 @@ class SegmentReport:
     rejected_at: dict[str, list[int]] = field(default_factory=dict)
     incomplete_tail: bool = False
     duplicates: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)  # data entries emitted, by status
 
 
 def scan_segment(wal_dir: Path, name: str, parser: LineParser, seen: set[str]) -> SegmentReport:
@@ -42,6 +44,8 @@ def scan_segment(wal_dir: Path, name: str, parser: LineParser, seen: set[str]) -
             key = entry.dedup_key
             if key and key in seen:
                 report.duplicates += 1
+            elif entry.is_data:
+                report.statuses[entry.status] += 1
             seen.add(key)
         report.lines = seg.line
         report.incomplete_tail = seg.pending_tail
@@ -55,6 +59,7 @@ def verify(wal_dir: Path, parser: LineParser, out: TextIO) -> int:
     names = list_segments(wal_dir)
     seen: set[str] = set()
     total_rejected: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
     empty = 0
     for name in names:
         report = scan_segment(wal_dir, name, parser, seen)
@@ -62,6 +67,7 @@ def verify(wal_dir: Path, parser: LineParser, out: TextIO) -> int:
             empty += 1
             continue
         total_rejected.update(report.rejected)
+        statuses.update(report.statuses)
         print(f"{name}: {report.lines} lines", file=out)
         for kind, n in sorted(report.entries.items()):
             print(f"  entries {kind}: {n}", file=out)
@@ -74,6 +80,14 @@ def verify(wal_dir: Path, parser: LineParser, out: TextIO) -> int:
         if report.incomplete_tail:
             print("  last line has no newline yet (being written, or torn by a crash)", file=out)
     print(f"{len(names)} segments ({empty} empty)", file=out)
+    # What a reader from the beginning emits: a memory_written per data entry (repeated
+    # keys once) and, with events.types asking for them, a status event per final status.
+    by_status = ", ".join(f"{s or '-'}={n}" for s, n in sorted(statuses.items())) or "none"
+    print(f"memory_written events: {sum(statuses.values())} ({by_status})", file=out)
+    events = ", ".join(
+        f"{kind}={statuses[status]}" for status, kind in sorted(STATUS_EVENTS.items())
+    )
+    print(f"status events: {events}", file=out)
     if not parser.checks_mac:
         print("HMAC fields not checked (no --mac-key)", file=out)
     if total_rejected:
