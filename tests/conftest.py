@@ -25,6 +25,12 @@ def fixture_mac_key(name: str) -> bytes | None:
     return key.read_bytes().strip() if key.exists() else None
 
 
+def mac_key_args(name: str) -> list[str]:
+    """The command-line arguments that give a fixture set's MAC key (none without one)."""
+    key = FIXTURES / name / "mac.key"
+    return ["--mac-key", f"file:{key}"] if key.exists() else []
+
+
 async def collect(
     wal_dir: Path,
     *,

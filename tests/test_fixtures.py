@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FIXTURE_SETS, FIXTURES
+from conftest import FIXTURE_SETS, FIXTURES, mac_key_args
 from daemon_harness import run_cli
-
-
-def _key_args(name: str) -> list[str]:
-    key = FIXTURES / name / "mac.key"
-    return ["--mac-key", f"file:{key}"] if key.exists() else []
 
 
 @pytest.mark.parametrize("name", FIXTURE_SETS)
 def test_tail_from_beginning_yields_the_answer_key(name: str) -> None:
     d = FIXTURES / name
-    res = run_cli("tail", d / "wal", "--from", "beginning", "--no-follow", *_key_args(name))
+    res = run_cli("tail", d / "wal", "--from", "beginning", "--no-follow", *mac_key_args(name))
     assert res.returncode == 0, res.stderr
     bodies = [json.loads(line) for line in res.stdout.splitlines()]
     ids = [b["payload_id"] for b in bodies]
@@ -65,7 +60,7 @@ def test_verify_reports_corrupted_lines_by_kind() -> None:
 
 @pytest.mark.parametrize("name", [n for n in FIXTURE_SETS if n != "corrupted"])
 def test_verify_clean_fixtures_exit_zero(name: str) -> None:
-    res = run_cli("verify", FIXTURES / name / "wal", *_key_args(name))
+    res = run_cli("verify", FIXTURES / name / "wal", *mac_key_args(name))
     assert res.returncode == 0, res.stdout
     assert "rejected lines: none" in res.stdout
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_SETS, FIXTURES
+from conftest import FIXTURE_SETS, FIXTURES, fixture_mac_key, mac_key_args
 from daemon_harness import SECRET, Daemon, accounting, run_cli, settle, until, until_status
 from standardwebhooks.webhooks import Webhook
 from test_statuses import expected_changes, final_statuses, writer_statuses
@@ -149,28 +149,21 @@ async def test_drop_mode_counts_a_status_event_it_has_no_room_for(
 # -- tail and verify ----------------------------------------------------------------------
 
 
-def _key_args(name: str) -> list[str]:
-    key = FIXTURES / name / "mac.key"
-    return ["--mac-key", f"file:{key}"] if key.exists() else []
-
-
 @pytest.mark.parametrize("name", FIXTURE_SETS)
 def test_tail_types_and_verify_agree_with_the_files(name: str) -> None:
     d = FIXTURES / name
     types = ",".join(ALL_TYPES)
-    res = run_cli(
-        "tail", d / "wal", "--from", "beginning", "--no-follow", "--types", types, *_key_args(name)
-    )
+    key = mac_key_args(name)
+    res = run_cli("tail", d / "wal", "--from", "beginning", "--no-follow", "--types", types, *key)
     assert res.returncode == 0, res.stderr
     bodies = [json.loads(line) for line in res.stdout.splitlines()]
-    key = (d / "mac.key").read_bytes().strip() if (d / "mac.key").exists() else None
-    statuses = final_statuses(d / "wal", key)
+    statuses = final_statuses(d / "wal", fixture_mac_key(name))
     got = {b["payload_id"]: b["event_type"] for b in bodies if b["event_type"] in STATUS_KINDS}
     assert got == expected_changes(statuses)
     assert all(b["status"] == statuses[b["payload_id"]] for b in bodies if "status" in b)
     by_type = Counter(b["event_type"] for b in bodies)
 
-    report = run_cli("verify", d / "wal", *_key_args(name)).stdout
+    report = run_cli("verify", d / "wal", *key).stdout
     line = next(ln for ln in report.splitlines() if ln.startswith("status events: "))
     counted = dict(p.split("=") for p in line.removeprefix("status events: ").split(", "))
     assert {k: int(v) for k, v in counted.items()} == {k: by_type[k] for k in STATUS_KINDS}

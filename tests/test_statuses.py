@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURE_SETS, FIXTURES
+from conftest import FIXTURE_SETS, FIXTURES, fixture_mac_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_lines_properties import reference_parse
@@ -97,6 +97,13 @@ def writer_statuses(w: NexusWriter) -> dict[str, str]:
     return {x.payload_id: w.status(x) for x in w.expected_data()}
 
 
+def grow(w: NexusWriter, reader: Reader, appends: int, n: int) -> None:
+    """``appends`` group commits of ``n`` entries, each read as it lands."""
+    for _ in range(appends):
+        w.append(n)
+        reader.drain()
+
+
 def assert_once_each(reader: Reader, statuses: dict[str, str]) -> None:
     got = dict((pid, kind) for kind, pid in reader.changes)
     assert len(got) == len(reader.changes), "a status event came twice"
@@ -111,7 +118,7 @@ def test_fixture_status_events_are_the_entries_marked_final(name: str) -> None:
     """Every entry is read for the first time, so each marked one gives memory_written and
     then its status event; the ones still PENDING are remembered."""
     d = FIXTURES / name
-    key = (d / "mac.key").read_bytes().strip() if (d / "mac.key").exists() else None
+    key = fixture_mac_key(name)
     reader = Reader(d / "wal", key=key)
     reader.drain()
     statuses = final_statuses(d / "wal", key)
@@ -143,9 +150,7 @@ def test_marks_behind_the_cursor_on_the_segment_being_read_and_across_a_restart(
 ) -> None:
     w = NexusWriter(tmp_path / "wal", max_segment_bytes=8 * 1024, seed=3)
     reader = Reader(w.wal_dir)
-    for _ in range(6):  # several segments, all PENDING
-        w.append(10)
-        reader.drain()
+    grow(w, reader, 6, 10)  # several segments, all PENDING
     assert not reader.changes and reader.watch.pending == 60
     first = w.segments[0]
     w.rewrite(first, fraction=0.5)  # behind the cursor
@@ -178,9 +183,7 @@ def test_marks_behind_the_cursor_on_the_segment_being_read_and_across_a_restart(
 def test_an_unfinished_status_event_is_sent_again_after_a_crash(tmp_path: Path) -> None:
     w = NexusWriter(tmp_path / "wal", max_segment_bytes=4 * 1024, precreate=False, seed=4)
     reader = Reader(w.wal_dir)
-    for _ in range(3):
-        w.append(5)
-        reader.drain()
+    grow(w, reader, 3, 5)
     behind, current = w.segments[0], w.segments[-1]
     assert behind != current
     reader.hold = True  # block mode: the events are handed over but not finished
@@ -209,9 +212,7 @@ def test_an_unfinished_status_event_is_sent_again_after_a_crash(tmp_path: Path) 
 def test_pending_entries_beyond_the_limit_are_forgotten_and_counted(tmp_path: Path) -> None:
     w = NexusWriter(tmp_path / "wal", max_segment_bytes=4 * 1024, precreate=False, seed=5)
     reader = Reader(w.wal_dir, limit=12)
-    for _ in range(6):
-        w.append(5)
-        reader.drain()
+    grow(w, reader, 6, 5)
     assert reader.watch.pending <= 12
     assert reader.watch.forgotten[LIMIT] == 30 - reader.watch.pending
     for name in w.segments:
@@ -228,9 +229,7 @@ def test_pending_entries_beyond_the_limit_are_forgotten_and_counted(tmp_path: Pa
 def test_a_deleted_segment_is_forgotten_and_counted(tmp_path: Path) -> None:
     w = NexusWriter(tmp_path / "wal", max_segment_bytes=2 * 1024, precreate=False, seed=6)
     reader = Reader(w.wal_dir)
-    for _ in range(4):
-        w.append(3)
-        reader.drain()
+    grow(w, reader, 4, 3)
     first = w.segments[0]
     lost = len(reader.watch.lines_in(first) or ())
     assert lost
