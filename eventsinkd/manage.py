@@ -7,6 +7,7 @@ says how the two never act on the same letter or cursor at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import TextIO
@@ -20,7 +21,7 @@ from eventsinkd.state.control import StateLock, request_rewind
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
 from eventsinkd.transports import Attempt, make_transport
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.position import Position, PositionStore, cursor_file
+from eventsinkd.wal.position import Position, PositionFileError, PositionStore, cursor_file
 from eventsinkd.wal.seek import Time, parse_target, position_before
 
 EXIT_OK = 0
@@ -199,6 +200,8 @@ def rewind(cfg: Config, sink: str, to: str, out: TextIO, err: TextIO) -> int:
     try:
         if lock.acquire("eventsinkd rewind"):
             store = PositionStore(cfg.state_dir, cfg.wal.dir, cursor_file(sink))
+            with contextlib.suppress(PositionFileError):
+                store.load()  # what else the cursor file holds (PENDING entries) stays
             if not store.save(pos):
                 err.write(f"eventsinkd: {store.last_error}\n")
                 return EXIT_FAILED

@@ -19,6 +19,7 @@ from webhook_server import WebhookServer
 
 from eventsinkd.configfile import ConfigError, parse_config
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
+from eventsinkd.wal.position import Position, PositionStore, cursor_file
 
 ALL_TYPES = ["memory_written", "memory_persisted", "memory_write_failed"]
 STATUS_KINDS = ("memory_persisted", "memory_write_failed")
@@ -220,3 +221,18 @@ def test_config_refuses_a_filter_on_a_type_not_produced(tmp_path: Path) -> None:
             parse_config(f"wal: {{dir: /w}}\nevents: {{types: {bad}}}\n", Path("c.yaml"))
         assert problem in err.value.problems[0]
         assert err.value.problems[0].startswith("events.types")
+
+
+def test_a_rewind_while_stopped_keeps_the_pending_entries(
+    new_daemon: Callable[..., Daemon],
+) -> None:
+    d = new_daemon([{"name": "s", "url": "http://127.0.0.1:9/hook"}], types=ALL_TYPES)
+    NexusWriter(d.wal).append(5)
+    store = PositionStore(d.root / "state", d.wal, cursor_file("s"))
+    pending = {"version": 1, "segments": {"wal-1.jsonl": [None, [[1, 3]]]}}
+    assert store.save(Position("wal-1.jsonl", 3), pending)
+    res = run_cli("rewind", "-c", d.config, "--sink", "s", "--to", "beginning")
+    assert res.returncode == 0, res.stdout + res.stderr
+    again = PositionStore(d.root / "state", d.wal, cursor_file("s"))
+    assert again.load() == Position("", 0)
+    assert again.statuses == pending

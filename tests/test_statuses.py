@@ -209,6 +209,24 @@ def test_an_unfinished_status_event_is_sent_again_after_a_crash(tmp_path: Path) 
     assert third.changes == []
 
 
+def test_a_restart_behind_the_read_position_reads_its_pending_entries_again(
+    tmp_path: Path,
+) -> None:
+    """Block mode saves the position of the oldest unfinished event, behind what was read
+    (and remembered as PENDING): those lines are read again, not forgotten or doubled."""
+    w = NexusWriter(tmp_path / "wal", seed=10)
+    reader = Reader(w.wal_dir)
+    grow(w, reader, 2, 5)
+    pos, saved = reader.save()
+    reader.close()
+    w.rewrite(fraction=1.0)
+    again = Reader(w.wal_dir, Position(pos.segment, 5), saved)
+    again.drain()
+    assert again.watch.forgotten == {}
+    assert_once_each(again, writer_statuses(w))
+    assert again.written == [x.payload_id for x in w.expected_data()][5:]
+
+
 def test_pending_entries_beyond_the_limit_are_forgotten_and_counted(tmp_path: Path) -> None:
     w = NexusWriter(tmp_path / "wal", max_segment_bytes=4 * 1024, precreate=False, seed=5)
     reader = Reader(w.wal_dir, limit=12)

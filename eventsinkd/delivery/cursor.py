@@ -79,7 +79,7 @@ class SinkCursor:
         self.statuses: StatusWatch | None = None
         if types - {MEMORY_WRITTEN}:
             self.statuses = StatusWatch(self._wants_status, pending_limit)
-            self.restore_statuses()
+            self._restore_statuses()
             checkpoints.statuses = self.statuses
         self._on_failure = on_failure
         self._task: asyncio.Task[None] | None = None
@@ -163,7 +163,7 @@ class SinkCursor:
         if self.statuses is not None:
             self.statuses.finished(change)
 
-    def restore_statuses(self) -> None:
+    def _restore_statuses(self) -> None:
         """Take the PENDING entries saved with the cursor (once, before reading)."""
         store = self.checkpoints.store
         if self.statuses is None or store is None or store.statuses is None:

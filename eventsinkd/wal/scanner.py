@@ -291,7 +291,7 @@ class WalScanner:
             want, keep=self._dedup_window if learn else 1, pick=pick or frozenset()
         )
         if pick and self.statuses is not None:  # reading the lines anyway: look at them
-            self._changes += self.statuses.checked(seg.name, picked, self.parser.parse)
+            self._changes += self.statuses.checked(seg.name, picked, want, self.parser.parse)
         if (
             line is not None
             and skipped < line

@@ -115,16 +115,18 @@ class StatusWatch:
         self,
         segment: str,
         picked: dict[int, bytes | None],
+        upto: int,
         parse: Parse,
         sig: Signature | None = None,
     ) -> list[StatusChange]:
-        """``picked`` holds the remembered lines of ``segment`` as it reads now (a line
-        missing: the file is shorter); ``sig`` is the file's, when it is behind the cursor."""
+        """``picked`` holds the remembered lines of ``segment`` up to line ``upto`` as it
+        reads now (a line missing: the file is shorter); ``sig`` is the file's, when it is
+        behind the cursor. Lines after ``upto`` are left as they are."""
         seg = self._segments.get(segment)
         if seg is None:
             return []
         changes = []
-        for line in sorted(seg.lines):
+        for line in sorted(n for n in seg.lines if n <= upto):
             raw = picked.get(line)
             entry = None if raw is None else parse(raw)
             if not isinstance(entry, Entry) or not entry.is_data:
@@ -192,10 +194,11 @@ class StatusWatch:
         try:
             now = signature(seg.stat())
             lines = self.lines_in(name) or set()
-            _, _, picked = seg.skip_lines(max(lines, default=0), pick=lines)
+            upto = max(lines, default=0)
+            _, _, picked = seg.skip_lines(upto, pick=lines)
         finally:
             seg.close()
-        return self.checked(name, picked, parse, now)
+        return self.checked(name, picked, upto, parse, now)
 
     def _gone(self, segment: str) -> None:
         seg = self._segments.get(segment)
