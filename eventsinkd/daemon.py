@@ -304,6 +304,7 @@ class Daemon:
         # restart), let the sinks drain within the timeout, save every cursor.
         await self.engine.stop(timeout_s)
         await self.reading.waker.stop()
+        self.reading.close()
         if self.admin is not None:
             await self.admin.stop()
         log.info(

@@ -239,7 +239,7 @@ class SinkCursor:
 
     def lag(self) -> Lag:
         scanner = self.follower.scanner if self.follower is not None else None
-        behind = scanner.backlog_bytes() if scanner is not None else 0
+        behind = self.follower.backlog_bytes() if self.follower is not None else 0
         held = self.sink.inflight
         oldest = self.tracker.oldest_unfinished if self.tracker is not None else None
         if oldest is not None:

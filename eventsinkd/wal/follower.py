@@ -1,8 +1,14 @@
-"""The async stream of WAL batches: a :class:`WalScanner` woken by the shared :class:`Waker`."""
+"""The async stream of WAL batches: a :class:`WalScanner` woken by the shared :class:`Waker`.
+
+The scanner's steps (file reads) run in the WAL directory's reader thread
+(:mod:`eventsinkd.wal.thread`): a read that stalls holds up only reading, never
+the delivery of what is queued or the admin endpoints.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -56,6 +62,9 @@ class WalFollower:
         self.waker = reading.waker
         self.follow = follow
         self._stopped = asyncio.Event()
+        # Held by a step in the reader thread; the loop's look at the backlog does not wait.
+        self._stepping = threading.Lock()
+        self._backlog = 0
 
     @property
     def position(self) -> Position:
@@ -70,15 +79,34 @@ class WalFollower:
         self._stopped.set()
         self.waker.notify()
 
+    def backlog_bytes(self) -> int:
+        """The scanner's :meth:`~WalScanner.backlog_bytes`; while it is reading, the last
+        figure (a stalled read must not stall /metrics)."""
+        if self._stepping.acquire(blocking=False):
+            try:
+                self._backlog = self.scanner.backlog_bytes()
+            finally:
+                self._stepping.release()
+        return self._backlog
+
+    def _step(self) -> Batch | None:
+        with self._stepping:
+            return self.scanner.step()
+
+    def _close(self) -> None:
+        with self._stepping:
+            self.scanner.close()
+
     async def __aiter__(self) -> AsyncIterator[Batch]:
         if self.follow and self._owns_watcher:
             self.waker.start()
         streak = 0  # batches in a row without reaching the end
+        thread = self.reading.thread
         try:
             while not self._stopped.is_set():
                 seen = self.waker.generation
                 started = time.monotonic()
-                batch = self.scanner.step()
+                batch = await thread.run(self._step)
                 if batch is not None:
                     streak += 1
                     yield batch
@@ -102,6 +130,8 @@ class WalFollower:
                     return
                 await self.waker.wait(seen)
         finally:
+            # After any step still running (a stalled read may never end): not waited for.
+            thread.submit(self._close)
             if self._owns_watcher:
                 await self.waker.stop()
-            self.scanner.close()
+                self.reading.close()

@@ -26,6 +26,7 @@ from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.wal.directory import SegmentDirectory
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, Reject
+from eventsinkd.wal.thread import ReaderThread
 from eventsinkd.wal.watch import Waker
 
 log = logging.getLogger("eventsinkd.wal.scanner")
@@ -151,6 +152,12 @@ class SharedReading:
         # more, because only then can its inode number come back (see nexus-wal.md).
         self._held: Counter[Identity] = Counter()
         self._reported: dict[Identity, set[Hashable]] = {}
+        # Every cursor's steps run there, one at a time: what is above is only touched there.
+        self.thread = ReaderThread(f"wal-reader {wal_dir.name}")
+
+    def close(self) -> None:
+        """Stop the reader thread (once the cursors have stopped)."""
+        self.thread.stop()
 
     @property
     def shared(self) -> bool:

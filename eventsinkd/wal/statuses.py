@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -85,12 +86,19 @@ class StatusWatch:
         self._segments: dict[str, _Segment] = {}
         self._unsent: dict[tuple[str, int], None] = {}  # an ordered set
         self._listing = -1  # the directory listing the segments behind were looked at with
+        # The scanner runs in the reader thread, the cursor (finished) and the saving of the
+        # cursor (saved) on the event loop: every change, and every look at the whole, holds it.
+        self._lock = threading.Lock()
 
     # -- what the scanner tells it -----------------------------------------------------
 
     def read(self, entries: Iterable[tuple[Entry, str, int]]) -> list[StatusChange]:
         """Entries read for the first time: remember the PENDING ones; the final ones give
         their status events now."""
+        with self._lock:
+            return self._read(entries)
+
+    def _read(self, entries: Iterable[tuple[Entry, str, int]]) -> list[StatusChange]:
         changes = []
         for entry, segment, line in entries:
             if not entry.is_data:
@@ -122,6 +130,17 @@ class StatusWatch:
         """``picked`` holds the remembered lines of ``segment`` up to line ``upto`` as it
         reads now (a line missing: the file is shorter); ``sig`` is the file's, when it is
         behind the cursor. Lines after ``upto`` are left as they are."""
+        with self._lock:
+            return self._checked(segment, picked, upto, parse, sig)
+
+    def _checked(
+        self,
+        segment: str,
+        picked: dict[int, bytes | None],
+        upto: int,
+        parse: Parse,
+        sig: Signature | None,
+    ) -> list[StatusChange]:
         seg = self._segments.get(segment)
         if seg is None:
             return []
@@ -142,10 +161,11 @@ class StatusWatch:
 
     def left(self, segment: str, sig: Signature) -> None:
         """The scanner stopped reading ``segment``, last read as ``sig``."""
-        seg = self._segments.get(segment)
-        if seg is not None and seg.sig != sig:
-            seg.sig = sig
-            self.version += 1
+        with self._lock:
+            seg = self._segments.get(segment)
+            if seg is not None and seg.sig != sig:
+                seg.sig = sig
+                self.version += 1
 
     def look_behind(
         self, directory: SegmentDirectory, position: str, reading: str | None, parse: Parse
@@ -201,27 +221,34 @@ class StatusWatch:
         return self.checked(name, picked, upto, parse, now)
 
     def _gone(self, segment: str) -> None:
-        seg = self._segments.get(segment)
-        if seg is not None:
-            log.info("segment %s is gone: its PENDING entries give no status events", segment)
+        with self._lock:
+            seg = self._segments.get(segment)
+            if seg is None:
+                return
             for line in list(seg.lines):
                 self._forget(seg, line, GONE)
             self._touched(segment, seg)
+        log.info("segment %s is gone: its PENDING entries give no status events", segment)
 
     # -- what the cursor tells it --------------------------------------------------------
 
     def finished(self, change: StatusChange) -> None:
         """The status event of ``change`` was handed over (drop mode) or finished (block)."""
         key = (change.segment, change.line)
-        if key in self._unsent:
-            del self._unsent[key]
-            self.version += 1
+        with self._lock:
+            if key in self._unsent:
+                del self._unsent[key]
+                self.version += 1
 
     # -- the saved form --------------------------------------------------------------------
 
     def saved(self) -> dict[str, Any]:
         """What goes into the cursor's state file. Unsent entries have no signature: the
         next start looks at them again."""
+        with self._lock:
+            return self._saved()
+
+    def _saved(self) -> dict[str, Any]:
         unsent: dict[str, list[int]] = {}
         for segment, line in self._unsent:
             unsent.setdefault(segment, []).append(line)
@@ -238,6 +265,10 @@ class StatusWatch:
 
     def restore(self, doc: object) -> None:
         """Take what :meth:`saved` wrote (every line as PENDING); ValueError if unusable."""
+        with self._lock:
+            self._restore(doc)
+
+    def _restore(self, doc: object) -> None:
         if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
             raise ValueError("unknown format")
         segments = doc.get("segments")
