@@ -34,6 +34,35 @@ def reader_blocked_in_open(pid: int) -> bool:
     return False
 
 
+async def stall_reader(d: Daemon, w: NexusWriter, tmp_path: Path) -> tuple[Path, Path]:
+    """Stall the daemon's reader: a FIFO renamed over the segment it reads. Following the
+    "rewrite", it opens the FIFO, and open(2) blocks until a writer comes (a hung NFS read
+    stands in). Returns the FIFO (another name for it) and a copy of the segment."""
+    segment = d.wal / w.active_segment
+    saved = tmp_path / "segment.copy"
+    shutil.copy(segment, saved)
+    stall = tmp_path / "stall.fifo"
+    os.mkfifo(stall)
+    os.link(stall, d.wal / "stall.tmp")
+    os.rename(d.wal / "stall.tmp", segment)
+    assert d.proc is not None
+    pid = d.proc.pid
+    await until(lambda: reader_blocked_in_open(pid), timeout_s=30)
+    return stall, saved
+
+
+async def test_sigterm_stops_the_daemon_while_a_read_is_stuck(
+    tmp_path: Path, new_daemon: Callable[..., Daemon], receiver: WebhookServer
+) -> None:
+    d = new_daemon([{"name": "s", "url": receiver.url}])
+    w = NexusWriter(d.wal, precreate=False, seed=13)
+    w.append(3)
+    await d.start()
+    await receiver.wait_for(3)
+    await stall_reader(d, w, tmp_path)
+    assert await d.stop(timeout_s=30) == 0  # the stuck read is left behind, not waited for
+
+
 async def test_a_stalled_read_holds_up_neither_delivery_nor_the_admin_endpoints(
     tmp_path: Path, new_daemon: Callable[..., Daemon], receiver: WebhookServer
 ) -> None:
@@ -55,17 +84,8 @@ async def test_a_stalled_read_holds_up_neither_delivery_nor_the_admin_endpoints(
     w.append(20)
     await until_status(d, lambda s: s["sinks"]["s"]["queue_depth"] == 20, what="20 held")
 
-    # Stall the reader: a FIFO renamed over the segment it reads. Following the "rewrite",
-    # it opens the FIFO, and open(2) blocks until a writer comes (a hung NFS read stands in).
-    segment = d.wal / w.active_segment
-    saved = tmp_path / "segment.copy"
-    shutil.copy(segment, saved)
-    stall = tmp_path / "stall.fifo"
-    os.mkfifo(stall)
-    os.link(stall, d.wal / "stall.tmp")
-    os.rename(d.wal / "stall.tmp", segment)
+    stall, saved = await stall_reader(d, w, tmp_path)
     assert d.proc is not None
-    await until(lambda: reader_blocked_in_open(d.proc.pid), timeout_s=30)
 
     gate.set()
     await receiver.wait_for(30)  # what was queued goes out while reading is stuck
@@ -77,7 +97,7 @@ async def test_a_stalled_read_holds_up_neither_delivery_nor_the_admin_endpoints(
     assert reader_blocked_in_open(d.proc.pid)  # still stuck: the above did not need it
 
     # Unstick it: the segment back in place, then a writer for the FIFO.
-    os.rename(saved, segment)
+    os.rename(saved, d.wal / w.active_segment)
     fd = os.open(stall, os.O_WRONLY | os.O_NONBLOCK)
     os.close(fd)
     w.append(5)
