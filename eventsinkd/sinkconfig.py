@@ -37,6 +37,9 @@ WHSEC_PREFIX = "whsec_"
 RESERVED_HEADERS = frozenset(
     {"content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"}
 )
+# Set by the HTTP client itself (framing and the connection).
+HTTP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 
 
 def decode_whsec(value: str) -> bytes:
@@ -85,9 +88,14 @@ class WebhookSinkConfig(SinkBase):
     @field_validator("headers")
     @classmethod
     def _no_reserved_headers(cls, v: dict[str, str]) -> dict[str, str]:
-        clash = sorted(k for k in v if k.lower() in RESERVED_HEADERS)
+        clash = sorted(k for k in v if k.lower() in RESERVED_HEADERS | HTTP_HEADERS)
         if clash:
             raise ValueError(f"header(s) {', '.join(clash)} are set by eventsinkd itself")
+        for name, value in v.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a header name")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name}: a value cannot hold a line break or NUL")
         return v
 
     @cached_property

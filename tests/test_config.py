@@ -97,6 +97,21 @@ def test_example_config_validates_and_documents_every_key(tmp_path: Path) -> Non
             "      headers: {Webhook-Signature: forged}\n",
             "events.sinks[0].headers (line 6): header(s) Webhook-Signature are set by eventsinkd",
         ),
+        (
+            "wal: {dir: /w}\nevents:\n  sinks:\n    - name: a\n      url: http://x/\n"
+            "      headers: {Content-Length: '9'}\n",
+            "events.sinks[0].headers (line 6): header(s) Content-Length are set by eventsinkd",
+        ),
+        (
+            "wal: {dir: /w}\nevents:\n  sinks:\n    - name: a\n      url: http://x/\n"
+            '      headers: {X-Team: "a\\r\\nX-Evil: 1"}\n',
+            "events.sinks[0].headers (line 6): header X-Team: a value cannot hold a line break",
+        ),
+        (
+            "wal: {dir: /w}\nevents:\n  sinks:\n    - name: a\n      url: http://x/\n"
+            "      headers: {'X Team': a}\n",
+            "events.sinks[0].headers (line 6): 'X Team' is not a header name",
+        ),
     ],
 )
 def test_refusals_name_the_key_and_line(text: str, expected: str) -> None:

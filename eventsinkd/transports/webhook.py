@@ -1,18 +1,22 @@
-"""``type: webhook``: one HTTP POST per event, signed as Standard Webhooks asks."""
+"""``type: webhook``: one HTTP POST per event, signed as Standard Webhooks asks.
+
+The POSTs go through :mod:`eventsinkd.transports.h1`, a keep-alive HTTP/1.1 client
+made for this (its docstring says why not aiohttp).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
-import aiohttp
-
 from eventsinkd.delivery.outcome import Outcome, classify, parse_retry_after
 from eventsinkd.delivery.signing import sign
 from eventsinkd.events import Event
 from eventsinkd.sinkconfig import WebhookSinkConfig
 from eventsinkd.transports import Attempt
-from eventsinkd.transports.http import USER_AGENT, HttpSession
+from eventsinkd.transports.h1 import H1Pool, ProtocolError
+from eventsinkd.transports.http import USER_AGENT
+from eventsinkd.transports.tls import ssl_context
 
 MAX_RESPONSE_BYTES = 64 * 1024  # read (and discard) at most this much of a response body
 
@@ -22,42 +26,48 @@ class WebhookTransport:
 
     def __init__(self, cfg: WebhookSinkConfig) -> None:
         self.cfg = cfg
-        self._http = HttpSession(cfg)
-        self._static_headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            **cfg.headers,
-        }
+        self._pool: H1Pool | None = None
+        self._timeout_s = cfg.timeout_seconds
+        self._detail_timeout = f"no answer within {cfg.timeout_seconds}s"
 
     async def open(self) -> None:
-        await self._http.open()
+        cfg = self.cfg
+        url = str(cfg.url)
+        static = [
+            ("Content-Type", "application/json"),
+            ("User-Agent", USER_AGENT),
+            *cfg.headers.items(),
+        ]
+        tls = ssl_context(cfg.tls) if cfg.url.scheme == "https" else None
+        self._pool = H1Pool(url, static, ssl_context=tls, max_body=MAX_RESPONSE_BYTES)
 
     async def close(self) -> None:
-        await self._http.close()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def send(self, events: Sequence[Event]) -> list[Attempt]:
         return [await self.post(event) for event in events]
 
     async def post(self, event: Event) -> Attempt:
         """POST ``event`` once; never raises for trouble with the receiver."""
+        assert self._pool is not None, "transport not open"
         ts = int(time.time())
         body = event.body(self.cfg.content)
-        headers = {**self._static_headers, "webhook-id": event.id, "webhook-timestamp": str(ts)}
+        headers = [("webhook-id", event.id), ("webhook-timestamp", str(ts))]
         keys = self.cfg.signing_keys
         if keys:
-            headers["webhook-signature"] = sign(keys, event.id, ts, body)
+            headers.append(("webhook-signature", sign(keys, event.id, ts, body)))
         try:
-            async with self._http.session.post(
-                str(self.cfg.url), data=body, headers=headers
-            ) as resp:
-                await resp.content.read(MAX_RESPONSE_BYTES)
-                outcome = classify(resp.status)
-                retry_after = None
-                if outcome is Outcome.RETRY_STATUS:
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                return Attempt(outcome, retry_after, f"HTTP {resp.status}")
+            resp = await self._pool.post(headers, body, self._timeout_s)
         except TimeoutError:
-            detail = f"no answer within {self.cfg.timeout_seconds}s"
-            return Attempt(Outcome.TIMEOUT, None, detail)
-        except (aiohttp.ClientError, OSError) as exc:
+            return Attempt(Outcome.TIMEOUT, None, self._detail_timeout)
+        except ValueError as exc:  # an id no HTTP header can carry: never deliverable
+            return Attempt(Outcome.PERMANENT, None, str(exc))
+        except (OSError, ProtocolError) as exc:
             return Attempt(Outcome.CONNECTION, None, str(exc) or type(exc).__name__)
+        outcome = classify(resp.status)
+        retry_after = None
+        if outcome is Outcome.RETRY_STATUS:
+            retry_after = parse_retry_after(resp.header("Retry-After"))
+        return Attempt(outcome, retry_after, f"HTTP {resp.status}")
