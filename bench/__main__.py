@@ -1,9 +1,10 @@
 """Run every benchmark and print one summary table: ``python -m bench [--quick]``.
 
 catch-up (bench.catchup), follow latency (bench.follow_latency), delivery engine
-(bench.delivery) and end to end through the real daemon (bench.e2e); not the soak test
-(``make soak``). Each figure is the median of several runs (3; 1 with ``--quick``). The
-summary ends with the comparison with Nexus's own in-process notifier.
+(bench.delivery), one webhook POST (bench.webhook_client) and end to end through the real
+daemon (bench.e2e); not the soak test (``make soak``). Each figure is the median of several
+runs (3; 1 with ``--quick``). The summary ends with the comparison with Nexus's own
+in-process notifier.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bench import (
     follow_latency,
     machine_summary,
     print_table,
+    webhook_client,
 )
 from bench.e2e.burst import median_dropped
 
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-catchup", action="store_true")
     ap.add_argument("--skip-follow", action="store_true")
     ap.add_argument("--skip-delivery", action="store_true")
+    ap.add_argument("--skip-client", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument(
         "--asyncio", action="store_true", help="delivery: the engine on asyncio's loop, not uvloop"
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
             return out
 
         rows += _guarded("delivery", run_delivery, errors)
+    if not args.skip_client:
+        rows += _guarded("webhook client", lambda: webhook_client.run(quick), errors)
     res: e2e.Results | None = None
     if not args.skip_e2e:
 

@@ -97,16 +97,20 @@ def feed(d: Daemon, rcv: Receiver, root: Path, n: int, timeout_s: float) -> TpRu
 
 
 def throughput_cell(
-    rcv: Receiver, concurrency: int, runs: int, target_s: float, work: Path
+    rcv: Receiver, concurrency: int | None, runs: int, target_s: float, work: Path
 ) -> TpCell:
+    """One cell; ``concurrency`` None leaves the sink at its default (reported as 0)."""
     latency = int(rcv.latency_ms)
-    cell = TpCell(latency, concurrency)
-    root = work / f"tp-{latency}ms-c{concurrency}"
-    sinks = [{"name": "bench", "url": rcv.url, "concurrency": concurrency}]
+    cell = TpCell(latency, concurrency or 0)
+    root = work / f"tp-{latency}ms-c{concurrency or 'default'}"
+    sink: dict[str, Any] = {"name": "bench", "url": rcv.url}
+    if concurrency is not None:
+        sink["concurrency"] = concurrency
+    sinks = [sink]
     with Daemon(root, sinks, overflow="block").start() as d:
         cell.loop = d.loop()
         # Warm-up (connections, caches) that also sizes N for a run of about target_s.
-        n0 = 3_000 if latency == 0 else 60 * concurrency
+        n0 = 3_000 if latency == 0 else 60 * (concurrency or 64)
         warm = feed(d, rcv, root, n0, 60.0)
         cell.written += n0
         n = round(warm.rate * target_s, -1)
