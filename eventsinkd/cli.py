@@ -222,9 +222,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             extra = f" signed ({len(s.secrets)} secret(s))" if s.secrets else " unsigned"
         elif s.batch_size > 1:
             extra = f" max_batch={s.batch_size} linger_ms={s.linger_s * 1000:g}"
+        concurrency = f"auto (max {s.max_requests})" if s.adaptive else str(s.max_requests)
+        if s.order != "none":
+            extra += f" order={s.order}"
+        if s.rate_limit is not None:
+            extra += f" rate_limit={s.rate_limit:g}/s"
         print(
             f"  sink {s.name}: {s.type} {s.target} content={s.content} "
-            f"concurrency={s.concurrency} max_retries={s.max_retries} "
+            f"concurrency={concurrency} max_retries={s.max_retries} "
             f"start_at={s.start_at or cfg.wal.start_at}{extra}"
         )
     if not cfg.events.sinks:

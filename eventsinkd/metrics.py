@@ -109,6 +109,12 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.concurrency = Gauge(
+            "eventsinkd_sink_concurrency",
+            "Requests (batches) a sink may have in flight now: fixed, or adapted to the receiver.",
+            ["sink"],
+            registry=r,
+        )
         self.reloads = Counter(
             "eventsinkd_config_reloads_total",
             "Config reloads (SIGHUP) by result.",
@@ -138,6 +144,7 @@ class SinkMetrics:
         last_success: Callable[[], float],
         last_failure: Callable[[], float],
         paused: Callable[[], float],
+        concurrency: Callable[[], float],
     ) -> None:
         """Gauges read at scrape time from the sink itself."""
         m, sink = self._m, self._sink
@@ -145,6 +152,7 @@ class SinkMetrics:
         m.last_success.labels(sink).set_function(last_success)
         m.last_failure.labels(sink).set_function(last_failure)
         m.paused.labels(sink).set_function(paused)
+        m.concurrency.labels(sink).set_function(concurrency)
 
 
 class Lag(NamedTuple):

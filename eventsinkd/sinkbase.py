@@ -17,6 +17,10 @@ from eventsinkd.events import EventType
 from eventsinkd.secrets import SecretError, resolve_secret
 
 _SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_CONCURRENCY = 1024
+# none: no order kept; wal: everything in WAL order (as concurrency 1); subject, source,
+# destination: each value's events in WAL order, different values in parallel.
+Order = Literal["none", "wal", "subject", "source", "destination"]
 
 
 class Model(BaseModel):
@@ -72,7 +76,17 @@ class SinkBase(Model):
         default=None, description="overrides events.retry_backoff_seconds"
     )
     content: Literal["summary", "full"] = "summary"
-    concurrency: int = Field(default=4, ge=1, le=1024, description="requests (batches) in flight")
+    concurrency: int | Literal["auto"] = Field(
+        default="auto",
+        description="requests (batches) in flight: auto (adaptive), or a number that pins it",
+    )
+    max_concurrency: int = Field(
+        default=64, ge=1, le=MAX_CONCURRENCY, description="the most that auto lets in flight"
+    )
+    order: Order = Field(default="none", description="what keeps WAL order: nothing, all, a key")
+    rate_limit: float | None = Field(
+        default=None, gt=0, description="events per second at most; null = no limit"
+    )
     start_at: Literal["beginning", "end"] | None = Field(
         default=None,
         description="where a sink without a saved cursor starts; default wal.start_at",
@@ -87,12 +101,65 @@ class SinkBase(Model):
             raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
         return v
 
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _concurrency(cls, v: object) -> object:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_CONCURRENCY:
+            raise ValueError(f"use auto, or a number of requests from 1 to {MAX_CONCURRENCY}")
+        return v
+
+    @model_validator(mode="after")
+    def _concurrency_fits(self) -> SinkBase:
+        pinned = self.concurrency
+        if pinned == "auto":
+            return self
+        if "max_concurrency" in self.model_fields_set and self.max_concurrency < pinned:
+            raise ValueError(
+                f"max_concurrency {self.max_concurrency} is below concurrency {pinned}: a "
+                "number pins the concurrency (max_concurrency caps only concurrency: auto)"
+            )
+        if self.order == "wal" and pinned != 1:
+            raise ValueError(
+                f"order: wal sends one request at a time, so it cannot have concurrency {pinned} "
+                "(leave concurrency out, or use order: subject, source or destination)"
+            )
+        return self
+
     @field_validator("retry_backoff_seconds")
     @classmethod
     def _backoff(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and (not v or any(x < 0 for x in v)):
             raise ValueError("must be a non-empty list of seconds >= 0")
         return v
+
+    @property
+    def wal_order(self) -> bool:
+        """Everything in WAL order, one request at a time (``concurrency: 1`` or ``order: wal``)."""
+        return self.concurrency == 1 or self.order == "wal"
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the number of requests in flight adapts to the receiver (``auto``)."""
+        return self.concurrency == "auto" and not self.wal_order
+
+    @property
+    def max_requests(self) -> int:
+        """The most requests (batches) in flight at once: what transports size their
+        connection pools for."""
+        if self.wal_order:
+            return 1
+        return self.max_concurrency if self.concurrency == "auto" else self.concurrency
+
+    @property
+    def order_key(self) -> Literal["subject", "source", "destination"] | None:
+        """The entry field whose events keep their WAL order among themselves; None when none
+        does (``order: none``) or everything does (``wal_order``)."""
+        order = self.order
+        if self.wal_order or order == "none" or order == "wal":
+            return None
+        return order
 
     @property
     def batch_size(self) -> int:
@@ -112,7 +179,8 @@ class SinkBase(Model):
 class Batched(SinkBase):
     """A transport that carries several events per request."""
 
-    # 4 workers x 200 fit in the default max_inflight (1,000), with room to queue the next.
+    # With the default max_inflight (1,000), five full batches can be out at once: most of
+    # the time one fills while the others are in flight.
     max_batch: int = Field(default=200, ge=1, le=10_000, description="events per request")
     linger_ms: float = Field(
         default=5.0, ge=0, le=1000, description="how long a batch waits to fill"

@@ -282,3 +282,53 @@ def test_the_example_configs_of_the_other_types_validate() -> None:
     ]
     events = EventsConfig.model_validate({"sinks": commented})
     assert sorted(s.type for s in events.sinks) == ["fluentd", "nats", "otlp", "syslog"]
+
+
+def _delivery(keys: str) -> str:
+    return f"wal: {{dir: /w}}\nevents:\n  sinks:\n    - {{name: a, url: 'http://x/', {keys}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ("concurrency: fast", "concurrency (line 4): use auto, or a number of requests"),
+        ("concurrency: 0", "concurrency (line 4): use auto, or a number of requests"),
+        ("concurrency: 2000", "from 1 to 1024"),
+        ("max_concurrency: 0", "max_concurrency (line 4): Input should be greater than"),
+        (
+            "concurrency: 16, max_concurrency: 8",
+            "max_concurrency 8 is below concurrency 16",
+        ),
+        ("concurrency: 8, order: wal", "order: wal sends one request at a time"),
+        ("order: payload", "order (line 4): Input should be 'none', 'wal', 'subject'"),
+        ("rate_limit: 0", "rate_limit (line 4): Input should be greater than 0"),
+    ],
+)
+def test_delivery_settings_are_checked(keys: str, expected: str) -> None:
+    problems = refusal(_delivery(keys))
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("keys", "adaptive", "max_requests", "wal_order", "order_key"),
+    [
+        ("content: summary", True, 64, False, None),  # the defaults: auto, max 64, no order
+        ("max_concurrency: 200", True, 200, False, None),
+        ("concurrency: 100", False, 100, False, None),  # pinned above the default cap: fine
+        ("concurrency: 1", False, 1, True, None),
+        ("order: wal", False, 1, True, None),
+        ("order: subject", True, 64, False, "subject"),
+        ("order: destination, concurrency: 4", False, 4, False, "destination"),
+        ("order: source, concurrency: 1", False, 1, True, None),  # WAL order covers it
+    ],
+)
+def test_concurrency_and_order_settings(
+    keys: str, adaptive: bool, max_requests: int, wal_order: bool, order_key: str | None
+) -> None:
+    sink = parse_config(_delivery(keys), Path("c.yaml")).events.sinks[0]
+    assert (sink.adaptive, sink.max_requests, sink.wal_order, sink.order_key) == (
+        adaptive,
+        max_requests,
+        wal_order,
+        order_key,
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 from collections.abc import Callable
 
 from eventsinkd.delivery.acks import AckTracker, Ticket
@@ -32,6 +33,12 @@ from eventsinkd.wal.statuses import StatusChange, StatusWatch
 log = logging.getLogger(__name__)
 
 STOP_READING_S = 1.0  # how long a cursor waiting for room may take to notice a stop
+
+
+def _key_of(sink: Sink) -> Callable[[Entry], str] | None:
+    """How the cursor gets each event's key for ``sink``'s order per key (None: no key)."""
+    field = sink.order_key
+    return operator.attrgetter(field) if field is not None else None
 
 
 class StatusTicket:
@@ -96,19 +103,21 @@ class SinkCursor:
             await self._handle_blocking(batch)
             return
         sink = self.sink
+        key_of = _key_of(sink)
         for rec in batch.records if self.written else ():
             kind = event_type(rec.entry)
             if kind is None or not sink.accepts(kind, rec.entry):
                 continue
             if sink.has_room:
-                sink.offer(Event(kind, rec.entry, (sink.cfg.content,)))
+                key = key_of(rec.entry) if key_of is not None else None
+                sink.offer(Event(kind, rec.entry, (sink.cfg.content,)), key)
             else:
                 sink.drop()  # a flood against a full sink renders no bodies
         for change in batch.statuses:
             event = self._status_event(change)
             if event is not None:
                 if sink.has_room:
-                    sink.offer(event)
+                    sink.offer(event, key_of(change.entry) if key_of is not None else None)
                 else:
                     sink.drop()
             self._finished(change)
@@ -118,13 +127,14 @@ class SinkCursor:
         tracker = self.tracker
         assert tracker is not None
         sink = self.sink
-        events = []
+        key_of = _key_of(sink)
+        events: list[tuple[Event, str | None]] = []
         for rec in batch.records if self.written else ():
             kind = event_type(rec.entry)
             if kind is not None and sink.accepts(kind, rec.entry):
                 event = Event(kind, rec.entry, (sink.cfg.content,))
                 event.ticket = tracker.track(rec.position, rec.entry.timestamp)
-                events.append(event)
+                events.append((event, key_of(rec.entry) if key_of is not None else None))
         for change in batch.statuses:
             status = self._status_event(change)
             if status is None:
@@ -132,15 +142,15 @@ class SinkCursor:
                 continue
             assert self.statuses is not None
             status.ticket = StatusTicket(self.statuses, change)
-            events.append(status)
+            events.append((status, key_of(change.entry) if key_of is not None else None))
         # While this cursor waits for room, it holds rendered events, not decoded
         # entries (a memory's whole payload each).
         batch.records.clear()
         batch.statuses = ()
-        for event in events:
+        for event, key in events:
             # A reload can replace the sink while we wait for room: the event goes
             # to the new one. At shutdown it stays unfinished and is read again.
-            while not await self.sink.put(event):
+            while not await self.sink.put(event, key):
                 if self.sink.closed:
                     await asyncio.Event().wait()  # until the reader is cancelled
         tracker.track(batch.end, finished=True)

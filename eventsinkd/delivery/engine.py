@@ -60,6 +60,7 @@ class Engine:
             finish_ticket,
             dead_letters=self._dead_letters,
             stats=old.stats if old is not None else None,
+            predecessor=old,
         )
 
     def _cursor(self, sc: SinkConfig, cfg: EventsConfig) -> SinkCursor:

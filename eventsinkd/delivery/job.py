@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -19,11 +20,25 @@ class SinkStats:
     last_error: str | None = None
 
 
-class Job:
-    __slots__ = ("attempts", "event", "first_attempt", "first_attempt_mono")
+_seq = itertools.count()
 
-    def __init__(self, event: Event) -> None:
+
+class Job:
+    __slots__ = (
+        "attempts",
+        "event",
+        "first_attempt",
+        "first_attempt_mono",
+        "key",
+        "seq",
+        "waiting",
+    )
+
+    def __init__(self, event: Event, key: str | None = None) -> None:
         self.event = event
+        self.key = key  # with order per key: the value whose events keep their order
+        self.seq = next(_seq)  # the order sinks took events in (WAL order), kept across a reload
+        self.waiting = False  # waits behind an earlier event of its key (delivery.keyorder)
         self.attempts = 0  # attempts that count against max_retries (none while paused)
         self.first_attempt = 0.0  # Unix time, for dead letters
         self.first_attempt_mono = 0.0

@@ -4,13 +4,19 @@ This is the same for every sink ``type``; only the transport
 (:mod:`eventsinkd.transports`) knows the protocol. Nothing a sink does can
 hold up another sink: each has its own queue, transport and workers, and a
 retry waiting for its backoff is parked on a timer instead of occupying a
-worker (except with ``concurrency: 1``, where order matters more and the one
-worker waits). The number of events a sink holds - queued, in flight, parked
-or waiting out a pause - never exceeds ``max_inflight``.
+worker (except in WAL order, ``concurrency: 1`` or ``order: wal``, where order
+matters more and the one worker waits). The number of events a sink holds -
+queued, in flight, parked, waiting out a pause or behind an earlier event of
+their key - never exceeds ``max_inflight``.
 
-A worker sends up to the transport's batch size at a time, waiting up to the
-sink's linger for a batch to fill; each event of a batch has its own outcome,
-so only the ones that failed are retried.
+Its workers (:mod:`eventsinkd.delivery.workers`) number its concurrency limit,
+fixed or adaptive (:mod:`eventsinkd.delivery.concurrency`); each sends up to the
+transport's batch size at a time, waiting up to the sink's linger for a batch to
+fill; each event of a batch has its own outcome, so only the ones that failed are
+retried. Every request is paced by the sink's ``rate_limit``
+(:mod:`eventsinkd.delivery.attempts`). With order per key
+(:mod:`eventsinkd.delivery.keyorder`), an event goes out only once the one
+before it of the same key is finished.
 
 A receiver that keeps failing *pauses* the sink (:mod:`eventsinkd.delivery.pause`);
 paused, it takes no new events in block mode (they wait in the WAL; in drop
@@ -26,22 +32,24 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Literal
 
 from eventsinkd.config import EventsConfig
+from eventsinkd.delivery.attempts import Requests
 from eventsinkd.delivery.filters import EventFilter
 from eventsinkd.delivery.job import Job, SinkStats
+from eventsinkd.delivery.keyorder import SinkOrder
 from eventsinkd.delivery.outcome import Outcome, backoff_delay
 from eventsinkd.delivery.pause import Pause
+from eventsinkd.delivery.workers import Workers
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics, SinkMetrics
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.sinkbase import FilterConfig
 from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterWriter
-from eventsinkd.transports import Attempt, all_failed, make_transport
+from eventsinkd.transports import Attempt, make_transport
 from eventsinkd.wal.entry import Entry
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,7 @@ class Sink:
         dead_letters: DeadLetterWriter | None = None,
         rng: random.Random | None = None,
         stats: SinkStats | None = None,
+        predecessor: Sink | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -70,17 +79,31 @@ class Sink:
         self.inflight = 0  # accepted and not finished: queued, in flight, parked or waiting
         self.pause = Pause(self, events.pause_after_failures)
         self.transport = make_transport(cfg, metrics)
-        self.batch_size = self.transport.max_batch  # 1, or the sink's max_batch
+        self.requests = Requests(self)
         self._dead_letters = dead_letters
         self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish
         self.rng = rng or random.Random()
-        self.ordered = cfg.concurrency == 1
+        self.ordered = cfg.wal_order
+        self.order_key = cfg.order_key  # the entry field the cursor gives as each event's key
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._order: SinkOrder | None = None
+        if self.order_key is not None:
+            before = predecessor._order if predecessor is not None else None
+            self._order = SinkOrder(self._queue.put_nowait, before)
+        bucket = self.requests.bucket
+        self.workers = Workers(
+            self.name,
+            self._queue,
+            self._deliver,
+            # 1, or the sink's max_batch (no more than the rate limit's burst)
+            batch_size=min(self.transport.max_batch, bucket.batch_cap if bucket else 10**9),
+            linger_s=cfg.linger_s,
+            closed=lambda: self.closed,
+        )
         self._parked: dict[Job, asyncio.TimerHandle] = {}
         self._held: set[Job] = set()  # everything counted in inflight
         self._left = 0  # given back unfinished at shutdown (their last try failed)
-        self._workers: list[asyncio.Task[None]] = []
         self._room = asyncio.Event()
         self._room.set()
         self._idle = asyncio.Event()
@@ -89,8 +112,8 @@ class Sink:
         self._abort = asyncio.Event()
         self._stop_task: asyncio.Task[int] | None = None
         self._successor: Sink | None = None
-        self._rlog = RateLimitedLog(log)
-        self._m = SinkMetrics(metrics, self.name)
+        self.rlog = RateLimitedLog(log)
+        self.metrics = self._m = SinkMetrics(metrics, self.name)
         # Read at scrape time rather than updated per event (the per-event cost shows in
         # profiles). A reloaded sink of the same name takes the callbacks over.
         self._m.watch(
@@ -98,16 +121,18 @@ class Sink:
             last_success=lambda: self.stats.last_success or 0.0,
             last_failure=lambda: self.stats.last_failure or 0.0,
             paused=lambda: 1.0 if self.paused else 0.0,
+            concurrency=lambda: self.requests.limit,
         )
+
+    @property
+    def batch_size(self) -> int:
+        return self.workers.batch_size
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
         await self.transport.open()
-        self._workers = [
-            asyncio.create_task(self._worker(), name=f"sink-{self.name}-{i}")
-            for i in range(self.cfg.concurrency)
-        ]
+        self.workers.resize(self.requests.limit)
 
     async def stop(self, timeout_s: float, *, successor: Sink | None = None) -> int:
         """Stop taking events; try each one still held once, for up to ``timeout_s``.
@@ -147,12 +172,11 @@ class Sink:
             )
             idle.cancel()
             abort.cancel()
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.workers.stop()
         if self._successor is not None:
             for job in list(self._held):  # cut off in flight: the successor tries again
-                self._move(job)
+                if job in self._held and not job.waiting:  # those waiting follow theirs
+                    self._move(job)
         left = self.inflight + self._left
         if left:
             self.stats.dropped += left
@@ -164,20 +188,24 @@ class Sink:
             )
         self.inflight = 0
         self._held.clear()
+        if self._order is not None:
+            self._order.close()
         await self.transport.close()
         return left
 
     def _move(self, job: Job) -> None:
-        """Hand ``job`` to the successor; it stays unfinished (block mode keeps waiting for it)."""
+        """Hand ``job`` to the successor; it stays unfinished (block mode keeps waiting for it).
+        Events of its key waiting behind it follow it (see :meth:`_release`)."""
         assert self._successor is not None
+        self._successor._adopt(job, older=True)
         self._release(job)
-        self._successor._adopt(job)
 
-    def _adopt(self, job: Job) -> None:
+    def _adopt(self, job: Job, *, older: bool = False) -> None:
         self.inflight += 1
         self._idle.clear()
         self._held.add(job)
-        self._queue.put_nowait(job)
+        if self._order is None or job.key is None or self._order.admit(job, older=older):
+            self._queue.put_nowait(job)
 
     def abort(self) -> None:
         """End a running :meth:`stop` now, as if its timeout had passed."""
@@ -209,14 +237,16 @@ class Sink:
     def has_room(self) -> bool:
         return self.inflight < self.max_inflight and not self.closed
 
-    def offer(self, event: Event) -> bool:
-        """Drop mode: queue ``event`` if there is room, else drop and count it. Never waits."""
+    def offer(self, event: Event, key: str | None = None) -> bool:
+        """Drop mode: queue ``event`` if there is room, else drop and count it. Never waits.
+
+        ``key``: with order per key, the value of the entry's ``order_key`` field."""
         if not self.has_room:
             self.drop()
             return False
         self.stats.offered += 1
         self._m.offered.inc()
-        self._adopt(Job(event))
+        self._adopt(Job(event, key))
         return True
 
     def drop(self) -> None:
@@ -225,7 +255,7 @@ class Sink:
         self._m.offered.inc()
         self.stats.dropped += 1
         self._m.dropped.inc()
-        self._rlog.log(
+        self.rlog.log(
             logging.WARNING,
             "drop",
             "sink %s: queue full (%d events), dropping events",
@@ -233,7 +263,7 @@ class Sink:
             self.max_inflight,
         )
 
-    async def put(self, event: Event) -> bool:
+    async def put(self, event: Event, key: str | None = None) -> bool:
         """Block mode: wait for room (and for a pause to end), then queue ``event``.
 
         False when the sink closed meanwhile: the caller hands the event to
@@ -248,7 +278,7 @@ class Sink:
         # Counted once it is held, so offered = delivered + failed + dropped + queue depth.
         self.stats.offered += 1
         self._m.offered.inc()
-        self._adopt(Job(event))
+        self._adopt(Job(event, key))
         return True
 
     def finish(self, job: Job, outcome: Literal["delivered", "failed"]) -> None:
@@ -268,41 +298,39 @@ class Sink:
         if self._on_finish is not None:
             self._on_finish(job.event)
 
-    def _release(self, job: Job) -> None:
+    def _release(self, job: Job, *, chain: bool = True) -> None:
         self._held.discard(job)
         self.inflight -= 1
+        if chain and self._order is not None and job.key is not None:
+            # The next event of its key goes out, or, handed over, the rest follow it.
+            nxt = self._order.done(job)
+            while nxt is not None and self._successor is not None and self.draining.is_set():
+                self._successor._adopt(nxt, older=True)
+                self._release(nxt, chain=False)
+                nxt = self._order.done(nxt)
+            if nxt is not None:
+                self._queue.put_nowait(nxt)
         if self.inflight < self.max_inflight:
             self._room.set()
         if self.inflight == 0:
             self._idle.set()
 
+    def _leave(self, job: Job) -> None:
+        """Its last try at shutdown failed: it stays unfinished (read again after a restart), and
+        so do the events of its key behind it, which must not overtake it."""
+        behind = self._order.behind(job) if self._order and job.key is not None else []
+        for left in (job, *behind):
+            self._left += 1
+            self._release(left, chain=False)
+
     # -- delivering ----------------------------------------------------------------
-
-    async def _worker(self) -> None:
-        while True:
-            jobs = [await self._queue.get()]
-            if self.batch_size > 1:
-                await self._fill(jobs)
-            await self._deliver(jobs)
-
-    async def _fill(self, jobs: list[Job]) -> None:
-        """Add queued jobs to ``jobs`` up to the batch size, lingering once for more."""
-        self._take_queued(jobs)
-        if len(jobs) < self.batch_size and self.cfg.linger_s > 0 and not self.closed:
-            await asyncio.sleep(self.cfg.linger_s)
-            self._take_queued(jobs)
-
-    def _take_queued(self, jobs: list[Job]) -> None:
-        queue = self._queue
-        while len(jobs) < self.batch_size and not queue.empty():
-            jobs.append(queue.get_nowait())
 
     async def _deliver(self, jobs: list[Job]) -> None:
         while jobs:
             if self.paused:
                 self.pause.waiting.extend(jobs)  # the probe takes them from there
                 return
-            results = await self.attempt([job.event for job in jobs])
+            results = await self.requests.send([job.event for job in jobs])
             failed = []
             for job, result in zip(jobs, results, strict=True):
                 if result.outcome is Outcome.DELIVERED:
@@ -329,8 +357,7 @@ class Sink:
                 if self._successor is not None:
                     self._move(job)
                 else:  # its one try at shutdown did not get through: left unfinished
-                    self._left += 1
-                    self._release(job)
+                    self._leave(job)
             retryable = set()
         elif retryable and self.pause.is_outage(retryable, self.cfg.max_retries):
             held = [(job, result) for job, result in failed if job in retryable]
@@ -352,7 +379,7 @@ class Sink:
             elif not result.outcome.retryable or job in retryable:
                 await self.give_up(job, result)
         if retry:
-            # concurrency 1: order over throughput, so the one worker waits (until shutdown).
+            # WAL order: order over throughput, so the one worker waits (until shutdown).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.draining.wait(), wait)
         return retry
@@ -381,7 +408,7 @@ class Sink:
                 self._park(job, self.backoff[-1])
                 return
         self.finish(job, "failed")
-        self._rlog.log(
+        self.rlog.log(
             logging.WARNING,
             "failed",
             "sink %s: event %s failed after %d attempt(s) (%s); kept as a dead letter",
@@ -408,41 +435,6 @@ class Sink:
             self._queue.put_nowait(job)
         self._room.set()
 
-    # -- one attempt ---------------------------------------------------------------
-
-    async def attempt(self, events: Sequence[Event]) -> Sequence[Attempt]:
-        """One request (batch) for ``events``, counted in the metrics; never raises."""
-        started = time.perf_counter()
-        try:
-            results = await self.transport.send(events)
-        except Exception as exc:  # a transport's bug must not stop the worker
-            log.exception("sink %s: the %s transport failed", self.name, self.cfg.type)
-            results = all_failed(events, Attempt(Outcome.CONNECTION, None, repr(exc)))
-        self._m.duration.observe(time.perf_counter() - started)
-        outcomes = Counter(result.outcome for result in results)
-        for outcome, n in outcomes.items():
-            self._m.attempts[outcome].inc(n)  # once per outcome: a metric update takes a lock
-        if outcomes[Outcome.DELIVERED]:
-            self.pause.succeeded()  # the receiver works (it took all or part of the batch)
-        if outcomes[Outcome.DELIVERED] == len(results):
-            return results
-        event, result = next(
-            (e, r)
-            for e, r in zip(events, results, strict=True)
-            if r.outcome is not Outcome.DELIVERED
-        )
-        self.stats.last_failure = time.time()
-        self.stats.last_error = result.detail
-        self._rlog.log(
-            logging.WARNING,
-            f"attempt:{result.outcome.value}",
-            "sink %s: attempt for %s: %s",
-            self.name,
-            event.id,
-            result.detail,
-        )
-        return results
-
     async def send_one(self, event: Event) -> Attempt:
-        """One attempt for one event (a dead letter's replay)."""
-        return (await self.attempt([event]))[0]
+        """One attempt for one event, beside the workers (a probe, a dead letter's replay)."""
+        return (await self.requests.send([event], worker=False))[0]

@@ -228,7 +228,7 @@ class FluentdTransport:
 
     def _release(self, conn: _Connection) -> None:
         """Keep ``conn`` for the next batch, unless the pool is full or the transport closed."""
-        if self._closed or len(self._idle) >= self.cfg.concurrency:
+        if self._closed or len(self._idle) >= self.cfg.max_requests:
             conn.writer.close()  # closes once what is written is flushed; nothing to wait for
             return
         conn.idle_since = time.monotonic()

@@ -12,7 +12,7 @@ USER_AGENT = f"eventsinkd/{__version__}"
 
 
 class HttpSession:
-    """A keep-alive session with at most ``concurrency`` connections, TLS for https URLs and
+    """A keep-alive session with at most ``max_requests`` connections, TLS for https URLs and
     ``timeout_seconds`` per request; opened by the transport's ``open()``."""
 
     def __init__(self, cfg: WebhookSinkConfig | OtlpSinkConfig) -> None:
@@ -23,7 +23,7 @@ class HttpSession:
         cfg = self.cfg
         https = cfg.url.scheme == "https"
         connector = aiohttp.TCPConnector(
-            limit=cfg.concurrency, ssl=ssl_context(cfg.tls) if https else False
+            limit=cfg.max_requests, ssl=ssl_context(cfg.tls) if https else False
         )
         self._session = aiohttp.ClientSession(
             connector=connector,

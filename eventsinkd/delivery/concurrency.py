@@ -1,0 +1,178 @@
+"""Adaptive concurrency: how many requests (batches) a sink keeps in flight, from the answers.
+
+The model is Vector's adaptive request concurrency: AIMD (additive increase,
+multiplicative decrease) on the round-trip time, judged against an exponentially
+weighted moving average of past round trips and their deviation. The controller is
+pure: it is told when a request starts and how it ended (with the time), and says
+what the limit is; the sink keeps that many workers.
+
+Decisions are made once per *interval*, one baseline round trip long. Over an
+interval the controller collects the mean round trip of the requests that were
+delivered, whether any request met back pressure (a retryable outcome: 408, 425,
+429, 5xx, a timeout or a connection error), and whether the requests in flight
+reached the limit (demand beyond it). At the end of the interval:
+
+- **back pressure, or a round trip above the baseline** by more than
+  ``RTT_DEVIATIONS`` standard deviations (and by more than ``RTT_TOLERANCE`` of it, so
+  a receiver that answers with clockwork regularity is not judged on microseconds of
+  our own scheduling): the limit is multiplied by ``DECREASE_RATIO``, rounded down,
+  and at least 1;
+- otherwise, **when the limit was reached and the round trip is near the baseline**
+  (at most ``RTT_TOLERANCE`` above it: a baseline that follows a steady round trip
+  only approaches it, and a strict "at or below" would wait for noise to say yes), the
+  limit grows: by one, or, below the slow-start threshold, it doubles.
+  The threshold starts at the cap, so a new sink doubles from ``INITIAL_LIMIT`` until
+  the receiver first pushes back (as TCP's slow start: a few round trips to reach a
+  high limit, not one request per round trip: 200 ms apart, that would take minutes).
+  The first decrease of a run sets the threshold to the decreased limit; later ones in
+  the same run (a receiver going down) lower only the limit, so once the receiver is
+  back the sink doubles back to where the trouble began and grows by one from there;
+- the baseline then takes the interval's round trip.
+
+A round trip that stays near its baseline as requests are added means the receiver
+has room; one that rises means requests queue somewhere. A receiver that is simply
+slower (200 ms instead of 10) gets a short backoff, then its new latency becomes the
+baseline and the limit grows again: that is right, since more in flight is then the
+only way to the same rate.
+
+Vector's defaults are kept (``DECREASE_RATIO``, ``EWMA_ALPHA``, ``RTT_DEVIATIONS``);
+they come from its simulations of services answering in many ways. What differs: the
+slow start and its threshold; ``RTT_TOLERANCE``; a rise is judged only once the
+baseline has two round trips (one gives no deviation); and back pressure on a request
+sent before the last decrease does not count again (one cut per window, as TCP's: a
+receiver refusing everything in flight at once costs one decrease, not one per interval
+its refusals take to arrive).
+"""
+
+from __future__ import annotations
+
+import math
+
+DECREASE_RATIO = 0.9
+EWMA_ALPHA = 0.4  # the weight of an interval's round trip in the baseline
+RTT_DEVIATIONS = 2.5  # how many standard deviations above the baseline count as rising
+RTT_TOLERANCE = 0.05  # within this fraction of the baseline, a round trip is "near" it
+INITIAL_LIMIT = 4  # the former default of ``concurrency``
+
+
+class Ewma:
+    """Exponentially weighted moving mean and variance (West's incremental form)."""
+
+    __slots__ = ("alpha", "mean", "samples", "variance")
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.mean = 0.0
+        self.variance = 0.0
+        self.samples = 0
+
+    def add(self, x: float) -> None:
+        self.samples += 1
+        if self.samples == 1:
+            self.mean = x
+            return
+        diff = x - self.mean
+        step = self.alpha * diff
+        self.mean += step
+        self.variance = (1 - self.alpha) * (self.variance + diff * step)
+
+    @property
+    def deviation(self) -> float:
+        return math.sqrt(self.variance)
+
+
+class AdaptiveConcurrency:
+    """The limit on a sink's requests in flight, from 1 to ``max_limit``.
+
+    The sink calls :meth:`started` when a request goes out and :meth:`finished` when its
+    answer is in; ``limit`` is how many requests may be in flight. Times are seconds on
+    any monotonic clock (given, so tests can feed it any sequence).
+    """
+
+    def __init__(self, max_limit: int, initial: int = INITIAL_LIMIT) -> None:
+        self.max_limit = max_limit
+        self.limit = max(1, min(initial, max_limit))
+        self.in_flight = 0
+        self.baseline = Ewma(EWMA_ALPHA)
+        self.threshold = max_limit  # slow start below it: the limit doubles
+        self.increases = 0
+        self.decreases = 0
+        self._decreasing = False  # the last decision was a decrease
+        self._next_decision = -math.inf
+        self._rtt_sum = 0.0
+        self._rtt_n = 0
+        self._back_pressure = False
+        self._reached = False
+
+    def started(self) -> int:
+        """A request went out; what to give :meth:`finished` with its answer."""
+        self.in_flight += 1
+        if self.in_flight >= self.limit:
+            self._reached = True
+        return self.decreases
+
+    def abandoned(self) -> None:
+        """A request was cut off without an answer (the sink is stopping): it says nothing."""
+        self.in_flight -= 1
+
+    def finished(self, now: float, rtt: float | None, back_pressure: bool, sent: int = -1) -> bool:
+        """A request's answer is in at ``now``: ``rtt`` its round trip when it delivered
+        something (None otherwise), ``back_pressure`` when any of it met a retryable outcome,
+        ``sent`` what :meth:`started` returned for it (back pressure on a request sent
+        before the last decrease is not counted again).
+
+        Returns True when the limit changed.
+        """
+        self.in_flight -= 1
+        if back_pressure and sent >= self.decreases:
+            self._back_pressure = True
+        if rtt is not None:
+            self._rtt_sum += rtt
+            self._rtt_n += 1
+        if now < self._next_decision:
+            return False
+        return self._decide(now)
+
+    def _decide(self, now: float) -> bool:
+        before = self.limit
+        rtt = self._rtt_sum / self._rtt_n if self._rtt_n else None
+        base = self.baseline
+        if self._back_pressure or (rtt is not None and self._rising(rtt)):
+            self._decrease()
+        else:
+            self._decreasing = False
+            near = rtt is not None and rtt <= base.mean * (1 + RTT_TOLERANCE)
+            if self._reached and base.samples and near:
+                self._increase()
+        if rtt is not None:
+            base.add(rtt)
+        self._next_decision = now + base.mean
+        self._rtt_sum, self._rtt_n = 0.0, 0
+        self._back_pressure = False
+        self._reached = self.in_flight >= self.limit
+        return self.limit != before
+
+    def _rising(self, rtt: float) -> bool:
+        base = self.baseline
+        if base.samples < 2:  # no deviation to judge by yet
+            return False
+        margin = max(RTT_DEVIATIONS * base.deviation, RTT_TOLERANCE * base.mean)
+        return rtt > base.mean + margin
+
+    def _decrease(self) -> None:
+        self.decreases += 1
+        if self.limit > 1:
+            self.limit = max(1, int(self.limit * DECREASE_RATIO))
+        if not self._decreasing:
+            self.threshold = self.limit
+        self._decreasing = True
+
+    def _increase(self) -> None:
+        if self.limit >= self.max_limit:
+            return
+        if self.limit < self.threshold:
+            grown = min(self.limit * 2, self.threshold)
+        else:
+            grown = self.limit + 1
+        self.limit = min(grown, self.max_limit)
+        self.increases += 1
