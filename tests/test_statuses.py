@@ -44,7 +44,7 @@ class Reader:
         reading = SharedReading(wal, LineParser(key))
         # Relist the directory at every step: the scanner's view of rewrites of segments
         # behind it is then decided by the files alone, not by how fast the test runs.
-        reading.directory.min_relist_s = reading.directory.relist_s = 0.0
+        reading.directory.poll_interval_s = 0.0
         self.scanner = WalScanner(wal, LineParser(key), start, reading=reading, statuses=self.watch)
         self.written: list[str] = []  # payload_ids of memory_written, in order
         self.changes: list[tuple[str, str]] = []  # (event type, payload_id), in order

@@ -28,6 +28,11 @@ g. ``transports``: every sink type (webhook, nats, syslog TCP and UDP, otlp JSON
    event, as ``throughput`` measures them (about 2.5 minutes; 30 s with ``--quick``).
 h. ``statuses``: CPU of the reader (``tail``) and of the daemon with and without status
    events, at 1,000 appends/s with Nexus-like marking.
+i. ``adaptive``: events/s and the concurrency ``concurrency: auto`` chooses against a 0, 10,
+   50 and 200 ms receiver, and the 10 ms one with ``order: subject`` over 100 subjects.
+j. ``dirsize``: the daemon's CPU at 500 appends/s with Nexus's file churn, started on an empty
+   WAL directory and on one with 200,000 leftover empty segments; and how long it takes to be
+   ready with 1,000,000 files in the directory (about 3 minutes; 1.5 with ``--quick``).
 
 ``bench.e2e.rows`` turns the results into the rows of the table.
 """
@@ -43,10 +48,23 @@ from pathlib import Path
 
 from bench import CpuMeter, Row, print_table
 from bench.common import Capacity
-from bench.e2e import burst, cursors, idle, latency, memory, statuses, throughput, transports
+from bench.e2e import (
+    adaptive,
+    burst,
+    cursors,
+    dirsize,
+    idle,
+    latency,
+    memory,
+    statuses,
+    throughput,
+    transports,
+)
+from bench.e2e.adaptive import AdCell
 from bench.e2e.burst import BurstResult
 from bench.e2e.common import Settings
 from bench.e2e.cursors import CursorResults
+from bench.e2e.dirsize import DirSizeResult
 from bench.e2e.idle import IdleResult
 from bench.e2e.latency import LatResult
 from bench.e2e.memory import MemResult
@@ -70,6 +88,8 @@ _PARTS: tuple[tuple[str, str, Callable[[Results, Path], None]], ...] = (
     ("cursors", "cursors reading CPU", cursors.measure_cpu),
     ("transports", "transports", transports.measure),
     ("statuses", "status events", statuses.measure),
+    ("adaptive", "adaptive concurrency", adaptive.measure),
+    ("dirsize", "directory size", dirsize.measure),
 )
 FIGURES = (
     "throughput",
@@ -80,6 +100,8 @@ FIGURES = (
     "cursors",
     "transports",
     "statuses",
+    "adaptive",
+    "dirsize",
 )
 
 
@@ -97,6 +119,8 @@ class Results:
     cursors: CursorResults = field(default_factory=CursorResults)
     transports: list[TrCell] = field(default_factory=list)
     statuses: StatusCost | None = None
+    adaptive: list[AdCell] = field(default_factory=list)
+    dirsize: DirSizeResult | None = None
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     machine_note: str = ""

@@ -24,10 +24,13 @@ from bench import proc_cpu_s, proc_status_kib
 from bench.common import http_get
 from bench.walgen import SEGMENT_BYTES
 from eventsinkd.devtools.child import DaemonDir
+from eventsinkd.devtools.sim.group_commit import Committed, GroupCommit, paced_writers
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.ports import free_port
 
 PREWRITE_BATCH = 100  # entries per group commit when writing as fast as the writer can
+CHURN_SEGMENT_BYTES = 1 << 20  # Nexus's smallest max_segment_size_mb, as in its fixtures
+CHURN_WRITERS = 4
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 POLL_S = 0.02
@@ -59,6 +62,9 @@ class Settings:
     cur_cpu_s: float  # seconds of writing per CPU measurement...
     cur_cpu_windows: int  # ...in this many windows
     idle_rate: float = 1_000.0
+    # bench.e2e.dirsize
+    dir_window_s: float = 10.0  # seconds per CPU window...
+    dir_windows: int = 2  # ...this many per daemon
 
     @classmethod
     def make(cls, quick: bool, runs: int | None = None) -> Settings:
@@ -67,6 +73,7 @@ class Settings:
                 True, runs or 1, 1.0, 1.5, 1, 3.0, 1_000_000, (1_000,), 45, 10, 5.0, 1,
                 cur_run_s=2.0, cur_backlog=50_000, cur_window_s=2.0, cur_bound_s=30.0,
                 cur_mem_bound_s=10.0, cur_cpu_s=4.0, cur_cpu_windows=1,
+                dir_window_s=5.0, dir_windows=1,
             )  # fmt: skip
         return cls(
             False, runs or 3, 3.0, 3.0, 3, 3.4, 1_000_000, (1_000, 10_000), 90, 20, 20.0, 4,
@@ -272,6 +279,31 @@ def paced_write(w: NexusWriter, rate: float, seconds: float) -> Paced:
         done = due
         appends += 1
     return Paced(fsynced, appends, (time.monotonic_ns() - start) / 1e9)
+
+
+def new_group_commit(wal: Path) -> GroupCommit:
+    """Nexus's group commit into ``wal``: the file churn production sees (``group_commit``).
+
+    1 MiB segments, rotation and pre-creation right after each batch as Nexus does them: about
+    90 new files/s at 500 appends/s from 4 writers, almost all staying empty."""
+    return GroupCommit(
+        NexusWriter(wal, max_segment_bytes=CHURN_SEGMENT_BYTES, seed=next(_seeds), grow_after=True)
+    )
+
+
+def paced_group_write(
+    commit: GroupCommit, rate: float, seconds: float, writers: int = CHURN_WRITERS
+) -> Paced:
+    """``writers`` threads appending ``rate`` entries/s in all through ``commit`` for ``seconds``;
+    each entry's time is when its batch's fsync returned (when Nexus's ``Append`` returns)."""
+    fsynced: dict[str, int] = {}
+
+    def note(c: Committed) -> None:
+        fsynced[hook_id(c.record.payload_id)] = c.fsynced_ns
+
+    batches = commit.batches
+    seconds_taken = paced_writers(commit, rate, seconds, writers, note)
+    return Paced(fsynced, commit.batches - batches, seconds_taken)
 
 
 def wal_files(wal: Path) -> tuple[int, int]:

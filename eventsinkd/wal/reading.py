@@ -4,7 +4,8 @@ Each sink reads the WAL through its own :class:`~eventsinkd.wal.scanner.WalScann
 (its cursor), so a slow sink falls behind alone. Reading must still not cost
 N times as much while the sinks keep up, so the cursors share:
 
-* one watcher (:class:`Waker`) and one directory listing (:class:`SegmentDirectory`);
+* one watcher (:class:`Waker`) and one directory listing (:class:`SegmentDirectory`),
+  kept up to date from the watcher's events;
 * one set of reader counters (:class:`ReaderStats`): a line is counted, and a
   rejected line warned about, by the first cursor that reads it. :class:`Coverage`
   knows which stretches of the WAL some cursor has read in this process;
@@ -141,8 +142,13 @@ class SharedReading:
     ) -> None:
         self.wal_dir = wal_dir
         self.parser = parser
-        self.directory = SegmentDirectory(wal_dir)
-        self.waker = Waker(wal_dir, poll_interval_s=poll_interval_s, force_polling=force_polling)
+        self.directory = SegmentDirectory(wal_dir, poll_interval_s=poll_interval_s)
+        self.waker = Waker(
+            wal_dir,
+            poll_interval_s=poll_interval_s,
+            force_polling=force_polling,
+            directory=self.directory,
+        )
         self.stats = ReaderStats()
         self.coverage = Coverage()
         self.cache = ParseCache()

@@ -24,7 +24,6 @@ directory share - listing, counters, parsed lines - is in
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import os
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from eventsinkd.wal.directory import Scan
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, Reject
 from eventsinkd.wal.position import Position
@@ -139,19 +139,18 @@ class WalScanner:
     def backlog_bytes(self) -> int:
         """Bytes in the WAL not yet read: the rest of the current segment and all later ones.
 
-        For metrics and status only (it stats the later segments).
+        For metrics and status only (it stats the later segments that may hold data).
         """
-        try:
-            names = self._dir.names()
-        except OSError:
-            return 0
         cur = self._cur
         total = 0
         if cur is not None:
             with contextlib.suppress(OSError):
                 total += max(0, cur.size() - cur.read_off)
         after = cur.name if cur is not None else self.position.segment
-        return total + self._dir.size_after(names, after)
+        try:
+            return total + self._dir.size_after(after)
+        except OSError:
+            return total
 
     # -- one unit of work --------------------------------------------------
 
@@ -184,19 +183,22 @@ class WalScanner:
 
     def _step(self) -> Batch | None:
         if self._start is not None or self._cur is None:
-            names = self._list()
-            if names is None:
+            if not self._list():
                 return None
             if self._start is not None:
-                start, self._start = self._start, None
-                self._begin(start, names)
+                # Ready (``_start`` None) only once begun: the loop reads ``ready`` while the
+                # reader thread begins, and a line appended after "ready" must be read.
+                self._begin(self._start)
+                self._start = None
                 self.reading.coverage.begin(self, self.position.key())
             if self._cur is None:
-                nxt = self._dir.first_with_data_after(names, self.position.segment)
+                nxt = self._dir.first_with_data_after(self.position.segment)
                 if nxt is None:
                     self.at_end = True
                     return None
-                self._open(nxt)
+                if nxt is not Scan.MORE:
+                    self._open(nxt)
+                self.at_end = False
                 return Batch([], self.position)
         cur = self._cur
         assert cur is not None
@@ -206,13 +208,15 @@ class WalScanner:
         if lines:  # the common case while catching up: no directory listing needed
             self.at_end = False
             return self._emit(cur, lines)
-        names = self._list()
-        if names is None:
+        if not self._list():
             return None
         # The current segment is finished once it is gone or a later segment
         # holds data. Decide that before the final read: Nexus wrote (and
         # fsynced) the last lines here before its first line there.
-        nxt = self._dir.first_with_data_after(names, cur.name)
+        nxt = self._dir.first_with_data_after(cur.name)
+        if nxt is Scan.MORE:  # a long run of empty segments: crossed a part at a time
+            self.at_end = False
+            return Batch([], self.position)
         if not gone and nxt is None:
             self.at_end = True
             return None
@@ -230,17 +234,17 @@ class WalScanner:
 
     # -- helpers -------------------------------------------------------------
 
-    def _list(self) -> list[str] | None:
+    def _list(self) -> bool:
+        """Bring the directory's names up to date; False when it cannot be read."""
         try:
-            names = self._dir.names()
+            self.stats.segments = self._dir.refresh()
         except OSError as exc:
             self._not_ready(self._describe(exc))
-            return None
+            return False
         if self.error is not None:
             log.info("WAL directory %s is readable again", self.wal_dir)
             self.error = None
-        self.stats.segments = len(names)
-        return names
+        return True
 
     def _describe(self, exc: OSError) -> str:
         if isinstance(exc, FileNotFoundError) and not self.wal_dir.exists():
@@ -337,24 +341,24 @@ class WalScanner:
         self._skip_to(new, cur.line)
         return False
 
-    def _begin(self, start: Position | StartAt, names: list[str]) -> None:
+    def _begin(self, start: Position | StartAt) -> None:
         if start == "beginning":
             self.position = Position("", 0)
             return
         if start == "end":
-            with_data = [n for n in names if os.stat(self.wal_dir / n).st_size > 0]
-            if not with_data:
+            last = self._dir.last_with_data()
+            if last is None:
                 self.position = Position("", 0)
                 return
-            self._learn_tail_before(names, with_data[-1])
-            seg = SegmentFile(self.wal_dir, with_data[-1])
+            self._learn_tail_before(last)
+            seg = SegmentFile(self.wal_dir, last)
             self._set_cur(seg)
             self._skip_to(seg, None, learn=True)
             log.info("starting at the end of the WAL: %s", self.position)
             return
         assert isinstance(start, Position)
-        self._learn_tail_before(names, start.segment)
-        if start.segment not in names:
+        self._learn_tail_before(start.segment)
+        if not self._dir.exists(start.segment):
             self.position = start
             if start.segment:
                 log.warning(
@@ -365,10 +369,10 @@ class WalScanner:
         self._set_cur(seg)
         self._skip_to(seg, start.line, learn=True)
         if start.last_key and self.position.last_key != start.last_key:
-            self._relocate(seg, start, names)
+            self._relocate(seg, start)
         log.info("resuming at %s", self.position)
 
-    def _relocate(self, seg: SegmentFile, start: Position, names: list[str]) -> None:
+    def _relocate(self, seg: SegmentFile, start: Position) -> None:
         """The saved line no longer holds the saved key: find the key in the segment."""
         probe = SegmentFile(self.wal_dir, seg.name)
         found = -1
@@ -391,29 +395,31 @@ class WalScanner:
         log.warning("segment %s: saved entry found at line %d, not %d", seg.name, found, start.line)
         # The keys learned while skipping to the wrong line are not all behind us.
         self._recent = _RecentKeys(self._dedup_window)
-        self._learn_tail_before(names, seg.name)
+        self._learn_tail_before(seg.name)
         self._set_cur(SegmentFile(self.wal_dir, seg.name))
         assert self._cur is not None
         self._skip_to(self._cur, found, learn=True)
 
-    def _learn_tail_before(self, names: list[str], segment: str) -> None:
-        """Remember the keys of the last segment with data before ``segment`` (rotation dups)."""
-        for name in reversed(names[: bisect.bisect_left(names, segment)]):
-            try:
-                prev = SegmentFile(self.wal_dir, name)
-            except FileNotFoundError:
-                continue
-            try:
-                if prev.size() == 0:
-                    continue
-                _, recent, _ = prev.skip_lines(ALL_LINES, keep=self._dedup_window)
-            finally:
-                prev.close()
-            for raw in recent:
-                entry = self.parser.parse(raw)
-                if isinstance(entry, Entry) and entry.dedup_key:
-                    self._recent.seen(entry.dedup_key)
+    def _learn_tail_before(self, segment: str) -> None:
+        """Remember the keys of the last segment with data before ``segment`` (rotation dups).
+
+        Looked for among a bounded number of segments back (LOOK_BACK in the directory):
+        Nexus pre-creates at most a few thousand empty ones between two that hold data."""
+        name = self._dir.last_with_data_before(segment)
+        if name is None:
             return
+        try:
+            prev = SegmentFile(self.wal_dir, name)
+        except FileNotFoundError:
+            return
+        try:
+            _, recent, _ = prev.skip_lines(ALL_LINES, keep=self._dedup_window)
+        finally:
+            prev.close()
+        for raw in recent:
+            entry = self.parser.parse(raw)
+            if isinstance(entry, Entry) and entry.dedup_key:
+                self._recent.seen(entry.dedup_key)
 
     def _emit(self, cur: SegmentFile, lines: list[bytes | None]) -> Batch:
         # The hot loop of catching up: keep per-line work to what cannot be avoided.

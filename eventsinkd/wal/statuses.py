@@ -11,9 +11,9 @@ changed, and parses only them:
   lines up to where it was anyway);
 * a segment behind the cursor: when its (device, inode, size, mtime) differs
   from the file last read. A status rewrite is a new file renamed over the
-  segment, which also changes the directory, so the scanner looks only when the
-  directory listing was redone, at a cost of one stat per segment holding
-  PENDING entries.
+  segment, which the directory reports (a watcher event for an existing segment, or
+  a new listing), so the scanner looks only then, at a cost of one stat per segment
+  holding PENDING entries.
 
 An entry read with its final status already gives its status event at once.
 Each entry gives at most one: once its final status is seen it is forgotten.
@@ -173,14 +173,14 @@ class StatusWatch:
         """Look again at the PENDING lines of the segments the cursor has left (at or before
         ``position``, other than ``reading``, the one it has open) that changed.
 
-        Only when the directory listing was redone (a rewrite renames a file into the
-        directory; the listing is redone at most every 0.1 s when the directory changes, at
-        least every second), and then one stat per segment holding PENDING lines.
+        Only when the directory may hold a file renamed in since the last look (a rewrite
+        renames a file over its segment: ``directory.listings`` counts those changes), and
+        then one stat per segment holding PENDING lines.
         """
         if not self._segments:
             return []
         try:
-            directory.names()
+            directory.refresh()
         except OSError:
             return []  # the scanner reports it
         if directory.listings == self._listing:

@@ -99,6 +99,9 @@ class NexusWriter:
     * ``shuffle_seq``: swap some adjacent ``monotonic_seq`` values inside a batch, as concurrent
       Nexus writers do (seq unique but not in file order).
     * ``mac_key`` is used as raw bytes (like Nexus's resolved ``mac_key_file`` string).
+    * ``grow_after``: rotate and pre-create right after a batch is written, with files that are
+      created and closed without an fsync, the way Nexus's group commit (``writeBatch``) does;
+      by default that happens before the next batch, with fsynced files.
 
     Layout notes: ``legacy`` (v0.1.2) supports neither compression nor checkpoints (ValueError).
     In ``mixed`` layout, batches alternate legacy/sentinel starting with legacy; compression applies
@@ -118,6 +121,7 @@ class NexusWriter:
         seed: int = 0,
         payload_bytes: int = 600,
         shuffle_seq: bool = False,
+        grow_after: bool = False,
     ) -> None:
         if layout not in ("legacy", "sentinel", "mixed"):
             raise ValueError(f"unknown layout {layout!r}")
@@ -135,6 +139,7 @@ class NexusWriter:
         self.seed = seed
         self.payload_bytes = payload_bytes
         self.shuffle_seq = shuffle_seq
+        self.grow_after = grow_after
 
         self._rng = random.Random(seed)
         self._entries = EntryMaker(self._rng, seed, payload_bytes)
@@ -206,22 +211,31 @@ class NexusWriter:
         self._last_ns = max(time.time_ns(), self._last_ns + 1)
         return self._last_ns
 
-    def _create_segment(self) -> str:
+    def _create_segment(self, durable: bool = True) -> str:
         name = f"wal-{self._next_ns()}.jsonl"
         fd = os.open(self.wal_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(self.wal_dir)
+        if durable:
+            _fsync_dir(self.wal_dir)
         self._segments.append(name)
         self._lines[name] = 0
         return name
 
-    def _rotate(self) -> None:
-        self._active = self._create_segment()
+    def _rotate(self, durable: bool = True) -> None:
+        self._active = self._create_segment(durable)
         self._active_size = 0
+
+    def _grow(self, durable: bool = True) -> None:
+        """Rotate when the active segment is full; pre-create a newer one when it is 80% full."""
+        if self._active_size >= self.max_segment_bytes:
+            self._rotate(durable)
+        elif self.precreate and self._active_size >= 0.8 * self.max_segment_bytes:
+            self._create_segment(durable)  # newer, stays empty; appends keep going to _active
 
     def _encode(self, json_bytes: bytes, *, legacy: bool, compress: bool) -> bytes:
         """One line without the trailing newline."""
@@ -291,11 +305,8 @@ class NexusWriter:
             raise ValueError("n must be >= 1")
         legacy = self._batch_legacy()
         self._batches += 1
-        if self._partial is None:  # a torn line is always completed by the next append
-            if self._active_size >= self.max_segment_bytes:
-                self._rotate()
-            elif self.precreate and self._active_size >= 0.8 * self.max_segment_bytes:
-                self._create_segment()  # newer, stays empty; appends keep going to _active
+        if self._partial is None and not self.grow_after:  # a torn line is completed first
+            self._grow()
 
         entries: list[tuple[dict[str, Any], bool]] = []  # (entry, is legacy line)
         for _ in range(n):
@@ -329,6 +340,8 @@ class NexusWriter:
         self._partial = None
         self._lines[self._active] = line
         self._written.extend(records)
+        if self.grow_after:
+            self._grow(durable=False)
         return records
 
     def _shuffle_seqs(self, entries: list[dict[str, Any]]) -> None:
