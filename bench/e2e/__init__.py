@@ -33,6 +33,8 @@ i. ``adaptive``: events/s and the concurrency ``concurrency: auto`` chooses agai
 j. ``dirsize``: the daemon's CPU at 500 appends/s with Nexus's file churn, started on an empty
    WAL directory and on one with 200,000 leftover empty segments; and how long it takes to be
    ready with 1,000,000 files in the directory (about 3 minutes; 1.5 with ``--quick``).
+k. ``targets``: issue 11's targets in one run: the bare aiohttp client (the load generator),
+   then the daemon with a default sink against a 0 ms and a 10 ms receiver.
 
 ``bench.e2e.rows`` turns the results into the rows of the table.
 """
@@ -57,6 +59,7 @@ from bench.e2e import (
     latency,
     memory,
     statuses,
+    targets,
     throughput,
     transports,
 )
@@ -70,6 +73,7 @@ from bench.e2e.latency import LatResult
 from bench.e2e.memory import MemResult
 from bench.e2e.rows import rows_for
 from bench.e2e.statuses import StatusCost
+from bench.e2e.targets import TargetResult
 from bench.e2e.throughput import TpCell
 from bench.e2e.transports import TrCell
 
@@ -90,6 +94,7 @@ _PARTS: tuple[tuple[str, str, Callable[[Results, Path], None]], ...] = (
     ("statuses", "status events", statuses.measure),
     ("adaptive", "adaptive concurrency", adaptive.measure),
     ("dirsize", "directory size", dirsize.measure),
+    ("targets", "issue 11 targets", targets.measure),
 )
 FIGURES = (
     "throughput",
@@ -102,6 +107,7 @@ FIGURES = (
     "statuses",
     "adaptive",
     "dirsize",
+    "targets",
 )
 
 
@@ -121,6 +127,7 @@ class Results:
     statuses: StatusCost | None = None
     adaptive: list[AdCell] = field(default_factory=list)
     dirsize: DirSizeResult | None = None
+    targets: TargetResult | None = None
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     machine_note: str = ""

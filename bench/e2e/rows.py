@@ -14,6 +14,7 @@ from bench.e2e.dirsize import RATE as DIR_RATE
 from bench.e2e.idle import LEFTOVER_EMPTY_SEGMENTS
 from bench.e2e.memory import MemResult
 from bench.e2e.statuses import status_rows
+from bench.e2e.targets import target_rows
 from bench.e2e.transports import POLL_FAST_S, POLL_SLOW_S, TrCell
 
 if TYPE_CHECKING:
@@ -487,6 +488,7 @@ def rows_for(res: Results) -> list[Row]:
         *cursor_rows(res),
         *transport_rows(res),
         *status_rows(res),
+        *target_rows(res),
         *adaptive_rows(res),
         *error_rows(res),
     ]
