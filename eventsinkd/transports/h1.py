@@ -2,8 +2,8 @@
 
 Why not aiohttp here (it still carries OTLP): a webhook is one small POST per
 event, and aiohttp's general client spends ~60 µs of CPU on each one (cookie
-jar, tracing, redirects, multidicts, a payload object, timers), several times
-what everything else eventsinkd does per event. A webhook needs none of that:
+jar, tracing, redirects, multidicts, a payload object, timers), as much as
+everything else eventsinkd does per event. A webhook needs none of that:
 POST with a few headers on a kept-open connection, read the status, the
 Retry-After header and a bounded body, and never follow a redirect (a 3xx is a
 permanent failure). Measured with ``python -m bench.webhook_client`` (16
