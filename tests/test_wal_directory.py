@@ -117,8 +117,6 @@ async def test_new_segments_deletes_and_renames_are_followed(wal_dir: Path) -> N
     if precreated:
         os.unlink(wal_dir / precreated[0])
     await until(lambda: directory.refresh() == len(os.listdir(wal_dir)), "the names")
-    # Appends after it all go on being read: to the active segment, which is older than
-    # the one renamed in: a new cursor reads them, this one is past them.
     await reader.close()
     assert reader.follower.scanner.error is None
     assert ids(reader.records) == expected_ids(w) + expected_ids(other)

@@ -33,7 +33,7 @@ from bench.e2e.common import (
 if TYPE_CHECKING:
     from bench.e2e import Results
 
-LATENCY_RATES = (100, 1_000, 5_000)
+LATENCY_RATES = (100, 1_000, 2_000)  # the group-commit writer tops out near 2,300/s here
 
 
 @dataclass(slots=True)

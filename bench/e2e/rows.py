@@ -109,8 +109,8 @@ def latency_rows(res: Results) -> list[Row]:
             Row(
                 "e2e latency",
                 "setup",
-                "concurrency 4",
-                "0 ms receiver, drop mode, max_inflight 1,000, inotify + 0.5 s poll; Nexus's "
+                "defaults",
+                "0 ms receiver, default sink settings, inotify + 0.5 s poll; Nexus's "
                 "group commit (4 writers, 500 us batching, 1 MiB segments, a new empty file per "
                 "batch in the last fifth of each); from the batch's fsync to the receiver "
                 "reading the request (CLOCK_MONOTONIC in both processes)",

@@ -106,18 +106,29 @@ class SegmentDirectory:
     def survey(self) -> bool:
         """List the directory in the calling thread and hand what differs from the names
         known over as changes (a safety net for lost events); True if anything differs.
-        Raises OSError when the directory cannot be read."""
+        Raises OSError when the directory cannot be read.
+
+        Python loops, no sort: the other threads get their turns (a sort of a million
+        names would hold the GIL for half a second). The names known are read while the
+        scanners' thread may change them: a name seen twice or missed only makes a change
+        that the file then contradicts (changes are decided by the files)."""
         started = time.monotonic()
-        listed = list_segments(self.path)
+        listed: set[str] = set()
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if SEGMENT_RE.fullmatch(entry.name):
+                    listed.add(entry.name)
         self.list_cost_s = time.monotonic() - started
-        known = list(self._names)  # one C-level copy: never torn by the other thread
-        if listed == known:
-            return False
-        now, before = set(listed), set(known)
-        diff = [(int(Change.added), n) for n in listed if n not in before]
-        diff += [(int(Change.deleted), n) for n in known if n not in now]
-        self._inbox.append(diff)
-        return True
+        diff: list[tuple[int, str]] = []
+        for name in self._names:
+            if name in listed:
+                listed.discard(name)
+            else:
+                diff.append((int(Change.deleted), name))
+        diff += [(int(Change.added), name) for name in listed]
+        if diff:
+            self._inbox.append(diff)
+        return bool(diff)
 
     # -- what the scanners ask (their thread) -----------------------------------------
 
