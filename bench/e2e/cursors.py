@@ -2,7 +2,7 @@
 
 Every sink has its own cursor (scanner and saved position); the cursors share the watcher,
 the directory listing and the parsed lines (``eventsinkd/wal/reading.py``). Throughout:
-``overflow: block``, default ``max_inflight`` 1,000 and sink concurrency 4, 0 ms receivers
+``overflow: block``, default ``max_inflight`` 1,000 and sink concurrency (``auto``), 0 ms receivers
 (``bench/receiver.py``), dead sinks pointed at a port of 127.0.0.1 where nothing listens.
 
 1. ``beside``: a healthy sink's events/s, a pre-written WAL handed over at once and timed to

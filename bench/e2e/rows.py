@@ -346,7 +346,7 @@ def cursor_rows(res: Results) -> list[Row]:
                 "healthy events/s: alone / beside dead",
                 f"{b.alone_rate:,.0f} / {b.beside_rate:,.0f}",
                 f"median of {len(b.alone)} x {b.events:,} ev each ({each}), runs alternating; "
-                "pre-written WAL handed over at once, 0 ms receiver, concurrency 4, block",
+                "pre-written WAL handed over at once, 0 ms receiver, default concurrency, block",
             )
         )
         rows.append(

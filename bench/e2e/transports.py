@@ -5,7 +5,7 @@ while the daemon idles, then renamed into its followed WAL directory at once; a 
 from the first rename until the sink's ``delivered`` count in ``/status`` reaches N, and the
 server must then have received N (nothing lost, nothing twice). The daemon's CPU
 (utime+stime) over the run / N = CPU per event. One daemon per sink type, each with one sink
-(``overflow: block``, defaults otherwise: ``max_inflight`` 1,000, concurrency 4, the batched
+(``overflow: block``, defaults otherwise: ``max_inflight`` 1,000, ``concurrency: auto``, the batched
 types ``max_batch`` 200 and ``linger_ms`` 5); a warm-up run of each sizes its N
 for a run of about ``Settings.target_s``.
 

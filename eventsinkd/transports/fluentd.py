@@ -17,15 +17,16 @@ twice (at-least-once). The one failure retried at once, inside the same send, is
 connection found closed by the collector before it answered anything
 (see :meth:`FluentdTransport._exchange`).
 
-Connections: a small pool, one connection per batch in flight, so at most ``concurrency``
-connections (the sink never has more batches in flight). Each connection carries one
-request and its ack at a time, which keeps the acks unambiguous without any bookkeeping: a
-connection that failed or timed out is closed, never reused, so an ack arriving late for a
-chunk given up on has nowhere to land (and any ack that does not name the chunk being waited
-for is refused anyway). Multiplexing several chunks on one connection would instead put every
-batch behind the slowest one - ``in_forward`` answers the messages of one connection in order
-- and a single timeout would have to throw all of them away. Idle connections are kept for
-the next batch (up to :data:`IDLE_KEEP_S`) and reopened lazily after an error; the first send
+Connections: a small pool, one connection per batch in flight, so at most ``max_requests``
+connections (the pinned ``concurrency``, or ``max_concurrency`` under ``auto``: the sink
+never has more batches in flight). Each connection carries one request and its ack at a
+time, which keeps the acks unambiguous without any bookkeeping: a connection that failed or
+timed out is closed, never reused, so an ack arriving late for a chunk given up on has
+nowhere to land (and any ack that does not name the chunk being waited for is refused
+anyway). Multiplexing several chunks on one connection would instead put every batch behind
+the slowest one - ``in_forward`` answers the messages of one connection in order - and a
+single timeout would have to throw all of them away. Idle connections are kept for the next
+batch (up to :data:`IDLE_KEEP_S`) and reopened lazily after an error; the first send
 connects.
 
 Not supported: the ``shared_key``/user authentication handshake (HELO/PING/PONG). A collector
