@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench import Row
 from bench.common import Receiver
-from bench.e2e.common import PREWRITE_BATCH, Daemon, new_writer, stage, wait_for
+from bench.e2e.common import Daemon, prewrite, stage, wait_for
 from eventsinkd.devtools.sim.entries import EntryMaker
 
 if TYPE_CHECKING:
@@ -90,26 +90,9 @@ class ManySubjects(EntryMaker):
         return entry
 
 
-def _prewrite(stage_dir: Path, n: int, subjects: int) -> list[str]:
-    """``n`` entries into an empty ``stage_dir``, group commits of 100; the files, in order."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    for name in os.listdir(stage_dir):
-        os.unlink(stage_dir / name)
-    w = new_writer(stage_dir)
-    if subjects:
-        w._entries = ManySubjects(w._entries, subjects)
-    done = 0
-    while done < n:
-        k = min(PREWRITE_BATCH, n - done)
-        w.append(k)
-        done += k
-    w.close()
-    return sorted(os.listdir(stage_dir))
-
-
 def _run(d: Daemon, rcv: Receiver, root: Path, n: int, subjects: int, timeout_s: float) -> AdRun:
     staging = root / "stage"
-    names = _prewrite(staging, n, subjects)
+    names = prewrite(staging, n, (lambda base: ManySubjects(base, subjects)) if subjects else None)
     before = rcv.stats()
     want = before["requests"] + n
     limits: list[int] = []

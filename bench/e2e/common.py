@@ -24,6 +24,7 @@ from bench import proc_cpu_s, proc_status_kib
 from bench.common import http_get
 from bench.walgen import SEGMENT_BYTES
 from eventsinkd.devtools.child import DaemonDir
+from eventsinkd.devtools.sim.entries import EntryMaker
 from eventsinkd.devtools.sim.group_commit import Committed, GroupCommit, paced_writers
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.ports import free_port
@@ -229,9 +230,14 @@ def new_writer(wal: Path) -> NexusWriter:
     return NexusWriter(wal, max_segment_bytes=SEGMENT_BYTES, seed=next(_seeds))
 
 
-def write_fast(wal: Path, n: int) -> None:
-    """``n`` entries into ``wal`` as fast as the writer goes, group commits of 100."""
+def write_fast(
+    wal: Path, n: int, entries: Callable[[EntryMaker], EntryMaker] | None = None
+) -> None:
+    """``n`` entries into ``wal`` as fast as the writer goes, group commits of 100 (``entries``
+    can replace the writer's entry maker, e.g. to vary the subjects)."""
     w = new_writer(wal)
+    if entries is not None:
+        w._entries = entries(w._entries)
     done = 0
     while done < n:
         k = min(PREWRITE_BATCH, n - done)
@@ -240,10 +246,12 @@ def write_fast(wal: Path, n: int) -> None:
     w.close()
 
 
-def prewrite(stage_dir: Path, n: int) -> list[str]:
+def prewrite(
+    stage_dir: Path, n: int, entries: Callable[[EntryMaker], EntryMaker] | None = None
+) -> list[str]:
     """Write ``n`` entries into ``stage_dir`` as fast as the writer can; the files, in order."""
     shutil.rmtree(stage_dir, ignore_errors=True)
-    write_fast(stage_dir, n)
+    write_fast(stage_dir, n, entries)
     return sorted(os.listdir(stage_dir))
 
 

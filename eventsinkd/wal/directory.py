@@ -273,19 +273,12 @@ class SegmentDirectory:
         gone: list[str] = []
         while end < len(maybe):
             name = maybe[end]
-            if name in self._data:
-                found = name
-                break
-            if end - start >= SCAN_BUDGET:
+            if name not in self._data and end - start >= SCAN_BUDGET:
                 found = Scan.MORE
                 break
-            size = self._size(name)
-            if size:
-                self._data.add(name)
+            if self._holds_data(name, gone):
                 found = name
                 break
-            if size is None:
-                gone.append(name)
             end += 1
         del maybe[start:end]  # all empty (or gone) up to the one found
         self._forget(gone)
@@ -299,20 +292,26 @@ class SegmentDirectory:
         i = end - 1
         while i > stop:
             name = maybe[i]
-            if name in self._data:
+            if self._holds_data(name, gone):
                 found = name
                 break
-            size = self._size(name)
-            if size:
-                self._data.add(name)
-                found = name
-                break
-            if size is None:
-                gone.append(name)
             i -= 1
         del maybe[i + 1 : end]
         self._forget(gone)
         return found
+
+    def _holds_data(self, name: str, gone: list[str]) -> bool:
+        """True if ``name`` is known to hold data or its size says so; a vanished one joins
+        ``gone``."""
+        if name in self._data:
+            return True
+        size = self._size(name)
+        if size:
+            self._data.add(name)
+            return True
+        if size is None:
+            gone.append(name)
+        return False
 
     def _forget(self, names: list[str]) -> None:
         """``names`` are gone from the directory."""
