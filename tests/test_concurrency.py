@@ -4,6 +4,8 @@ whose latency rises and growing again when it recovers (real receiver on 127.0.0
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,11 +17,18 @@ from webhook_server import WebhookServer
 from eventsinkd.delivery.concurrency import (
     DECREASE_RATIO,
     INITIAL_LIMIT,
+    MIN_INTERVAL_S,
     AdaptiveConcurrency,
     Ewma,
 )
 
 MAX = 64
+
+
+def controller(cap: int = MAX) -> AdaptiveConcurrency:
+    """A controller that decides once per round trip however short: these tests are of its
+    decisions (the floor on the interval has its own test)."""
+    return AdaptiveConcurrency(cap, min_interval_s=0.0)
 
 
 def round_trip(
@@ -59,7 +68,7 @@ def test_ewma_mean_and_deviation() -> None:
 
 
 def test_slow_start_doubles_up_to_the_cap_while_the_round_trip_holds() -> None:
-    c = AdaptiveConcurrency(MAX)
+    c = controller()
     assert c.limit == INITIAL_LIMIT
     # The first round trip only sets the baseline; then each one doubles the limit.
     assert limits(c, 0.0, [0.01] * 7) == [4, 8, 16, 32, 64, 64, 64]
@@ -67,12 +76,12 @@ def test_slow_start_doubles_up_to_the_cap_while_the_round_trip_holds() -> None:
 
 
 def test_without_demand_beyond_the_limit_it_does_not_grow() -> None:
-    c = AdaptiveConcurrency(MAX)
+    c = controller()
     assert limits(c, 0.0, [0.01] * 20, busy=False) == [INITIAL_LIMIT] * 20
 
 
 def test_back_pressure_cuts_by_a_tenth_and_then_it_grows_by_one() -> None:
-    c = AdaptiveConcurrency(MAX)
+    c = controller()
     now = 0.0
     for _ in range(4):
         now = round_trip(c, now, 0.01)
@@ -84,7 +93,7 @@ def test_back_pressure_cuts_by_a_tenth_and_then_it_grows_by_one() -> None:
 
 
 def test_a_sharp_rise_in_round_trip_cuts_and_a_steady_new_one_lets_it_grow_again() -> None:
-    c = AdaptiveConcurrency(MAX)
+    c = controller()
     now = 0.0
     for rtt in [0.010, 0.011, 0.009, 0.010, 0.011]:
         now = round_trip(c, now, rtt)
@@ -98,7 +107,7 @@ def test_a_sharp_rise_in_round_trip_cuts_and_a_steady_new_one_lets_it_grow_again
 
 
 def test_jitter_within_the_deviation_does_not_cut() -> None:
-    c = AdaptiveConcurrency(MAX)
+    c = controller()
     rtts = [0.0100, 0.0104, 0.0098, 0.0102, 0.0097] * 10
     seen = limits(c, 0.0, rtts)
     assert c.decreases == 0
@@ -106,15 +115,15 @@ def test_jitter_within_the_deviation_does_not_cut() -> None:
 
 
 def test_never_below_one_nor_above_the_cap() -> None:
-    c = AdaptiveConcurrency(8)
+    c = controller(8)
     assert limits(c, 0.0, [0.01] * 10)[-1] == 8
     assert limits(c, 1.0, [0.01] * 50, back_pressure=True)[-1] == 1
-    c = AdaptiveConcurrency(2)
+    c = controller(2)
     assert c.limit == 2  # the initial limit never exceeds the cap
 
 
 def test_after_an_outage_it_doubles_back_to_where_the_trouble_began() -> None:
-    c = AdaptiveConcurrency(MAX)
+    c = controller()
     now = 0.0
     for _ in range(4):
         now = round_trip(c, now, 0.01)
@@ -131,7 +140,7 @@ def test_after_an_outage_it_doubles_back_to_where_the_trouble_began() -> None:
 
 
 def test_one_decision_per_round_trip() -> None:
-    c = AdaptiveConcurrency(MAX)
+    c = controller()
     round_trip(c, 0.0, 0.01)  # the baseline: 10 ms, so the next decision comes at 0.02
     stamps = [c.started() for _ in range(4)]
     for t in (0.011, 0.012, 0.013):  # answers within the interval: no decision yet
@@ -146,8 +155,43 @@ def test_one_decision_per_round_trip() -> None:
     assert c.limit == 2
 
 
-def test_back_pressure_from_before_a_decrease_does_not_cut_again() -> None:
+def test_a_fast_receiver_is_judged_over_at_least_the_minimum_interval() -> None:
     c = AdaptiveConcurrency(MAX)
+    now = round_trip(c, 0.0, 0.001)  # the baseline: 1 ms
+    decided_at = [now]
+    while now < 10 * MIN_INTERVAL_S:
+        before = c.limit
+        now = round_trip(c, now, 0.001)
+        if c.limit != before:
+            decided_at.append(now)
+    # Doubling while the round trip holds, but one decision per interval, not per 1 ms.
+    assert c.limit > INITIAL_LIMIT
+    gaps = [b - a for a, b in itertools.pairwise(decided_at)]
+    assert gaps and min(gaps) >= MIN_INTERVAL_S
+
+
+def test_a_busy_sender_settles_low_instead_of_walking_to_the_cap() -> None:
+    """A sender that is itself the bottleneck (a 0 ms receiver): each request waits for the
+    others, so the round trip is the limit times the time one takes, plus now and then a
+    few milliseconds when the process is busy elsewhere (the reader thread). Each request
+    added lengthens the round trip by only 1/limit: judged against a baseline that follows
+    it, that always looks "near", and the limit walked to the cap."""
+    rng = random.Random(7)
+    c = AdaptiveConcurrency(MAX)
+    now, per_request, stalls_per_s, stall_s = 0.0, 80e-6, 40, 0.005
+    seen = []
+    while now < 20.0:
+        rtt = c.limit * per_request
+        if rng.random() < stalls_per_s * rtt:
+            rtt += stall_s
+        now = round_trip(c, now, rtt)
+        seen.append(c.limit)
+    settled = seen[len(seen) // 2 :]
+    assert sum(settled) / len(settled) <= 16
+
+
+def test_back_pressure_from_before_a_decrease_does_not_cut_again() -> None:
+    c = controller()
     now = round_trip(c, 0.0, 0.01)
     stamps = [c.started() for _ in range(4)]
     c.finished(now + 0.011, None, True, stamps.pop())
@@ -162,7 +206,7 @@ def test_back_pressure_from_before_a_decrease_does_not_cut_again() -> None:
 
 
 def test_a_request_cut_off_says_nothing() -> None:
-    c = AdaptiveConcurrency(MAX)
+    c = controller()
     c.started()
     c.abandoned()
     assert (c.in_flight, c.limit) == (0, INITIAL_LIMIT)
