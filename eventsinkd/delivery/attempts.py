@@ -65,12 +65,19 @@ class Requests:
         now = time.perf_counter()
         m = sink.metrics
         m.duration.observe(now - started)
-        outcomes = Counter(result.outcome for result in results)
-        for outcome, n in outcomes.items():
-            m.attempts[outcome].inc(n)  # once per outcome: a metric update takes a lock
-        delivered = outcomes[Outcome.DELIVERED]
+        delivered = 0
+        for result in results:
+            if result.outcome is Outcome.DELIVERED:
+                delivered += 1
+        if delivered:
+            m.attempts[Outcome.DELIVERED].inc(delivered)  # once: a metric update takes a lock
+        back_pressure = False
+        if delivered < len(results):
+            failed = Counter(r.outcome for r in results if r.outcome is not Outcome.DELIVERED)
+            for outcome, n in failed.items():
+                m.attempts[outcome].inc(n)
+            back_pressure = any(outcome.retryable for outcome in failed)
         if control is not None:
-            back_pressure = delivered < len(results) and any(o.retryable for o in outcomes)
             rtt = now - started if delivered else None
             if control.finished(now, rtt, back_pressure, sent):
                 sink.workers.resize(control.limit)

@@ -148,6 +148,8 @@ class SinkCursor:
         batch.records.clear()
         batch.statuses = ()
         for event, key in events:
+            if self.sink.put_nowait(event, key):
+                continue
             # A reload can replace the sink while we wait for room: the event goes
             # to the new one. At shutdown it stays unfinished and is read again.
             while not await self.sink.put(event, key):

@@ -270,11 +270,19 @@ class Sink:
         whatever replaced it, or leaves it to be read again after a restart.
         """
         # Paused, it takes nothing new: the events wait in the WAL, not in memory.
-        while self.paused or not self.has_room:
+        while not self.put_nowait(event, key):
             if self.closed:
                 return False
             self._room.clear()
             await self._room.wait()
+        return True
+
+    def put_nowait(self, event: Event, key: str | None = None) -> bool:
+        """Block mode: queue ``event`` if the sink takes it now (not paused, room); False
+        otherwise, and the caller waits with :meth:`put` (most events need no wait, and a
+        call costs less than a coroutine)."""
+        if self.paused or not self.has_room:
+            return False
         # Counted once it is held, so offered = delivered + failed + dropped + queue depth.
         self.stats.offered += 1
         self._m.offered.inc()

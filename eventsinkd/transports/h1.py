@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers of a response
 IDLE_S = 30.0  # a connection unused this long is closed (servers close theirs after 5-75 s)
-MAX_IDLE = 64  # connections kept idle per pool
+MAX_IDLE = 64  # connections kept idle per pool, unless the pool is told otherwise
 
 
 class ProtocolError(Exception):
@@ -81,6 +81,7 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._chunk_state = 0  # 0: size line; 1: data; 2: CRLF after data; 3: trailers
         self._body_read = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -107,13 +108,22 @@ class _Connection(asyncio.Protocol):
 
     # -- one exchange ----------------------------------------------------------------------
 
-    def request(self, head: bytes, body: bytes) -> asyncio.Future[Response]:
+    def request(self, head: bytes, body: bytes, deadline: float) -> asyncio.Future[Response]:
+        """Send a request; the future fails with TimeoutError if the response is not complete
+        by ``deadline`` (the loop's clock). A timer of the connection's own rather than
+        ``asyncio.timeout``, which costs a few microseconds more per request."""
         assert self.transport is not None and self._waiter is None
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self._timer = loop.call_at(deadline, self._timed_out)
         self._got_bytes = False
         self._head = None
         self.transport.writelines((head, body))
         return self._waiter
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(TimeoutError())
 
     def _parse(self) -> None:
         while self._waiter is not None:
@@ -125,6 +135,7 @@ class _Connection(asyncio.Protocol):
                 return
             waiter, head = self._waiter, self._head
             self._waiter = None
+            self._stop_timer()
             self.used += 1
             if not self._keep or self._buf:  # more than one response: not ours to keep
                 self.close()
@@ -226,6 +237,7 @@ class _Connection(asyncio.Protocol):
 
     def _lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_timer()
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
@@ -247,8 +259,14 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class H1Pool:
@@ -261,7 +279,9 @@ class H1Pool:
         *,
         ssl_context: ssl.SSLContext | None = None,
         max_body: int = 64 * 1024,
+        max_idle: int = MAX_IDLE,
     ) -> None:
+        self.max_idle = max_idle  # (a sink's most requests in flight: each keeps its connection)
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url}")
@@ -297,22 +317,26 @@ class H1Pool:
                 raise ValueError(f"the {name} header would hold a line break or NUL")
         extra = "".join(f"{n}: {v}\r\n" for n, v in headers).encode()
         head = b"".join((self._head, extra, b"Content-Length: %d\r\n\r\n" % len(body)))
-        async with asyncio.timeout(timeout_s):
-            conn = self._take()
-            if conn is not None:
-                try:
-                    return await self._exchange(conn, head, body)
-                except StaleConnection:
-                    pass  # closed while idle: once more on a new connection
-            return await self._exchange(await self._connect(), head, body)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        conn = self._take()
+        if conn is not None:
+            try:
+                return await self._exchange(conn, head, body, deadline)
+            except StaleConnection:
+                pass  # closed while idle: once more on a new connection
+        async with asyncio.timeout_at(deadline):
+            conn = await self._connect()
+        return await self._exchange(conn, head, body, deadline)
 
-    async def _exchange(self, conn: _Connection, head: bytes, body: bytes) -> Response:
+    async def _exchange(
+        self, conn: _Connection, head: bytes, body: bytes, deadline: float
+    ) -> Response:
         try:
-            response = await conn.request(head, body)
+            response = await conn.request(head, body, deadline)
         except BaseException:
             conn.close()  # cut short (timeout, cancel, error): its state is unknown
             raise
-        if not conn.closed and len(self._idle) < MAX_IDLE:
+        if not conn.closed and len(self._idle) < self.max_idle:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         return response

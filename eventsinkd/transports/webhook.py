@@ -39,7 +39,9 @@ class WebhookTransport:
             *cfg.headers.items(),
         ]
         tls = ssl_context(cfg.tls) if cfg.url.scheme == "https" else None
-        self._pool = H1Pool(url, static, ssl_context=tls, max_body=MAX_RESPONSE_BYTES)
+        self._pool = H1Pool(
+            url, static, ssl_context=tls, max_body=MAX_RESPONSE_BYTES, max_idle=cfg.max_requests
+        )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -47,7 +49,12 @@ class WebhookTransport:
             self._pool = None
 
     async def send(self, events: Sequence[Event]) -> list[Attempt]:
-        return [await self.post(event) for event in events]
+        # A loop, not a comprehension: on Python 3.11 that is one more frame for every
+        # resumption of each request's coroutine chain.
+        results = []
+        for event in events:
+            results.append(await self.post(event))
+        return results
 
     async def post(self, event: Event) -> Attempt:
         """POST ``event`` once; never raises for trouble with the receiver."""
