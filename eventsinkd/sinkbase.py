@@ -18,6 +18,10 @@ from eventsinkd.secrets import SecretError, resolve_secret
 
 _SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_CONCURRENCY = 1024
+# The default cap on concurrency: auto. Measured against a 10 ms receiver on the 2-core
+# machine (BENCHMARKS.md): auto settles at 55-80 requests in flight there, so a cap of 64
+# held it below what the receiver took.
+DEFAULT_MAX_CONCURRENCY = 128
 # none: no order kept; wal: everything in WAL order (as concurrency 1); subject, source,
 # destination: each value's events in WAL order, different values in parallel.
 Order = Literal["none", "wal", "subject", "source", "destination"]
@@ -81,7 +85,10 @@ class SinkBase(Model):
         description="requests (batches) in flight: auto (adaptive), or a number that pins it",
     )
     max_concurrency: int = Field(
-        default=64, ge=1, le=MAX_CONCURRENCY, description="the most that auto lets in flight"
+        default=DEFAULT_MAX_CONCURRENCY,
+        ge=1,
+        le=MAX_CONCURRENCY,
+        description="the most that auto lets in flight",
     )
     order: Order = Field(default="none", description="what keeps WAL order: nothing, all, a key")
     rate_limit: float | None = Field(

@@ -312,12 +312,12 @@ def test_delivery_settings_are_checked(keys: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("keys", "adaptive", "max_requests", "wal_order", "order_key"),
     [
-        ("content: summary", True, 64, False, None),  # the defaults: auto, max 64, no order
+        ("content: summary", True, 128, False, None),  # the defaults: auto, max 128, no order
         ("max_concurrency: 200", True, 200, False, None),
         ("concurrency: 100", False, 100, False, None),  # pinned above the default cap: fine
         ("concurrency: 1", False, 1, True, None),
         ("order: wal", False, 1, True, None),
-        ("order: subject", True, 64, False, "subject"),
+        ("order: subject", True, 128, False, "subject"),
         ("order: destination, concurrency: 4", False, 4, False, "destination"),
         ("order: source, concurrency: 1", False, 1, True, None),  # WAL order covers it
     ],

@@ -303,11 +303,11 @@ async def test_order_per_subject_holds_across_restarts_of_the_daemon(
     await until(lambda: len(keyed_rx.delivered) >= 120)
     st = await sink_status(d)
     assert st["order"] == "subject"
-    assert st["concurrency"]["setting"] == "auto" and st["concurrency"]["max"] == 64
-    assert 1 <= st["concurrency"]["current"] <= 64
+    assert st["concurrency"]["setting"] == "auto" and st["concurrency"]["max"] == 128
+    assert 1 <= st["concurrency"]["current"] <= 128
     assert st["rate_limit"]["events_per_s"] == 5000 and st["rate_limit"]["burst"] == 500
     gauge = metric_value(await d.get("/metrics"), "eventsinkd_sink_concurrency", sink="s")
-    assert 1 <= gauge <= 64
+    assert 1 <= gauge <= 128
     await kill9(d)
     await d.start()
     await until(lambda: len(set(keyed_rx.delivered)) >= 350)

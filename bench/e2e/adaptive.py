@@ -1,6 +1,6 @@
 """i. Adaptive concurrency: events/s and the concurrency ``auto`` chooses, by receiver latency.
 
-One sink with default settings (``concurrency: auto``, ``max_concurrency`` 64,
+One sink with default settings (``concurrency: auto``, ``max_concurrency`` 128,
 ``overflow: block``, ``max_inflight`` 1,000) against ``bench/receiver.py`` answering
 after 0, 10, 50 and 200 ms; then the 10 ms receiver again with ``order: subject`` and
 100 distinct subjects (the writer's entries take subjects ``user:0``..``user:99`` in
@@ -28,6 +28,7 @@ from bench import Row
 from bench.common import Receiver
 from bench.e2e.common import Daemon, prewrite, stage, wait_for
 from eventsinkd.devtools.sim.entries import EntryMaker
+from eventsinkd.sinkbase import DEFAULT_MAX_CONCURRENCY
 
 if TYPE_CHECKING:
     from bench.e2e import Results
@@ -38,7 +39,6 @@ SUBJECT_LATENCY_MS = 10
 POLL_S = 0.05
 MIN_RUN_EVENTS = 200
 MAX_RUN_EVENTS = 100_000
-MAX_CONCURRENCY = 64  # the default max_concurrency
 
 
 @dataclass(slots=True)
@@ -130,8 +130,8 @@ def adaptive_cell(rcv: Receiver, subjects: int, runs: int, target_s: float, work
     if subjects:
         sink["order"] = "subject"
     with Daemon(root, [sink], overflow="block").start() as d:
-        # Enough for a few seconds even at the cap: MAX_CONCURRENCY per round trip.
-        cap_rate = MAX_CONCURRENCY / (latency / 1000) if latency else 5_000.0
+        # Enough for a few seconds even at the cap: the default max_concurrency per round trip.
+        cap_rate = DEFAULT_MAX_CONCURRENCY / (latency / 1000) if latency else 5_000.0
         n0 = int(min(20_000, max(300, 2 * cap_rate)))
         warm = _run(d, rcv, root, n0, subjects, max(60.0, 20 * n0 / cap_rate))
         cell.warm_rate = warm.rate
@@ -193,7 +193,7 @@ def adaptive_rows(res: Results) -> list[Row]:
                 "method",
                 "pre-written",
                 "as throughput: WAL pre-written, renamed in at once, timed to the last arrival; "
-                "default sink settings (concurrency auto, max_concurrency 64), overflow block, "
+                "default sink settings (concurrency auto, max_concurrency 128), overflow block, "
                 f"max_inflight 1,000; /status polled every {POLL_S * 1000:g} ms",
             )
         )
