@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.events import parse_go_time
+from eventsinkd.tallies import SinkTallies, TallyCollector
 from eventsinkd.wal.lines import Reject
 from eventsinkd.wal.reading import ReaderStats
 from eventsinkd.wal.statuses import GONE, LIMIT, StatusWatch
@@ -29,56 +29,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.delivered = Counter(
-            "bubblefish_events_delivered_total",
-            "Events a sink accepted (2xx; for other types, see the README).",
-            ["sink"],
-            registry=r,
-        )
-        self.failed = Counter(
-            "bubblefish_events_failed_total",
-            "Events given up on (permanent failure or retries exhausted).",
-            ["sink"],
-            registry=r,
-        )
-        self.dropped = Counter(
-            "bubblefish_events_dropped_total",
-            "Events dropped because the sink's queue was full (or left at shutdown).",
-            ["sink"],
-            registry=r,
-        )
-        self.offered = Counter(
-            "eventsinkd_events_offered_total",
-            "Events handed to a sink (after its filter).",
-            ["sink"],
-            registry=r,
-        )
-        self.attempts = Counter(
-            "eventsinkd_delivery_attempts_total",
-            "Attempts (per event) by outcome class.",
-            ["sink", "outcome"],
-            registry=r,
-        )
-        self.retries = Counter(
-            "eventsinkd_delivery_retries_total",
-            "Attempts scheduled again after a retryable outcome.",
-            ["sink"],
-            registry=r,
-        )
-        self.delivery_latency = Histogram(
-            "eventsinkd_delivery_latency_seconds",
-            "From the entry's WAL timestamp to the sink's 2xx.",
-            ["sink"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "eventsinkd_request_duration_seconds",
-            "Duration of one request (one event, or one batch).",
-            ["sink"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        # The figures a delivered event updates: plain numbers, metrics at scrape time.
+        self.sink_tallies: dict[str, SinkTallies] = {}
+        r.register(TallyCollector(self.sink_tallies))
         self.truncated = Counter(
             "eventsinkd_messages_truncated_total",
             "Messages cut to the sink's size limit (syslog oversize: truncate).",
@@ -124,18 +77,21 @@ class Metrics:
 
 
 class SinkMetrics:
-    """One sink's labelled metrics, looked up once rather than per event."""
+    """One sink's per-event figures (:mod:`eventsinkd.tallies`), looked up once by name."""
 
     def __init__(self, m: Metrics, sink: str) -> None:
         self._m, self._sink = m, sink
-        self.delivered = m.delivered.labels(sink)
-        self.failed = m.failed.labels(sink)
-        self.dropped = m.dropped.labels(sink)
-        self.offered = m.offered.labels(sink)
-        self.retries = m.retries.labels(sink)
-        self.latency = m.delivery_latency.labels(sink)
-        self.duration = m.request_duration.labels(sink)
-        self.attempts = {o: m.attempts.labels(sink, o.value) for o in Outcome}
+        t = m.sink_tallies.get(sink)
+        if t is None:
+            t = m.sink_tallies[sink] = SinkTallies(LATENCY_BUCKETS)
+        self.delivered = t.delivered
+        self.failed = t.failed
+        self.dropped = t.dropped
+        self.offered = t.offered
+        self.retries = t.retries
+        self.latency = t.latency
+        self.duration = t.duration
+        self.attempts = t.attempts
 
     def watch(
         self,
