@@ -1,9 +1,10 @@
 """Run every benchmark and print one summary table: ``python -m bench [--quick]``.
 
 catch-up (bench.catchup), follow latency (bench.follow_latency), delivery engine
-(bench.delivery), one webhook POST (bench.webhook_client) and end to end through the real
-daemon (bench.e2e); not the soak test (``make soak``). Each figure is the median of several
-runs (3; 1 with ``--quick``). The summary ends with the comparison with Nexus's own
+(bench.delivery), one webhook POST (bench.webhook_client), the per-event stages
+(bench.stages) and end to end through the real daemon (bench.e2e); not the soak test
+(``make soak``). Each figure is the median of several runs (3; 1 with ``--quick``; the
+stages take the best of theirs). The summary ends with the comparison with Nexus's own
 in-process notifier.
 """
 
@@ -24,6 +25,7 @@ from bench import (
     follow_latency,
     machine_summary,
     print_table,
+    stages,
     webhook_client,
 )
 from bench.e2e.burst import median_dropped
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-follow", action="store_true")
     ap.add_argument("--skip-delivery", action="store_true")
     ap.add_argument("--skip-client", action="store_true")
+    ap.add_argument("--skip-stages", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument(
         "--asyncio", action="store_true", help="delivery: the engine on asyncio's loop, not uvloop"
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         rows += _guarded("delivery", run_delivery, errors)
     if not args.skip_client:
         rows += _guarded("webhook client", lambda: webhook_client.run(quick), errors)
+    if not args.skip_stages:
+        rows += _guarded("stages", lambda: stages.run(quick), errors)
     res: e2e.Results | None = None
     if not args.skip_e2e:
 
