@@ -70,7 +70,7 @@ class Requests:
             if result.outcome is Outcome.DELIVERED:
                 delivered += 1
         if delivered:
-            m.attempts[Outcome.DELIVERED].inc(delivered)  # once: a metric update takes a lock
+            m.attempts[Outcome.DELIVERED].inc(delivered)  # once per outcome, not per event
         back_pressure = False
         if delivered < len(results):
             failed = Counter(r.outcome for r in results if r.outcome is not Outcome.DELIVERED)

@@ -44,10 +44,11 @@ of a millisecond, so an interval of one round trip holds a handful of answers, a
 mean swings with whatever else the process did meanwhile (the reader thread holding the
 interpreter for a few milliseconds, a burst of events to render). Over 50 ms the mean is
 of hundreds of answers. Measured with a 0 ms receiver, where the daemon itself is the
-bottleneck: the limit held at 8-19 with the minimum, wandered over 16-32 without it, at
-the same rate; before growth was judged against the floor it walked to the cap of 64,
-which cost a fifth more CPU per event than 16. A slower receiver is judged once per
-round trip, as before.
+bottleneck, over 10 s runs: the limit held at 8-19 with the minimum and wandered over
+16-32 without it, at the same rate (over a minute it still wanders up to 30-40, since a
+spurious rise makes the next round trip the floor: BENCHMARKS.md). Before growth was
+judged against the floor it walked to the cap, 64 then, which cost a fifth more CPU per
+event than 16. A slower receiver is judged once per round trip, as before.
 
 Vector's defaults are kept (``DECREASE_RATIO``, ``EWMA_ALPHA``, ``RTT_DEVIATIONS``);
 they come from its simulations of services answering in many ways. What differs: the
@@ -125,7 +126,7 @@ class AdaptiveConcurrency:
         self._rtt_n = 0
         self._back_pressure = False
         self._reached = False
-        self._floor: float | None = None  # the shortest interval round trip since a decrease
+        self._floor: float | None = None  # the shortest interval round trip since a rise
 
     def started(self) -> int:
         """A request went out; what to give :meth:`finished` with its answer."""
