@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sqlite3
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from eventsinkd import __version__
+from eventsinkd.ask import AskError, admin_base, get, status, summary
 from eventsinkd.configfile import DEFAULT_PATH, ConfigError, load_config
 from eventsinkd.events import EVENT_TYPES, MEMORY_WRITTEN
 from eventsinkd.logs import setup_logging
@@ -91,12 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_wal_args(v)
 
     h = sub.add_parser("health", help="ask a running daemon; exit 0 if healthy, 1 if not")
-    h.add_argument(
-        "--url",
-        default="http://127.0.0.1:9464/healthz",
-        help="health URL (use /readyz to require a readable WAL)",
-    )
+    _add_config_arg(h)
+    h.add_argument("--ready", action="store_true", help="also require a readable WAL (/readyz)")
+    h.add_argument("--url", help="health URL to ask instead of the config's admin.listen")
     h.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+
+    st = sub.add_parser("status", help="where a running daemon and each of its sinks stand")
+    _add_config_arg(st)
+    st.add_argument("--url", help="admin base URL instead of the config's admin.listen")
+    st.add_argument("--json", action="store_true", help="the /status document as it is")
+    st.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
 
     rc = sub.add_parser("receive", help="a webhook receiver that verifies and prints events")
     rc.add_argument("--host", default="127.0.0.1")
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "tail": cmd_tail,
         "verify": cmd_verify,
         "health": cmd_health,
+        "status": cmd_status,
         "receive": cmd_receive,
         "demo": cmd_demo,
         "dead-letters": cmd_dead_letters,
@@ -292,17 +297,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    # Always 0 or 1: container runtimes reserve other exit codes of a health check.
     try:
-        with urllib.request.urlopen(args.url, timeout=args.timeout) as resp:
-            ok = 200 <= resp.status < 300
-            body = resp.read(4096).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        ok, body = False, exc.read(4096).decode(errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"unhealthy: {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        url = args.url or admin_base(args.config) + ("/readyz" if args.ready else "/healthz")
+        code, body = get(url, args.timeout)
+    except AskError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
-    print(("healthy: " if ok else "unhealthy: ") + body.strip())
+    ok = 200 <= code < 300
+    print(("healthy: " if ok else "unhealthy: ") + body.strip()[:4096])
     return 0 if ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        doc = status(args.url.rstrip("/") if args.url else admin_base(args.config), args.timeout)
+    except AskError as exc:
+        return _fail(str(exc), 1)
+    print(json.dumps(doc, indent=2) if args.json else summary(doc))
+    return 0
 
 
 def cmd_receive(args: argparse.Namespace) -> int:

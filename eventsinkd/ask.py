@@ -1,0 +1,119 @@
+"""Asking a running daemon: ``eventsinkd health`` and ``eventsinkd status``.
+
+Both find the daemon where its config says (``admin.listen``) unless given a URL. Only
+the ``admin`` section of the file is read and checked: a probe must not fail because a
+secret the daemon resolved at start (``env:VAR``) is not in the probe's environment. A
+wildcard listen address (``0.0.0.0``, ``::``) is asked on the loopback of its family.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from eventsinkd.config import AdminConfig
+
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
+class AskError(Exception):
+    """The daemon could not be asked (no config, no answer); the message says why."""
+
+
+def admin_base(config: Path) -> str:
+    """``http://host:port`` of the daemon that ``config`` describes."""
+    try:
+        doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise AskError(f"cannot read {config}: {exc}") from None
+    section = doc.get("admin") if isinstance(doc, dict) else None
+    try:
+        admin = AdminConfig.model_validate(section if section is not None else {})
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in ("admin", *problem["loc"]))
+        raise AskError(f"{config}: {where}: {problem['msg']}") from None
+    host = WILDCARDS.get(admin.host, admin.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{admin.port}"
+
+
+def get(url: str, timeout_s: float) -> tuple[int, str]:
+    """Status code and body of a GET; AskError when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.status, resp.read(1 << 20).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(4096).decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        raise AskError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+
+# -- eventsinkd status -------------------------------------------------------------------
+
+
+def _ago(unix: float | None, now: float) -> str:
+    if not unix:
+        return "never"
+    s = max(0.0, now - unix)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.1f}h ago"
+
+
+def _lag(lag: dict[str, Any]) -> str:
+    events, seconds = int(lag.get("events", 0)), float(lag.get("seconds", 0.0))
+    if not events and not lag.get("bytes"):
+        return "none"
+    return f"{events:,} events, {seconds:.1f}s"
+
+
+def summary(doc: dict[str, Any], now: float | None = None) -> str:
+    """``/status`` as a person reads it: the daemon, then one block per sink."""
+    now = time.time() if now is None else now
+    ready = "ready" if doc.get("ready") else "NOT READY"
+    lag = doc.get("lag", {})
+    lines = [
+        f"eventsinkd {doc.get('version', '?')}: {ready}, WAL {doc.get('wal_dir', '?')}, "
+        f"{doc.get('overflow', '?')} mode, "
+        f"{float(lag.get('seconds_behind', 0.0)):.1f}s behind at most",
+    ]
+    lines += [f"  problem: {p}" for p in doc.get("problems", [])]
+    for name, s in sorted(doc.get("sinks", {}).items()):
+        conc = s.get("concurrency", {})
+        setting = conc.get("setting")
+        limit = f"{conc.get('current')} in flight"
+        if setting == "auto":
+            limit += f" (auto, max {conc.get('max')})"
+        lines += [
+            "",
+            f"{name} ({s.get('type')} {s.get('url')}): {s.get('state')}",
+            f"  delivered {s.get('delivered', 0):,}  failed {s.get('failed', 0):,}  "
+            f"dropped {s.get('dropped', 0):,}  dead letters {s.get('dead_letters', 0):,}",
+            f"  lag {_lag(s.get('lag', {}))}  queue {s.get('queue_depth', 0):,}/"
+            f"{s.get('max_inflight', 0):,}  concurrency {limit}",
+            f"  last success {_ago(s.get('last_success'), now)}, "
+            f"last failure {_ago(s.get('last_failure'), now)}",
+        ]
+        if s.get("last_error") and s.get("state") != "running":
+            lines.append(f"  last error: {s['last_error']}")
+    return "\n".join(lines)
+
+
+def status(base: str, timeout_s: float) -> dict[str, Any]:
+    code, body = get(f"{base}/status", timeout_s)
+    if code != 200:
+        raise AskError(f"{base}/status answered HTTP {code}: {body.strip()[:200]}")
+    try:
+        doc: dict[str, Any] = json.loads(body)
+    except ValueError:
+        raise AskError(f"{base}/status: not a JSON document") from None
+    return doc
