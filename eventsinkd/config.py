@@ -139,7 +139,8 @@ class DeadLettersConfig(Model):
 
 class LogConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["json", "text"] = "json"
+    # auto: text when stderr is a terminal (a person watching), JSON lines otherwise.
+    format: Literal["auto", "json", "text"] = "auto"
 
 
 class Config(Model):

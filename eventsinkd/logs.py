@@ -9,7 +9,7 @@ from typing import Literal
 
 import orjson
 
-LogFormat = Literal["json", "text"]
+LogFormat = Literal["auto", "json", "text"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,7 +26,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", fmt: LogFormat = "text") -> None:
+    """Log to stderr at ``level``; ``auto`` is text on a terminal and JSON lines otherwise
+    (a journal, a container's log, a file)."""
     handler = logging.StreamHandler(sys.stderr)
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
