@@ -1,6 +1,9 @@
 # eventsinkd as a container sidecar: mount Nexus's WAL volume read-only.
 #   docker build -t eventsinkd --build-arg UID=$(id -u nexus) .
-FROM python:3.12-slim
+# BASE_IMAGE: any image with Python >= 3.11 and pip on PATH (e.g. one built locally where
+# no registry is reachable).
+ARG BASE_IMAGE=python:3.12-slim
+FROM ${BASE_IMAGE}
 
 # Match the UID (and GID) that owns Nexus's WAL files, so the WAL is readable.
 ARG UID=10001
@@ -22,9 +25,10 @@ USER eventsinkd
 WORKDIR /var/lib/eventsinkd
 VOLUME ["/var/lib/eventsinkd"]
 EXPOSE 9464
-# Liveness of the process; use --url http://127.0.0.1:9464/readyz to also require the WAL.
+# Liveness of the process, asked where the config's admin.listen says (add --ready to
+# also require a readable WAL).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["eventsinkd", "health", "--url", "http://127.0.0.1:9464/healthz"]
+  CMD ["eventsinkd", "health", "-c", "/etc/eventsinkd/config.yaml"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["eventsinkd"]
 CMD ["run", "-c", "/etc/eventsinkd/config.yaml"]

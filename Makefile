@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint bench soak demo clean
+.PHONY: venv test lint bench soak demo image clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,16 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
+
+# The container image, with podman (daemonless; --format docker keeps the HEALTHCHECK) or
+# docker, whichever is installed. BASE_IMAGE=... builds FROM another image (one made
+# locally where no registry is reachable).
+IMAGE ?= eventsinkd:latest
+image:
+	@engine=$$(command -v podman || command -v docker); \
+	if [ -z "$$engine" ]; then echo "make image: install podman or docker" >&2; exit 1; fi; \
+	format=$$(case "$$engine" in *podman) echo "--format docker";; esac); \
+	set -x; "$$engine" build $$format $${BASE_IMAGE:+--build-arg BASE_IMAGE=$$BASE_IMAGE} -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

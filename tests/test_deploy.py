@@ -59,8 +59,9 @@ def test_dockerfile_installs_like_make() -> None:
         "ARG UID",
         "USER eventsinkd",
         "HEALTHCHECK",
-        'eventsinkd", "health',
-        "/etc/eventsinkd/config.yaml",
+        'eventsinkd", "health", "-c", "/etc/eventsinkd/config.yaml"',  # its admin.listen
+        "ARG BASE_IMAGE=python:3",
+        "FROM ${BASE_IMAGE}",
         "EXPOSE 9464",
         "VOLUME",
     ):
