@@ -74,6 +74,8 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        for result in ("success", "failure"):  # at 0 from the start, so increase() sees the first
+            self.reloads.labels(result)
 
 
 class SinkMetrics:
