@@ -69,10 +69,12 @@ class WebhookTransport:
             resp = await self._pool.post(headers, body, self._timeout_s)
         except TimeoutError:
             return Attempt(Outcome.TIMEOUT, None, self._detail_timeout)
-        except ValueError as exc:  # an id no HTTP header can carry: never deliverable
-            return Attempt(Outcome.PERMANENT, None, str(exc))
+        # Before ValueError: a certificate that fails verification is both (an
+        # ssl.SSLCertVerificationError), and is the receiver's to fix, not the event's.
         except (OSError, ProtocolError) as exc:
             return Attempt(Outcome.CONNECTION, None, str(exc) or type(exc).__name__)
+        except ValueError as exc:  # an id no HTTP header can carry: never deliverable
+            return Attempt(Outcome.PERMANENT, None, str(exc))
         outcome = classify(resp.status)
         retry_after = None
         if outcome is Outcome.RETRY_STATUS:
