@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import email.utils
 import json
 import logging
@@ -17,6 +18,7 @@ from engine_harness import Harness, batch, entry, events_cfg, run
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
+from eventsinkd.delivery.outcome import Outcome, parse_retry_after
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.scanner import Batch, Record
 
@@ -77,6 +79,42 @@ async def test_500_then_200_is_retried_and_delivered(server: WebhookServer) -> N
         )
         == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        ("Wed, 21 Oct 2015 07:28:10 GMT", 10.0),  # an HTTP date, 10 s after "now"
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # in the past: at once
+        ("Wed, 32 Oct 2015 07:28:00 GMT", None),  # no such day
+        ("Wed, 21 Foo 2015 07:28:00 GMT", None),  # no such month
+        ("Wed, 21 Oct 2015 07:28:00", None),  # no zone: HTTP dates are GMT
+        ("soon", None),
+        ("-5", None),
+        ("1.5", None),  # delta-seconds are whole
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_values(value: str | None, seconds: float | None) -> None:
+    now = email.utils.parsedate_to_datetime("Wed, 21 Oct 2015 07:28:00 GMT").timestamp()
+    assert parse_retry_after(value, now) == seconds
+
+
+async def test_a_malformed_retry_after_date_falls_back_to_the_backoff(
+    server: WebhookServer,
+) -> None:
+    async def busy(n: int, _r: web.Request) -> web.StreamResponse:
+        if n > 0:
+            return web.Response(status=200)
+        return web.Response(status=503, headers={"Retry-After": "Wed, 32 Oct 2099 25:61:00 GMT"})
+
+    server.behaviour = busy
+    cfg = events_cfg({"name": "s", "url": server.url}, retry_backoff_seconds=[0.05])
+    h = await run(cfg, batch(0, 1))
+    assert len(server.requests) == 2  # retried (not given up on, not stuck until 2099)
+    assert h.accounting("s") == (1, 1, 0, 0)
 
 
 @pytest.mark.parametrize("how", ["seconds", "http-date"])
@@ -142,7 +180,8 @@ async def test_connection_refused_then_the_server_appears() -> None:
     h = Harness(cfg)
     await h.engine.start()
     await h.handle(batch(0, 5))
-    await asyncio.sleep(0.5)
+    refused = h.engine.sinks["s"].metrics.attempts[Outcome.CONNECTION]
+    await until(lambda: refused.value >= 5)  # each event tried, and refused
     assert h.engine.sinks["s"].stats.delivered == 0
     server = await WebhookServer().start(port)
     try:
@@ -299,7 +338,8 @@ async def test_block_mode_holds_the_position_at_an_unfinished_event(server: Webh
     await h.engine.start()
     await h.handle(batch(0, 50))
     await server.wait_for(50)
-    await asyncio.sleep(0.1)
+    # (the receiver logs a request before it answers: wait for the sink's count)
+    await until(lambda: h.engine.sinks["s"].stats.delivered == 49)
     assert h.acks == {"s": []}  # 49 delivered, but the first is not finished
     left = await h.engine.stop(0.2)
     assert left == 1
@@ -318,7 +358,7 @@ async def test_stop_counts_queued_and_in_flight(
     h = Harness(events_cfg({"name": "s", "url": server.url, "concurrency": 4}))
     await h.engine.start()
     await h.handle(batch(0, 40))
-    await asyncio.sleep(0.1)  # 4 in flight, 36 queued
+    await server.wait_for(4)  # 4 in flight, 36 queued
     with caplog.at_level(logging.WARNING):
         left = await h.engine.stop(0.7)
         assert await h.engine.stop(0.7) == left  # a second stop is safe and says the same
@@ -342,15 +382,16 @@ async def test_retrying_events_do_not_block_others(server: WebhookServer) -> Non
     h = Harness(cfg)
     await h.engine.start()
     await h.handle(batch(0, 200))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while h.engine.sinks["s"].stats.delivered < 100 and loop.time() < deadline:
-        await asyncio.sleep(0.01)
-    # The 100 even events got through while the odd ones wait an hour for their retry.
+    # The 100 even events get through while the odd ones wait an hour for their retry.
+    await until(lambda: h.engine.sinks["s"].stats.delivered >= 100)
     assert h.engine.sinks["s"].stats.delivered == 100
     await h.engine.stop(5)
     # At shutdown each parked event got one more try (no backoff), then was dropped.
     assert h.accounting("s") == (200, 100, 0, 100)
+    tries = collections.Counter(server.ids)
+    assert len(tries) == 200
+    for webhook_id, n in tries.items():  # the odd ones: their first try, and the last one
+        assert n == (2 if int(webhook_id[-1]) % 2 else 1), (webhook_id, n)
 
 
 async def test_filters_and_event_types(server: WebhookServer) -> None:

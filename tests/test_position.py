@@ -107,6 +107,24 @@ async def test_saved_key_relocates_when_lines_moved(
     assert "saved entry found at line 6, not 10" in caplog.text
 
 
+async def test_saved_key_nowhere_in_the_segment_resumes_at_the_saved_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wal = tmp_path / "wal"
+    w = NexusWriter(wal, precreate=False)
+    w.append(20)
+    expected = w.expected_data()
+    # The entry the cursor last finished is not in the segment at all any more (a segment
+    # replaced by another one of the same name): the line count is all there is to go on.
+    saved = Position(w.active_segment, 10, "idem-gone-for-good")
+    got = await collect(wal, start=saved)
+    assert [r.entry.payload_id for r in got] == [x.payload_id for x in expected[10:]]
+    assert (
+        f"segment {w.active_segment} no longer holds entry idem-gone-for-good at line 10; "
+        "resuming at line 10" in caplog.text
+    )
+
+
 def test_tail_with_corrupt_state_file_starts_over_and_says_so(tmp_path: Path) -> None:
     wal, state = tmp_path / "wal", tmp_path / "state"
     w = NexusWriter(wal, precreate=False)
