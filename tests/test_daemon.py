@@ -65,8 +65,9 @@ async def test_run_delivers_reloads_and_restarts(tmp_path: Path, receiver: Webho
             for _ in range(30):
                 w.append(10)
 
+        before = len(w.expected_data())
         writing = asyncio.ensure_future(asyncio.to_thread(write_more))
-        await asyncio.sleep(0.1)
+        await until(lambda: len(w.expected_data()) > before)  # the writer is under way
         assert await d.stop() == 0
         await writing
         assert d.saved_cursor("a") is not None and d.saved_cursor("b") is not None
@@ -75,7 +76,7 @@ async def test_run_delivers_reloads_and_restarts(tmp_path: Path, receiver: Webho
         d.write_config([{"name": "a", "url": receiver.url, "secret": SECRET}])
         await d.start()
         await until(lambda: set(receiver.ids) >= expected_ids(w))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # not a synchronisation: room for a re-send to show up
         assert sorted(receiver.ids) == sorted(expected_ids(w))
         assert await d.stop() == 0
     finally:
@@ -92,6 +93,13 @@ async def test_status_readyz_and_metrics(tmp_path: Path, receiver: WebhookServer
     try:
         await d.start()
         await until(lambda: len(receiver.requests) >= 5)
+
+        # The receiver logs a request before it answers: wait for the daemon to count it.
+        async def counted() -> None:
+            while await d.metric("bubblefish_events_delivered_total", "a") < 5:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(counted(), 30)
         status = await d.get("/status")
         assert '"ready": true' in status and '"queue_depth": 0' in status
         sink = json.loads(status)["sinks"]["a"]
@@ -170,7 +178,7 @@ async def test_second_signal_stops_at_once(tmp_path: Path) -> None:
         await d.start()
         await until(lambda: len(hang.requests) >= 4)
         d.signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        await until(lambda: "received SIGTERM" in d.log.read_text())
         assert d.proc is not None and d.proc.returncode is None  # draining, up to 60 s
         d.signal(signal.SIGINT)
         assert await asyncio.wait_for(d.proc.wait(), 10) == 0

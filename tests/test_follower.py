@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import collect
+from daemon_harness import until
 
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
 from eventsinkd.wal.follower import WalFollower
@@ -51,14 +52,17 @@ class Reader:
             self.records.extend(batch.records)
 
     async def wait_for(self, n: int, timeout_s: float = 60) -> list[str]:
+        """The ids read once there are ``n``; fails the test if they do not come in time."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while len(ids(self.records)) < n and loop.time() < deadline:
+        while len(ids(self.records)) < n:
+            assert loop.time() < deadline, f"{len(ids(self.records))} of {n} in {timeout_s}s"
             await asyncio.sleep(0.02)
         return ids(self.records)
 
     async def settle(self, quiet_s: float = 0.3) -> None:
-        """Wait until nothing new arrived for ``quiet_s`` (to catch extra, duplicate yields)."""
+        """Wait until nothing new arrived for ``quiet_s``: not a synchronisation but the
+        check that nothing more comes (an extra, duplicate yield would show here)."""
         count = -1
         while count != len(self.records):
             count = len(self.records)
@@ -193,16 +197,14 @@ def _step(scanner: WalScanner) -> list[Record]:
 async def test_directory_missing_then_created_then_replaced(tmp_path: Path) -> None:
     wal_dir = tmp_path / "wal"
     reader = Reader(wal_dir)
-    await asyncio.sleep(0.2)
+    await until(lambda: "does not exist" in (reader.follower.scanner.error or ""))
     assert not reader.follower.ready
-    assert "does not exist" in (reader.follower.scanner.error or "")
     w = NexusWriter(wal_dir, precreate=False)
     w.append(10)
     assert len(await reader.wait_for(10)) == 10
     assert reader.follower.ready
     shutil.rmtree(wal_dir)
-    await asyncio.sleep(0.2)
-    assert not reader.follower.ready
+    await until(lambda: not reader.follower.ready)
     w2 = NexusWriter(wal_dir, precreate=False, seed=2)
     w2.append(10)
     got = await reader.wait_for(20)
@@ -241,7 +243,7 @@ async def test_start_at_end_skips_what_is_there(wal_dir: Path) -> None:
         w.append(10)
     before = len(w.expected_data())
     reader = Reader(wal_dir, start="end")
-    await asyncio.sleep(0.3)
+    await until(lambda: reader.follower.ready)  # its start position is settled at the end
     w.append(50)
     got = await reader.wait_for(50)
     await reader.settle()

@@ -9,6 +9,7 @@ import json
 import re
 import stat
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -381,13 +382,27 @@ def test_run_workload_in_thread(tmp_path: Path) -> None:
 
 
 def test_run_workload_rate_and_stop(tmp_path: Path) -> None:
+    wal = tmp_path / "wal"
     stop = threading.Event()
-    timer = threading.Timer(0.3, stop.set)
-    timer.start()
-    w = run_workload(tmp_path / "wal", 10_000, batch=10, rate_per_s=200.0, stop=stop)
-    timer.join()
+
+    def stop_after(lines: int) -> None:  # once the writer is under way, not after a time
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if wal.is_dir() and sum(p.read_bytes().count(b"\n") for p in wal.iterdir()) >= lines:
+                break
+            time.sleep(0.01)
+        stop.set()
+
+    watcher = threading.Thread(target=stop_after, args=(30,))
+    watcher.start()
+    started = time.monotonic()
+    w = run_workload(wal, 10_000, batch=10, rate_per_s=200.0, stop=stop)
+    elapsed = time.monotonic() - started
+    watcher.join()
     n = len(w.expected_data())
-    assert 20 <= n <= 200
+    assert 30 <= n < 10_000  # it stopped when told, long before the end
+    # Paced: never faster than 200/s (a batch of 10 may go at once); slower is allowed.
+    assert elapsed >= (n - 10) / 200.0
     check_records(w, None)
 
 

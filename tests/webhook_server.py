@@ -47,6 +47,13 @@ class WebhookServer:
         self.requests.append(Received(body, dict(req.headers), time.monotonic()))
         return await self.behaviour(n, req)
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open, or closed with their handler still running: 0 once every
+        request a client sent before it closed (or was killed) has been handled."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     async def start(self, port: int = 0) -> WebhookServer:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
