@@ -231,3 +231,29 @@ async def test_an_unusable_state_directory_is_a_start_up_failure(
     assert d.proc is not None
     assert await asyncio.wait_for(d.proc.wait(), 30) == 3
     assert "cannot use the state directory" in d.log.read_text()
+
+
+async def test_a_reader_that_dies_makes_the_daemon_exit_1(tmp_path: Path) -> None:
+    """An unexpected error in the reader (a bug: the one thing here that cannot be driven from
+    outside, so the scanner's step is replaced with one that raises, in the real daemon
+    process) ends the daemon with exit 1 and the traceback in its log, for systemd to
+    restart it; it does not hang on half alive."""
+    d = Daemon(tmp_path, [{"name": "a", "url": "http://127.0.0.1:9/hook"}])
+    NexusWriter(d.wal, precreate=False).append(3)
+    broken = (
+        "import sys\n"
+        "from eventsinkd.wal import scanner\n"
+        "def step(self):\n"
+        "    raise RuntimeError('a bug in the reader')\n"
+        "scanner.WalScanner.step = step\n"
+        "from eventsinkd.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    with d.log.open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", broken, "run", "-c", str(d.config), stdout=log, stderr=log
+        )
+    assert await asyncio.wait_for(proc.wait(), 60) == 1
+    text = d.log.read_text()
+    assert "the WAL reader of sink a failed" in text
+    assert "RuntimeError: a bug in the reader" in text
