@@ -11,9 +11,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+from webhook_server import https_receiver
 
-from eventsinkd.ports import listening_port
 from eventsinkd.sinkbase import TlsConfig
 from eventsinkd.transports.h1 import H1Pool, ProtocolError
 from eventsinkd.transports.tls import ssl_context
@@ -229,25 +228,11 @@ async def test_https_with_the_sinks_ca(tls_files: tuple[Path, Path]) -> None:
     cert, key = tls_files
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
-    seen: list[str] = []
-
-    async def hook(req: web.Request) -> web.Response:
-        seen.append(req.headers["webhook-id"])
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx).start()
-    url = f"https://127.0.0.1:{listening_port(runner)}/hook"
-    try:
+    async with https_receiver(server_ctx) as (url, seen):
         trusted = H1Pool(url, STATIC, ssl_context=ssl_context(TlsConfig(ca_file=cert)))
         assert [await post(trusted), await post(trusted)] == [204, 204]
         await trusted.close()
         untrusted = H1Pool(url, STATIC, ssl_context=ssl_context(TlsConfig()))
         with pytest.raises(ssl.SSLCertVerificationError):
             await post(untrusted)
-    finally:
-        await runner.cleanup()
     assert seen == ["memory_written:p1"] * 2

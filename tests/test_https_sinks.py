@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from conftest import self_signed
 from daemon_harness import until
 from engine_harness import batch, events_cfg, run, started
+from webhook_server import https_receiver
 
 from eventsinkd.delivery.outcome import Outcome
-from eventsinkd.ports import listening_port
 
 
 @pytest.fixture
@@ -28,26 +27,13 @@ async def mtls(tmp_path: Path, tls_files: tuple[Path, Path]) -> AsyncIterator[di
     ctx.load_cert_chain(cert, key)
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(client_cert)
-    seen: list[str] = []
-
-    async def hook(req: web.Request) -> web.Response:
-        seen.append(req.headers["webhook-id"])
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
-    try:
+    async with https_receiver(ctx) as (url, seen):
         yield {
-            "url": f"https://127.0.0.1:{listening_port(runner)}/hook",
+            "url": url,
             "ca": cert,
             "client": {"cert_file": str(client_cert), "key_file": str(client_key)},
             "seen": seen,
         }
-    finally:
-        await runner.cleanup()
 
 
 async def test_ca_file_and_a_client_certificate(mtls: dict[str, Any]) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -75,3 +77,24 @@ class WebhookServer:
         while len(self.requests) < n:
             assert loop.time() < deadline, f"{len(self.requests)} of {n} requests in {timeout_s}s"
             await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def https_receiver(ctx: ssl.SSLContext) -> AsyncIterator[tuple[str, list[str]]]:
+    """An https webhook receiver on 127.0.0.1 with the server context ``ctx``: its URL, and
+    the webhook-ids it answered 204 to."""
+    seen: list[str] = []
+
+    async def hook(req: web.Request) -> web.Response:
+        seen.append(req.headers["webhook-id"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
+    try:
+        yield f"https://127.0.0.1:{listening_port(runner)}/hook", seen
+    finally:
+        await runner.cleanup()
