@@ -35,10 +35,14 @@ log = logging.getLogger(__name__)
 STOP_READING_S = 1.0  # how long a cursor waiting for room may take to notice a stop
 
 
-def _key_of(sink: Sink) -> Callable[[Entry], str] | None:
+def _no_key(_entry: Entry) -> None:
+    return None
+
+
+def _key_of(sink: Sink) -> Callable[[Entry], str | None]:
     """How the cursor gets each event's key for ``sink``'s order per key (None: no key)."""
     field = sink.order_key
-    return operator.attrgetter(field) if field is not None else None
+    return operator.attrgetter(field) if field is not None else _no_key
 
 
 class StatusTicket:
@@ -109,15 +113,14 @@ class SinkCursor:
             if kind is None or not sink.accepts(kind, rec.entry):
                 continue
             if sink.has_room:
-                key = key_of(rec.entry) if key_of is not None else None
-                sink.offer(Event(kind, rec.entry, (sink.cfg.content,)), key)
+                sink.offer(Event(kind, rec.entry, (sink.cfg.content,)), key_of(rec.entry))
             else:
                 sink.drop()  # a flood against a full sink renders no bodies
         for change in batch.statuses:
             event = self._status_event(change)
             if event is not None:
                 if sink.has_room:
-                    sink.offer(event, key_of(change.entry) if key_of is not None else None)
+                    sink.offer(event, key_of(change.entry))
                 else:
                     sink.drop()
             self._finished(change)
@@ -134,7 +137,7 @@ class SinkCursor:
             if kind is not None and sink.accepts(kind, rec.entry):
                 event = Event(kind, rec.entry, (sink.cfg.content,))
                 event.ticket = tracker.track(rec.position, rec.entry.timestamp)
-                events.append((event, key_of(rec.entry) if key_of is not None else None))
+                events.append((event, key_of(rec.entry)))
         for change in batch.statuses:
             status = self._status_event(change)
             if status is None:
@@ -142,7 +145,7 @@ class SinkCursor:
                 continue
             assert self.statuses is not None
             status.ticket = StatusTicket(self.statuses, change)
-            events.append((status, key_of(change.entry) if key_of is not None else None))
+            events.append((status, key_of(change.entry)))
         # While this cursor waits for room, it holds rendered events, not decoded
         # entries (a memory's whole payload each).
         batch.records.clear()

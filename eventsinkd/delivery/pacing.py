@@ -44,13 +44,19 @@ class TokenBucket:
 
     def reserve(self, n: int, now: float) -> float:
         """Take ``n`` tokens at ``now``; the seconds to wait before sending (0: at once)."""
-        tokens = min(self.burst, self._tokens + (now - self._at) * self.rate) - n
+        tokens = self._level(now) - n
         self._tokens, self._at = tokens, now
-        return 0.0 if tokens >= 0 else -tokens / self.rate
+        return self._wait(tokens)
 
     def delay(self, now: float) -> float:
         """How long a request of one event made at ``now`` would wait (for /status)."""
-        tokens = min(self.burst, self._tokens + (now - self._at) * self.rate) - 1
+        return self._wait(self._level(now) - 1)
+
+    def _level(self, now: float) -> float:
+        """The tokens at ``now`` (negative: in debt)."""
+        return min(self.burst, self._tokens + (now - self._at) * self.rate)
+
+    def _wait(self, tokens: float) -> float:
         return 0.0 if tokens >= 0 else -tokens / self.rate
 
     async def take(self, n: int) -> None:
