@@ -8,6 +8,7 @@ and ``os.open`` with counters that call the real functions.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,11 +19,14 @@ from daemon_harness import Daemon, settle
 from daemon_harness import expected_ids as delivered_ids
 from test_follower import Reader, expected_ids, ids
 from watchfiles import Change
+from watchfiles._rust_notify import RustNotify as RealRustNotify
+from watchfiles._rust_notify import WatchfilesRustInternalError
 from webhook_server import WebhookServer
 
 from eventsinkd.devtools.sim.group_commit import GroupCommit, paced_writers
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
 from eventsinkd.wal import directory as directory_module
+from eventsinkd.wal import watch as watch_module
 from eventsinkd.wal.directory import SegmentDirectory
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
@@ -141,6 +145,80 @@ async def test_a_segment_made_while_the_watch_is_down_is_found(wal_dir: Path) ->
     lists = reading.directory.lists
     reading.waker.start()
     await until(lambda: reading.waker.watching, "the watch again")
+    await until(lambda: reading.directory.lists > lists, "the listing after the watch")
+    w.create_empty_segments(3)
+    while w.active_segment == w.segments[-4]:
+        w.append(5)
+    w.append(5)
+    assert await reads(reader, len(expected_ids(w))) == expected_ids(w)
+    await reader.close()
+    await reading.waker.stop()
+    reading.close()
+
+
+class BreakableNotify:
+    """watchfiles' real watcher (RustNotify), which fails as the kernel makes it fail when
+    ``broken`` is set: a live watch's next step raises watchfiles' internal error, and a new
+    watch cannot be made (inotify_init's EMFILE). This is the one stand-in in this file:
+    making the kernel refuse an inotify watch for real means exhausting the machine's
+    per-user inotify limits, which would break every other watcher on it."""
+
+    broken = False
+    made = 0
+
+    def __init__(self, *args: object) -> None:
+        if BreakableNotify.broken:
+            raise OSError(24, "Too many open files (inotify_init)")
+        self._real = RealRustNotify(*args)
+        BreakableNotify.made += 1
+
+    def watch(self, *args: object) -> object:
+        result = self._real.watch(*args)
+        if BreakableNotify.broken:
+            raise WatchfilesRustInternalError("error in underlying watcher: inotify queue")
+        return result
+
+    def close(self) -> None:
+        self._real.close()
+
+
+async def test_a_watcher_that_fails_while_running_hands_over_to_polling_and_comes_back(
+    wal_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watch dies mid-run and cannot be made again for a while: the failure is logged
+    once, the directory is listed at the poll interval, and segments made meanwhile are
+    read; once a watch can be made again, it is live and listed once more."""
+    caplog.set_level(logging.INFO, logger=watch_module.__name__)
+    monkeypatch.setattr(watch_module, "RustNotify", BreakableNotify)
+    monkeypatch.setattr(BreakableNotify, "broken", False)
+    w = NexusWriter(wal_dir, max_segment_bytes=8 * 1024, precreate=False, seed=6)
+    w.append(5)
+    reading = SharedReading(wal_dir, LineParser(), poll_interval_s=0.05)
+    reader = Reader(wal_dir, reading=reading)
+    reading.waker.start()
+    await until(lambda: reading.waker.watching, "the watch")
+    assert len(await reads(reader, 5)) == 5
+    made = BreakableNotify.made
+
+    BreakableNotify.broken = True
+    w.append(1)  # a change, so the watch's next step returns (and fails) now
+    await until(lambda: not reading.waker.watching, "the watch to fail")
+    assert not reading.directory.watched
+    lists = reading.directory.lists
+    while w.active_segment == w.segments[0]:
+        w.append(5)  # into a new segment, which no watch reports
+    w.append(5)
+    assert await reads(reader, len(expected_ids(w))) == expected_ids(w)
+    assert reading.directory.lists > lists  # found by the listing that polling does
+    failures = [r.getMessage() for r in caplog.records if "not watching" in r.getMessage()]
+    assert len(failures) == 1, failures  # retried every poll interval, logged once
+    assert "polling every 0.05s" in failures[0] and "inotify queue" in failures[0]
+    assert BreakableNotify.made == made
+
+    BreakableNotify.broken = False
+    await until(lambda: reading.waker.watching, "the watch to come back")
+    assert BreakableNotify.made == made + 1
+    lists = reading.directory.lists
     await until(lambda: reading.directory.lists > lists, "the listing after the watch")
     w.create_empty_segments(3)
     while w.active_segment == w.segments[-4]:
