@@ -119,7 +119,8 @@ def event_body(entry: Entry, content: ContentMode = "summary", kind: str = MEMOR
     if kind != MEMORY_WRITTEN:
         body["status"] = entry.status
     if content == "full":
-        body["content"] = entry.payload
+        # The payload's JSON text as Nexus wrote it, which is Go's json.Marshal's.
+        body["content"] = orjson.Fragment(entry.payload_json)
     return go_json(body)
 
 

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
+
 from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.metrics import Metrics
@@ -35,6 +37,7 @@ def entry(i: int, **kw: Any) -> Entry:
         "monotonic_seq": i,
     }
     fields.update(kw)
+    fields["payload_json"] = orjson.dumps(fields.pop("payload"))  # as the WAL line has it
     return Entry(**fields)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import zlib
+
 import orjson
 import pytest
 from conftest import ODD_GO_TIMESTAMPS
 
 from eventsinkd import events
 from eventsinkd.events import _parse_go_time_ns, parse_go_time_ns
+from eventsinkd.wal.entry import Entry
+from eventsinkd.wal.lines import LineParser
 
 
 @pytest.mark.parametrize(
@@ -55,3 +59,16 @@ def test_a_status_event_is_memory_written_with_its_type_and_status() -> None:
     ev = events.Event("memory_write_failed", e, ("summary",))
     assert ev.id == "memory_write_failed:p000005"
     assert ev.timestamp == e.timestamp  # the append time, not when the status changed
+
+
+def test_full_content_is_the_payload_as_the_wal_line_has_it() -> None:
+    """The payload is not decoded and encoded again: its text goes out as Nexus (Go's
+    json.Marshal) wrote it, escapes and number forms included, and a number orjson cannot
+    hold (an integer over 64 bits, which Go reads as a float) does not cost the entry."""
+    payload = b'{"n":123456789012345678901234567890,"t":"a\\u0008b \\u003ctag\\u003e","f":1e+21}'
+    doc = b'{"version":2,"payload_id":"p","payload":' + payload + b',"entry_type":""}'
+    entry = LineParser().parse(doc + b"\t" + b"%08x" % zlib.crc32(doc))
+    assert isinstance(entry, Entry) and entry.payload_json == payload
+    assert events.event_body(entry, "full").endswith(b',"content":' + payload + b"}")
+    assert b"content" not in events.event_body(entry, "summary")
+    assert orjson.loads(events.event_body(entry, "summary"))["payload_id"] == "p"

@@ -99,7 +99,15 @@ def expected_entry(doc: Any) -> Entry | None:
         seq = 0
     if type(seq) is not int:
         return None
-    return Entry(payload=doc.get("payload"), monotonic_seq=seq, **values)
+    return Entry(payload_json=orjson.dumps(doc.get("payload")), monotonic_seq=seq, **values)
+
+
+def decoded(got: Entry | Reject | None) -> object:
+    """An entry with its payload decoded: the payload's JSON text is the line's, which
+    the encoders below write in their own ways."""
+    if not isinstance(got, Entry):
+        return got
+    return got._replace(payload_json=b""), got.payload
 
 
 def reference_parse(line: bytes, key: bytes | None) -> Entry | None:
@@ -146,7 +154,7 @@ def check_agrees(parser: LineParser, line: bytes, key: bytes | None) -> Entry | 
     want = reference_parse(line, key)
     if isinstance(got, Entry):
         assert want is not None, f"parser accepted a line to skip: {line[:300]!r}"
-        assert got == want, f"{line[:300]!r}"
+        assert decoded(got) == decoded(want), f"{line[:300]!r}"
     else:
         assert want is None, f"parser rejected a valid line as {got}: {line[:300]!r}"
     return got
@@ -363,7 +371,7 @@ def test_valid_lines_parse_to_the_same_entry(
 ) -> None:
     line, want, _layout, key = valid
     parser = LineParser(key if with_key else None)
-    assert parser.parse(line) == want
+    assert decoded(parser.parse(line)) == decoded(want)
     check_agrees(parser, line, key if with_key else None)
 
 
@@ -444,13 +452,15 @@ def test_hmac_with_another_key_is_rejected(
 ) -> None:
     line, want, layout, key = valid
     assume(other != key)
-    assert LineParser(key).parse(line) == want
+    assert decoded(LineParser(key).parse(line)) == decoded(want)
     parser = LineParser(other)
     if layout.endswith("-mac"):
         assert parser.parse(line) is Reject.HMAC
-        assert LineParser(None).parse(line) == want  # crc mode does not check the HMAC
+        # crc mode does not check the HMAC
+        assert decoded(LineParser(None).parse(line)) == decoded(want)
     else:
-        assert parser.parse(line) == want  # no HMAC field: valid even in mac mode
+        # no HMAC field: valid even in mac mode
+        assert decoded(parser.parse(line)) == decoded(want)
 
 
 @FAST
@@ -462,7 +472,7 @@ def test_lines_without_hmac_are_accepted_in_mac_mode(
     if compress:
         body = compress_field(body)
     line = build_line(body, "sentinel-crc" if sentinel else "legacy-crc")
-    assert LineParser(key).parse(line) == expected_entry(doc)
+    assert decoded(LineParser(key).parse(line)) == decoded(expected_entry(doc))
 
 
 @FAST

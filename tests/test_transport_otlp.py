@@ -78,6 +78,7 @@ def entry(n: int, **kw: Any) -> Entry:
         "monotonic_seq": n,
     }
     fields.update(kw)
+    fields["payload_json"] = orjson.dumps(fields.pop("payload"))  # as the WAL line has it
     return Entry(**fields)
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import orjson
+
 from bench.common import Capacity, Receiver, receiver_doc
 from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.engine import Engine
@@ -48,7 +50,7 @@ def make_batches(n: int, run_id: int) -> list[Batch]:
             subject="user:alice",
             actor_type="user",
             actor_id="alice",
-            payload={"content": f"memory <{i}> & more"},
+            payload_json=orjson.dumps({"content": f"memory <{i}> & more"}),
             entry_type="",
             monotonic_seq=i,
         )

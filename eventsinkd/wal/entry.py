@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import orjson
+
 DATA = ""  # entry_type of a memory write (absent in v0.1.2 entries)
 
 
@@ -20,12 +22,17 @@ class Entry(NamedTuple):
     actor_type: str
     actor_id: str
     entry_type: str
-    payload: Any
+    payload_json: bytes  # the payload's JSON text as the line has it (b"null" when absent)
     monotonic_seq: int
 
     @property
     def is_data(self) -> bool:
         return self.entry_type == DATA
+
+    @property
+    def payload(self) -> Any:
+        """The payload decoded (the reader does not: most sinks never need it)."""
+        return orjson.loads(self.payload_json)
 
     @property
     def dedup_key(self) -> str:
