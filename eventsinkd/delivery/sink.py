@@ -113,10 +113,10 @@ class Sink:
         self._stop_task: asyncio.Task[int] | None = None
         self._successor: Sink | None = None
         self.rlog = RateLimitedLog(log)
-        self.metrics = self._m = SinkMetrics(metrics, self.name)
+        self.metrics = SinkMetrics(metrics, self.name)
         # Read at scrape time rather than updated per event (the per-event cost shows in
         # profiles). A reloaded sink of the same name takes the callbacks over.
-        self._m.watch(
+        self.metrics.watch(
             queue_depth=lambda: self.inflight,
             last_success=lambda: self.stats.last_success or 0.0,
             last_failure=lambda: self.stats.last_failure or 0.0,
@@ -180,7 +180,7 @@ class Sink:
         left = self.inflight + self._left
         if left:
             self.stats.dropped += left
-            self._m.dropped.inc(left)
+            self.metrics.dropped.inc(left)
             log.warning(
                 "sink %s: %d event(s) left undelivered at shutdown, counted as dropped",
                 self.name,
@@ -245,16 +245,16 @@ class Sink:
             self.drop()
             return False
         self.stats.offered += 1
-        self._m.offered.inc()
+        self.metrics.offered.inc()
         self._adopt(Job(event, key))
         return True
 
     def drop(self) -> None:
         """Count an event this sink had no room for (the warning is rate-limited)."""
         self.stats.offered += 1
-        self._m.offered.inc()
+        self.metrics.offered.inc()
         self.stats.dropped += 1
-        self._m.dropped.inc()
+        self.metrics.dropped.inc()
         self.rlog.log(
             logging.WARNING,
             "drop",
@@ -285,7 +285,7 @@ class Sink:
             return False
         # Counted once it is held, so offered = delivered + failed + dropped + queue depth.
         self.stats.offered += 1
-        self._m.offered.inc()
+        self.metrics.offered.inc()
         self._adopt(Job(event, key))
         return True
 
@@ -294,14 +294,14 @@ class Sink:
         now = time.time()
         if outcome == "delivered":
             self.stats.delivered += 1
-            self._m.delivered.inc()
+            self.metrics.delivered.inc()
             self.stats.last_success = now
             wal_time = job.event.wal_time
             if wal_time is not None:
-                self._m.latency.observe(max(0.0, now - wal_time))
+                self.metrics.latency.observe(max(0.0, now - wal_time))
         else:
             self.stats.failed += 1
-            self._m.failed.inc()
+            self.metrics.failed.inc()
         self._release(job)
         if self._on_finish is not None:
             self._on_finish(job.event)
@@ -378,7 +378,7 @@ class Sink:
                 delay = backoff_delay(
                     job.attempts, self.backoff, result.retry_after, self.retry_after_max, self.rng
                 )
-                self._m.retries.inc()
+                self.metrics.retries.inc()
                 if self.ordered:
                     retry.append(job)
                     wait = max(wait, delay)
