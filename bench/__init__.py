@@ -19,6 +19,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -68,9 +69,33 @@ def nproc() -> int:
         return os.cpu_count() or 1
 
 
+def code_version() -> str:
+    """The commit measured, ``+changes`` when the code or the benchmarks differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "eventsinkd", "bench"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if changes else "")
+
+
 def machine_summary() -> str:
     py = f"{platform.python_implementation()} {platform.python_version()}"
-    return f"nproc={nproc()}  cpu={cpu_model()}  python={py}  kernel={platform.release()}"
+    return (
+        f"nproc={nproc()}  cpu={cpu_model()}  python={py}  kernel={platform.release()}  "
+        f"commit={code_version()}"
+    )
 
 
 def filesystem_of(path: Path) -> str:

@@ -33,8 +33,9 @@ i. ``adaptive``: events/s and the concurrency ``concurrency: auto`` chooses agai
 j. ``dirsize``: the daemon's CPU at 500 appends/s with Nexus's file churn, started on an empty
    WAL directory and on one with 200,000 leftover empty segments; and how long it takes to be
    ready with 1,000,000 files in the directory (about 3 minutes; 1.5 with ``--quick``).
-k. ``targets``: issue 11's targets in one run: the bare aiohttp client (the load generator),
-   then the daemon with a default sink against a 0 ms and a 10 ms receiver.
+k. ``targets``: issue 11's targets in one run: the daemon with a default sink against a 0 ms
+   receiver, with the bare aiohttp client (the load generator) before each run and after
+   the last, each run compared with the bare runs around it; then a 10 ms receiver.
 
 ``bench.e2e.rows`` turns the results into the rows of the table.
 """

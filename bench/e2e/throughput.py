@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,9 +98,17 @@ def feed(d: Daemon, rcv: Receiver, root: Path, n: int, timeout_s: float) -> TpRu
 
 
 def throughput_cell(
-    rcv: Receiver, concurrency: int | None, runs: int, target_s: float, work: Path
+    rcv: Receiver,
+    concurrency: int | None,
+    runs: int,
+    target_s: float,
+    work: Path,
+    around: Callable[[], object] | None = None,
 ) -> TpCell:
-    """One cell; ``concurrency`` None leaves the sink at its default (reported as 0)."""
+    """One cell; ``concurrency`` None leaves the sink at its default (reported as 0).
+
+    ``around`` runs before each timed run and after the last (the daemon idle meanwhile):
+    a comparison measured on both sides of every run, as the machine's speed drifts."""
     latency = int(rcv.latency_ms)
     cell = TpCell(latency, concurrency or 0)
     root = work / f"tp-{latency}ms-c{concurrency or 'default'}"
@@ -116,9 +125,13 @@ def throughput_cell(
         n = round(warm.rate * target_s, -1)
         cell.events = int(max(MIN_RUN_EVENTS, min(MAX_RUN_EVENTS, n)))
         for _ in range(runs):
+            if around is not None:
+                around()
             timeout_s = max(30.0, 5 * cell.events / max(warm.rate, 1.0))
             cell.runs.append(feed(d, rcv, root, cell.events, timeout_s))
             cell.written += cell.events
+        if around is not None:
+            around()
         time.sleep(0.3)
         sink = d.sink("bench")
         cell.delivered = sink["delivered"]
