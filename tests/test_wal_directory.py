@@ -127,33 +127,46 @@ async def test_new_segments_deletes_and_renames_are_followed(wal_dir: Path) -> N
     assert directory.lists <= 2
 
 
-async def test_a_segment_made_while_the_watch_is_down_is_found(wal_dir: Path) -> None:
-    """The watch stopped (as when it fails): polling lists; the watch back: listed again."""
-    w = NexusWriter(wal_dir, max_segment_bytes=8 * 1024, precreate=False, seed=3)
+async def following(wal_dir: Path, seed: int) -> tuple[NexusWriter, SharedReading, Reader]:
+    """A writer with 5 entries, read by a reader whose watch is live (polling every 50 ms)."""
+    w = NexusWriter(wal_dir, max_segment_bytes=8 * 1024, precreate=False, seed=seed)
     w.append(5)
     reading = SharedReading(wal_dir, LineParser(), poll_interval_s=0.05)
     reader = Reader(wal_dir, reading=reading)
     reading.waker.start()
     await until(lambda: reading.waker.watching, "the watch")
     assert len(await reads(reader, 5)) == 5
-    await reading.waker.stop()
-    assert not reading.directory.watched
-    while w.active_segment == w.segments[0]:
-        w.append(5)  # into a new segment, made while nothing watches
+    return w, reading, reader
+
+
+async def read_past_new_segments(w: NexusWriter, reader: Reader, empty: int = 0) -> None:
+    """Append until the writer moves on (past ``empty`` new empty segments); all read."""
+    current = w.active_segment
+    w.create_empty_segments(empty)
+    while w.active_segment == current:
+        w.append(5)
     w.append(5)
     assert await reads(reader, len(expected_ids(w))) == expected_ids(w)
+
+
+async def close(reading: SharedReading, reader: Reader) -> None:
+    await reader.close()
+    await reading.waker.stop()
+    reading.close()
+
+
+async def test_a_segment_made_while_the_watch_is_down_is_found(wal_dir: Path) -> None:
+    """The watch stopped (as when it fails): polling lists; the watch back: listed again."""
+    w, reading, reader = await following(wal_dir, seed=3)
+    await reading.waker.stop()
+    assert not reading.directory.watched
+    await read_past_new_segments(w, reader)  # made while nothing watches
     lists = reading.directory.lists
     reading.waker.start()
     await until(lambda: reading.waker.watching, "the watch again")
     await until(lambda: reading.directory.lists > lists, "the listing after the watch")
-    w.create_empty_segments(3)
-    while w.active_segment == w.segments[-4]:
-        w.append(5)
-    w.append(5)
-    assert await reads(reader, len(expected_ids(w))) == expected_ids(w)
-    await reader.close()
-    await reading.waker.stop()
-    reading.close()
+    await read_past_new_segments(w, reader, empty=3)
+    await close(reading, reader)
 
 
 class BreakableNotify:
@@ -187,17 +200,11 @@ async def test_a_watcher_that_fails_while_running_hands_over_to_polling_and_come
 ) -> None:
     """The watch dies mid-run and cannot be made again for a while: the failure is logged
     once, the directory is listed at the poll interval, and segments made meanwhile are
-    read; once a watch can be made again, it is live and listed once more."""
+    read; once a watch can be made again, it is live, and new segments are read through it."""
     caplog.set_level(logging.INFO, logger=watch_module.__name__)
     monkeypatch.setattr(watch_module, "RustNotify", BreakableNotify)
     monkeypatch.setattr(BreakableNotify, "broken", False)
-    w = NexusWriter(wal_dir, max_segment_bytes=8 * 1024, precreate=False, seed=6)
-    w.append(5)
-    reading = SharedReading(wal_dir, LineParser(), poll_interval_s=0.05)
-    reader = Reader(wal_dir, reading=reading)
-    reading.waker.start()
-    await until(lambda: reading.waker.watching, "the watch")
-    assert len(await reads(reader, 5)) == 5
+    w, reading, reader = await following(wal_dir, seed=6)
     made = BreakableNotify.made
 
     BreakableNotify.broken = True
@@ -205,10 +212,7 @@ async def test_a_watcher_that_fails_while_running_hands_over_to_polling_and_come
     await until(lambda: not reading.waker.watching, "the watch to fail")
     assert not reading.directory.watched
     lists = reading.directory.lists
-    while w.active_segment == w.segments[0]:
-        w.append(5)  # into a new segment, which no watch reports
-    w.append(5)
-    assert await reads(reader, len(expected_ids(w))) == expected_ids(w)
+    await read_past_new_segments(w, reader)  # which no watch reports
     assert reading.directory.lists > lists  # found by the listing that polling does
     failures = [r.getMessage() for r in caplog.records if "not watching" in r.getMessage()]
     assert len(failures) == 1, failures  # retried every poll interval, logged once
@@ -217,17 +221,9 @@ async def test_a_watcher_that_fails_while_running_hands_over_to_polling_and_come
 
     BreakableNotify.broken = False
     await until(lambda: reading.waker.watching, "the watch to come back")
-    assert BreakableNotify.made == made + 1
-    lists = reading.directory.lists
-    await until(lambda: reading.directory.lists > lists, "the listing after the watch")
-    w.create_empty_segments(3)
-    while w.active_segment == w.segments[-4]:
-        w.append(5)
-    w.append(5)
-    assert await reads(reader, len(expected_ids(w))) == expected_ids(w)
-    await reader.close()
-    await reading.waker.stop()
-    reading.close()
+    assert BreakableNotify.made == made + 1 and reading.directory.watched
+    await read_past_new_segments(w, reader, empty=3)
+    await close(reading, reader)
 
 
 # -- what the directory does with the watcher's changes -------------------------------------
