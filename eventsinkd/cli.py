@@ -11,9 +11,7 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from eventsinkd import __version__
 from eventsinkd.ask import AskError, admin_base, get, status, summary
@@ -163,16 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run the daemon on uvloop where it is installed: about 10% less CPU per delivered event
-    (BENCHMARKS.md); the standard loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def _fail(msg: str, code: int = EXIT_CONFIG) -> int:
     print(f"eventsinkd: {msg}", file=sys.stderr)
     return code
@@ -184,12 +172,14 @@ def _wal_parser(args: argparse.Namespace) -> LineParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from eventsinkd.daemon import Daemon
+    from eventsinkd.runtime import run_loop, tune_gc
 
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         return _fail(f"invalid config, not starting:\n{exc}")
     setup_logging(cfg.log.level, cfg.log.format)
+    tune_gc()
     return run_loop(Daemon(cfg, args.config).serve())
 
 

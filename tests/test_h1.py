@@ -187,6 +187,22 @@ async def test_no_answer_is_a_timeout_and_the_connection_is_not_reused() -> None
     assert srv.connections == 2
 
 
+async def test_each_request_on_a_kept_connection_gets_its_own_full_timeout() -> None:
+    """The connection's timer is set once, at the first request's deadline: a later request
+    on it is timed out at its own deadline, never at the earlier one's."""
+    async with raw_server(lambda n, _h: [OK] if n == 1 else []) as srv:
+        pool = pool_for(srv)
+        loop = asyncio.get_running_loop()
+        assert await post(pool, timeout_s=0.5) == 204
+        await asyncio.sleep(0.3)  # the first request's deadline passes during the second
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await post(pool, timeout_s=0.5)
+        assert loop.time() - started >= 0.5 - 0.002  # (uvloop's clock counts milliseconds)
+        await pool.close()
+    assert srv.connections == 1
+
+
 async def test_a_big_response_body_is_read_but_its_connection_not_kept() -> None:
     big = b"x" * 200_000
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(big), big)

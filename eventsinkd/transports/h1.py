@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-import time
 from collections.abc import Sequence
 from typing import cast
 from urllib.parse import unquote, urlsplit
@@ -66,7 +65,8 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One connection: one request at a time, the response parsed as its bytes arrive."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_body: int) -> None:
+        self.loop = loop
         self.max_body = max_body
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -81,7 +81,8 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._chunk_state = 0  # 0: size line; 1: data; 2: CRLF after data; 3: trailers
         self._body_read = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # the request's (the loop's clock)
+        self._timer: asyncio.TimerHandle | None = None  # at or before the deadline
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -110,20 +111,31 @@ class _Connection(asyncio.Protocol):
 
     def request(self, head: bytes, body: bytes, deadline: float) -> asyncio.Future[Response]:
         """Send a request; the future fails with TimeoutError if the response is not complete
-        by ``deadline`` (the loop's clock). A timer of the connection's own rather than
-        ``asyncio.timeout``, which costs a few microseconds more per request."""
+        by ``deadline`` (the loop's clock).
+
+        The connection's timer is not made and cancelled per request (3 µs on uvloop, as
+        much as the rest of the request's bookkeeping): it stays set at an earlier
+        request's deadline, and when it fires, times the request out or moves on to the
+        deadline of the request then in flight.
+        """
         assert self.transport is not None and self._waiter is None
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        self._timer = loop.call_at(deadline, self._timed_out)
+        self._waiter = self.loop.create_future()
+        self._deadline = deadline
+        if self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
         self._got_bytes = False
         self._head = None
         self.transport.writelines((head, body))
         return self._waiter
 
-    def _timed_out(self) -> None:
+    def _check_deadline(self) -> None:
         self._timer = None
-        self._fail(TimeoutError())
+        if self._waiter is None or self.closed:
+            return  # idle: the next request sets the timer again
+        if self.loop.time() >= self._deadline:
+            self._fail(TimeoutError())
+        else:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
     def _parse(self) -> None:
         while self._waiter is not None:
@@ -135,7 +147,6 @@ class _Connection(asyncio.Protocol):
                 return
             waiter, head = self._waiter, self._head
             self._waiter = None
-            self._stop_timer()
             self.used += 1
             if not self._keep or self._buf:  # more than one response: not ours to keep
                 self.close()
@@ -291,6 +302,7 @@ class H1Pool:
         if self.ssl is None and parts.scheme == "https":
             self.ssl = ssl.create_default_context()
         self.max_body = max_body
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it is used on
         host = f"[{self.host}]" if ":" in self.host else self.host
         if parts.port is not None:
             host += f":{parts.port}"
@@ -317,8 +329,11 @@ class H1Pool:
                 raise ValueError(f"the {name} header would hold a line break or NUL")
         extra = "".join(f"{n}: {v}\r\n" for n, v in headers).encode()
         head = b"".join((self._head, extra, b"Content-Length: %d\r\n\r\n" % len(body)))
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        conn = self._take()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        conn = self._take(loop.time())
         if conn is not None:
             try:
                 return await self._exchange(conn, head, body, deadline)
@@ -337,12 +352,11 @@ class H1Pool:
             conn.close()  # cut short (timeout, cancel, error): its state is unknown
             raise
         if not conn.closed and len(self._idle) < self.max_idle:
-            conn.idle_since = time.monotonic()
+            conn.idle_since = conn.loop.time()
             self._idle.append(conn)
         return response
 
-    def _take(self) -> _Connection | None:
-        now = time.monotonic()
+    def _take(self, now: float) -> _Connection | None:
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -354,7 +368,7 @@ class H1Pool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
-            lambda: _Connection(self.max_body),
+            lambda: _Connection(loop, self.max_body),
             self.host,
             self.port,
             ssl=self.ssl,
