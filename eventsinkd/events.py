@@ -139,7 +139,10 @@ class Event:
         self.timestamp = entry.timestamp
         self.read_ns = time.time_ns()  # when eventsinkd read it (OTLP's observed time)
         self.ticket: object = None  # the engine's acknowledgement handle (block mode)
-        self._bodies = {content: event_body(entry, content, kind) for content in contents}
+        bodies = {}
+        for content in contents:  # (a loop: a comprehension is one more frame per event)
+            bodies[content] = event_body(entry, content, kind)
+        self._bodies = bodies
 
     @classmethod
     def stored(cls, kind: str, webhook_id: str, timestamp: str, body: bytes) -> Event:
@@ -151,7 +154,11 @@ class Event:
         return event
 
     def body(self, content: ContentMode) -> bytes:
-        return self._bodies[content]
+        """The body rendered for ``content``. An event read before a reload changed its
+        sink's ``content`` keeps the body it was read with: the entry is not kept to
+        render another."""
+        body = self._bodies.get(content)
+        return body if body is not None else next(iter(self._bodies.values()))
 
     def fields(self) -> dict[str, Any]:
         """The body's fields (event_type, payload_id, source...), for transports that carry

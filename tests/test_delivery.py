@@ -448,3 +448,36 @@ async def test_reconfigure_hands_a_changed_sinks_events_over(server: WebhookServ
     assert h.counter("bubblefish_events_dropped_total", "s") == 0
     assert h.counter("bubblefish_events_delivered_total", "s") >= 300
     assert h.acks["s"][-1] == Position("wal-1.jsonl", 300)
+
+
+async def test_a_reload_that_changes_content_sends_events_read_before_it_as_rendered(
+    server: WebhookServer,
+) -> None:
+    """Events a sink holds when a reload changes its ``content`` go to its successor with
+    the body they were rendered with (the entry is not kept); those read after the reload
+    get the new content."""
+    gate = asyncio.Event()
+
+    async def gated(_n: int, _r: web.Request) -> web.StreamResponse:
+        await gate.wait()
+        return web.Response(status=200)
+
+    server.behaviour = gated
+    cfg = events_cfg({"name": "s", "url": server.url}, overflow="block", max_inflight=500)
+    h = Harness(cfg)
+    await h.engine.start()
+    await h.handle(batch(0, 50))
+    changes = await h.engine.reconfigure(
+        events_cfg(
+            {"name": "s", "url": server.url, "content": "full"}, overflow="block", max_inflight=500
+        )
+    )
+    assert changes == ["changed sink s"]
+    await h.handle(batch(50, 10))
+    gate.set()
+    await asyncio.wait_for(h.engine.wait_idle(), 30)
+    await h.engine.stop(10)
+    bodies = {json.loads(r.body)["payload_id"]: json.loads(r.body) for r in server.requests}
+    assert sorted(bodies) == [f"p{i:06d}" for i in range(60)]
+    assert [i for i in range(60) if "content" in bodies[f"p{i:06d}"]] == list(range(50, 60))
+    assert h.counter("bubblefish_events_failed_total", "s") == 0
