@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 import orjson
 
 from eventsinkd.config import EventsConfig
@@ -37,7 +38,7 @@ def entry(i: int, **kw: Any) -> Entry:
         "monotonic_seq": i,
     }
     fields.update(kw)
-    fields["payload_json"] = orjson.dumps(fields.pop("payload"))  # as the WAL line has it
+    fields["raw_payload"] = msgspec.Raw(orjson.dumps(fields.pop("payload")))  # as the line has it
     return Entry(**fields)
 
 

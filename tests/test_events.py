@@ -7,6 +7,7 @@ import zlib
 import orjson
 import pytest
 from conftest import ODD_GO_TIMESTAMPS
+from msgspec.structs import replace
 
 from eventsinkd import events
 from eventsinkd.events import _parse_go_time_ns, parse_go_time_ns
@@ -44,9 +45,9 @@ def test_a_status_event_is_memory_written_with_its_type_and_status() -> None:
 
     e = entry(5, status="PERMANENT_FAILURE")
     assert events.status_event_type(e) == "memory_write_failed"
-    assert events.status_event_type(e._replace(status="DELIVERED")) == "memory_persisted"
-    assert events.status_event_type(e._replace(status="PENDING")) is None
-    assert events.status_event_type(e._replace(entry_type="checkpoint")) is None
+    assert events.status_event_type(replace(e, status="DELIVERED")) == "memory_persisted"
+    assert events.status_event_type(replace(e, status="PENDING")) is None
+    assert events.status_event_type(replace(e, entry_type="checkpoint")) is None
     written = orjson.loads(events.event_body(e, "full"))
     failed = orjson.loads(events.event_body(e, "full", "memory_write_failed"))
     assert list(failed) == [*list(written)[:-1], "status", "content"]

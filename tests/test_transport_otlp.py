@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from aiohttp import web
@@ -78,7 +79,7 @@ def entry(n: int, **kw: Any) -> Entry:
         "monotonic_seq": n,
     }
     fields.update(kw)
-    fields["payload_json"] = orjson.dumps(fields.pop("payload"))  # as the WAL line has it
+    fields["raw_payload"] = msgspec.Raw(orjson.dumps(fields.pop("payload")))  # as the line has it
     return Entry(**fields)
 
 

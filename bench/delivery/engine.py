@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import msgspec
 import orjson
 
 from bench.common import Capacity, Receiver, receiver_doc
@@ -50,7 +51,7 @@ def make_batches(n: int, run_id: int) -> list[Batch]:
             subject="user:alice",
             actor_type="user",
             actor_id="alice",
-            payload_json=orjson.dumps({"content": f"memory <{i}> & more"}),
+            raw_payload=msgspec.Raw(orjson.dumps({"content": f"memory <{i}> & more"})),
             entry_type="",
             monotonic_seq=i,
         )

@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import zlib
 from enum import StrEnum
-from typing import Annotated
 
 import msgspec
 import orjson
@@ -53,29 +52,8 @@ def _is_hex(field: bytes, length: int) -> bool:
     return len(field) == length and _HEX.issuperset(field)
 
 
-# An entry as msgspec decodes it: only the fields an Entry keeps, in its order. Fields
-# Nexus may add are skipped without being built, and so is the payload, kept as its JSON
-# text: a summary sink never needs it, and decoding it was most of a line's cost. For
-# a ~1.6 KB line (python -m bench.stages), orjson.loads and the Entry took 8.4 µs; this
-# takes 2.9 µs. orjson cannot skip what it does not need; msgspec decodes into a type.
-class _Fields(msgspec.Struct, gc=False):
-    payload_id: str = ""
-    idempotency_key: str = ""
-    status: str = ""
-    timestamp: str = ""
-    source: str = ""
-    destination: str = ""
-    subject: str = ""
-    actor_type: str = ""
-    actor_id: str = ""
-    entry_type: str = ""  # absent in v0.1.2 entries
-    payload: msgspec.Raw = msgspec.Raw(b"null")
-    monotonic_seq: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] = 0
-
-
-_decode_fields = msgspec.json.Decoder(_Fields).decode
-_astuple = msgspec.structs.astuple
-_STR_FIELDS = tuple(_Fields.__struct_fields__[:10])
+_decode_entry = msgspec.json.Decoder(Entry).decode
+_STR_FIELDS = tuple(Entry.__struct_fields__[:10])
 
 
 def entry_from_json_bytes(body: bytes) -> Entry | None:
@@ -86,12 +64,11 @@ def entry_from_json_bytes(body: bytes) -> Entry | None:
     payload and unknown fields are checked for JSON syntax only, as Go checks them.
     """
     try:
-        fields = _astuple(_decode_fields(body))
+        return _decode_entry(body)
     except msgspec.MsgspecError:
         # Not JSON, or something the strict decoder refuses that may still make an entry:
         # a null string, a monotonic_seq above int64 (orjson reads up to uint64).
         return _entry_from_document(body)
-    return Entry._make((*fields[:10], bytes(fields[10]), fields[11]))
 
 
 def _entry_from_document(body: bytes) -> Entry | None:
@@ -114,7 +91,8 @@ def _entry_from_document(body: bytes) -> Entry | None:
         seq = 0
     elif not isinstance(seq, int) or isinstance(seq, bool):
         return None
-    return Entry._make((*values, orjson.dumps(doc.get("payload")), seq))
+    entry = Entry(raw_payload=msgspec.Raw(orjson.dumps(doc.get("payload"))), monotonic_seq=seq)
+    return msgspec.structs.replace(entry, **dict(zip(_STR_FIELDS, values, strict=True)))
 
 
 class LineParser:
