@@ -21,10 +21,11 @@ from eventsinkd.events import (
     status_event_type,
 )
 from eventsinkd.state.cursors import load_saved
+from eventsinkd.wal.batches import Batch
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Checkpointer, Position, PositionStore
-from eventsinkd.wal.scanner import Batch, StartAt
+from eventsinkd.wal.scanner import StartAt
 from eventsinkd.wal.statuses import StatusWatch
 
 PENDING_LIMIT = 100_000  # as events.pending_limit's default

@@ -11,10 +11,11 @@ import pytest
 from daemon_harness import Daemon, daemons, webhook_receiver
 from webhook_server import WebhookServer
 
+from eventsinkd.wal.batches import Record
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
-from eventsinkd.wal.scanner import Record, StartAt
+from eventsinkd.wal.scanner import StartAt
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nexus-wal"
 FIXTURE_SETS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())

@@ -17,9 +17,10 @@ from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.metrics import Metrics
 from eventsinkd.state.deadletters import DeadLetterWriter
+from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.position import Checkpointer, Position
-from eventsinkd.wal.scanner import Batch, Record, StartAt
+from eventsinkd.wal.scanner import StartAt
 
 
 def entry(i: int, **kw: Any) -> Entry:

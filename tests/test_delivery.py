@@ -19,8 +19,8 @@ from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
 from eventsinkd.delivery.outcome import Outcome, parse_retry_after
+from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.position import Position
-from eventsinkd.wal.scanner import Batch, Record
 
 SECRET_A = "whsec_" + base64.b64encode(b"a" * 32).decode()
 SECRET_B = "whsec_" + base64.b64encode(b"b" * 24).decode()

@@ -12,9 +12,10 @@ from conftest import collect
 from daemon_harness import until
 
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
+from eventsinkd.wal.batches import Record
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.scanner import Record, WalScanner
+from eventsinkd.wal.scanner import WalScanner
 
 
 def ids(records: list[Record]) -> list[str]:

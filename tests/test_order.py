@@ -24,8 +24,8 @@ from eventsinkd.delivery.job import Job
 from eventsinkd.delivery.keyorder import KeyOrder
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import Event
+from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.position import Position
-from eventsinkd.wal.scanner import Batch, Record
 
 SUBJECTS = 6
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
+from eventsinkd.wal.batches import Record
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, Reject
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import Coverage, SharedReading
-from eventsinkd.wal.scanner import Record, StartAt, WalScanner
+from eventsinkd.wal.scanner import StartAt, WalScanner
 from eventsinkd.wal.watch import Waker
 
 CORRUPTED = FIXTURES / "corrupted" / "wal"

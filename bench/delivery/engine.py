@@ -16,9 +16,9 @@ from bench.common import Capacity, Receiver, receiver_doc
 from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.metrics import Metrics
+from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.position import Checkpointer, Position
-from eventsinkd.wal.scanner import Batch, Record
 
 BATCH_RECORDS = 500
 MAX_EVENTS = 100_000  # max_inflight of the sink; N never exceeds it, so nothing is dropped

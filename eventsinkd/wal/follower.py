@@ -13,10 +13,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from eventsinkd.wal.batches import Batch
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading
-from eventsinkd.wal.scanner import Batch, StartAt, WalScanner
+from eventsinkd.wal.scanner import StartAt, WalScanner
 from eventsinkd.wal.statuses import StatusWatch
 
 # A cursor catching up on a backlog (CATCHING_UP_AFTER batches in a row without

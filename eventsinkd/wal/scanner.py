@@ -17,7 +17,7 @@ What it must survive (shared/spec/nexus-wal.md):
 * the same idempotency key at the end of one segment and the start of the
   next after a crash during rotation (a bounded window of recent keys).
 
-Every sink has its own scanner (its cursor); what the scanners of one WAL
+The lines read become records in :mod:`eventsinkd.wal.batches`. Every sink has its own scanner (its cursor); what the scanners of one WAL
 directory share - listing, counters, parsed lines - is in
 :mod:`eventsinkd.wal.reading`.
 """
@@ -27,12 +27,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
+from eventsinkd.wal.batches import Batch, Batcher, RecentKeys
 from eventsinkd.wal.directory import Scan
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, Reject
@@ -47,44 +45,6 @@ StartAt = Literal["beginning", "end"]
 # Rotation-crash duplicates are at most a group-commit batch (256 lines) apart.
 DEDUP_WINDOW = 4096
 ALL_LINES = 1 << 62
-
-
-class Record(NamedTuple):
-    entry: Entry
-    segment: str
-    line: int  # lines of the segment consumed once this entry's line is
-
-    @property
-    def position(self) -> Position:
-        """The position just after this entry's line (built on demand: block mode needs it)."""
-        return Position(self.segment, self.line, self.entry.dedup_key)
-
-
-@dataclass(slots=True)
-class Batch:
-    records: list[Record]
-    end: Position  # read position after every line behind this batch
-    statuses: Sequence[StatusChange] = ()  # status events (with a StatusWatch), after records
-
-
-class _RecentKeys:
-    """A bounded set of the most recent dedup keys, oldest evicted first."""
-
-    def __init__(self, size: int) -> None:
-        self.order: deque[str] = deque()
-        self.keys: set[str] = set()
-        self.size = size
-
-    def seen(self, key: str) -> bool:
-        """True if ``key`` is in the window; otherwise remember it."""
-        keys = self.keys
-        if key in keys:
-            return True
-        keys.add(key)
-        self.order.append(key)
-        if len(self.order) > self.size:
-            keys.discard(self.order.popleft())
-        return False
 
 
 class WalScanner:
@@ -111,7 +71,8 @@ class WalScanner:
         self._start: Position | StartAt | None = start
         self._batch_lines = batch_lines
         self._dedup_window = dedup_window
-        self._recent = _RecentKeys(dedup_window)
+        self._recent = RecentKeys(dedup_window)
+        self._batcher = Batcher(self, self.reading, parser, batch_lines)
         self._dir = self.reading.directory
         self._cur: SegmentFile | None = None
         self._cur_gone = False
@@ -224,7 +185,7 @@ class WalScanner:
         if lines:
             return self._emit(cur, lines)
         if cur.pending_tail and self.reading.first_time(cur.identity, ("partial", cur.line)):
-            self._reject(Reject.PARTIAL, cur.name, cur.line + 1)
+            self._batcher.reject(Reject.PARTIAL, cur.name, cur.line + 1)
         self._set_cur(None)
         if nxt is None:
             self.at_end = True
@@ -394,7 +355,7 @@ class WalScanner:
             return
         log.warning("segment %s: saved entry found at line %d, not %d", seg.name, found, start.line)
         # The keys learned while skipping to the wrong line are not all behind us.
-        self._recent = _RecentKeys(self._dedup_window)
+        self._recent = RecentKeys(self._dedup_window)
         self._learn_tail_before(seg.name)
         self._set_cur(SegmentFile(self.wal_dir, seg.name))
         assert self._cur is not None
@@ -422,92 +383,11 @@ class WalScanner:
                 self._recent.seen(entry.dedup_key)
 
     def _emit(self, cur: SegmentFile, lines: list[bytes | None]) -> Batch:
-        # The hot loop of catching up: keep per-line work to what cannot be avoided.
         name = cur.name
-        first = cur.line - len(lines)
-        reading = self.reading
-        others = reading.coverage.claim(self, (name, first), (name, cur.line))
-        if not others:
-            fresh = None  # every line is new to this process: this cursor counts them
-        elif any(s <= (name, first) and (name, cur.line) <= e for s, e in others):
-            fresh = frozenset[int]()  # another cursor read (and counted) all of them
-        else:
-            fresh = frozenset(
-                n
-                for n in range(first + 1, cur.line + 1)
-                if not any(s < (name, n) <= e for s, e in others)
-            )
-        parse: Callable[[bytes], Entry | Reject]
-        if not reading.shared:
-            parse = self.parser.parse
-        elif fresh is None and len(lines) < self._batch_lines:
-            # New lines at the head of the WAL (a short batch: all there was): the
-            # cursors behind will read them next. A cursor catching up on old lines
-            # (full batches) would only push those out of the cache.
-            parse = self._parse_and_share
-        else:
-            parse = self._parse_shared
-        records: list[Record] = []
-        append = records.append
-        line_no = first
-        recent = self._recent
-        keys, order, window = recent.keys, recent.order, recent.size
-        counts: dict[str, int] = {}
-        duplicates = 0
-        key = ""
-        for raw in lines:
-            line_no += 1
-            entry = Reject.TOO_LONG if raw is None else parse(raw)
-            if isinstance(entry, Reject):
-                if fresh is None or line_no in fresh:
-                    self._reject(entry, name, line_no)
-                key = ""
-                continue
-            key = entry.idempotency_key or entry.payload_id
-            if fresh is None or line_no in fresh:
-                kind = entry.entry_type
-                counts[kind] = counts.get(kind, 0) + 1
-            if key:
-                # _RecentKeys.seen(), inlined: this loop runs once per WAL line.
-                if key in keys:
-                    if fresh is None or line_no in fresh:
-                        duplicates += 1
-                    continue
-                keys.add(key)
-                order.append(key)
-                if len(order) > window:
-                    keys.discard(order.popleft())
-            append(Record(entry, name, line_no))
+        records, key = self._batcher.records(name, cur.line - len(lines), lines, self._recent)
         if self.statuses is not None:
             self._changes += self.statuses.read(records)
-        stats = self.stats
-        stats.lines += len(lines) if fresh is None else len(fresh)
-        stats.entries.update(counts)
-        stats.duplicates += duplicates
         if records:
             self.last_timestamp = records[-1].entry.timestamp
         self.position = Position(name, cur.line, key)
         return Batch(records, self.position)
-
-    def _parse_and_share(self, raw: bytes) -> Entry | Reject:
-        cache = self.reading.cache
-        got = cache.get(raw)
-        if got is None:
-            got = self.parser.parse(raw)
-            cache.put(raw, got)
-        return got
-
-    def _parse_shared(self, raw: bytes) -> Entry | Reject:
-        got = self.reading.cache.get(raw)
-        return self.parser.parse(raw) if got is None else got
-
-    def _reject(self, reason: Reject, segment: str, line_no: int) -> None:
-        self.stats.rejected[reason.value] += 1
-        self.reading.rlog.log(
-            logging.WARNING,
-            f"reject:{reason.value}",
-            "skipped %s line: segment %s line %d",
-            reason.value,
-            segment,
-            line_no,
-        )
