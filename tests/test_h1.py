@@ -203,6 +203,18 @@ async def test_each_request_on_a_kept_connection_gets_its_own_full_timeout() -> 
     assert srv.connections == 1
 
 
+async def test_a_shorter_timeout_than_the_last_requests_is_kept() -> None:
+    async with raw_server(lambda n, _h: [OK] if n == 1 else []) as srv:
+        pool = pool_for(srv)
+        loop = asyncio.get_running_loop()
+        assert await post(pool, timeout_s=60) == 204
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(post(pool, timeout_s=0.3), 45)
+        assert loop.time() - started < 30  # not at the first request's deadline
+        await pool.close()
+
+
 async def test_a_big_response_body_is_read_but_its_connection_not_kept() -> None:
     big = b"x" * 200_000
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(big), big)

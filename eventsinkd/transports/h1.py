@@ -83,6 +83,7 @@ class _Connection(asyncio.Protocol):
         self._body_read = 0
         self._deadline = 0.0  # the request's (the loop's clock)
         self._timer: asyncio.TimerHandle | None = None  # at or before the deadline
+        self._timer_at = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -121,8 +122,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None and self._waiter is None
         self._waiter = self.loop.create_future()
         self._deadline = deadline
-        if self._timer is None:
-            self._timer = self.loop.call_at(deadline, self._check_deadline)
+        if self._timer is None or deadline < self._timer_at:  # (a shorter timeout than before)
+            self._set_timer(deadline)
         self._got_bytes = False
         self._head = None
         self.transport.writelines((head, body))
@@ -135,7 +136,13 @@ class _Connection(asyncio.Protocol):
         if self.loop.time() >= self._deadline:
             self._fail(TimeoutError())
         else:
-            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+            self._set_timer(self._deadline)
+
+    def _set_timer(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(at, self._check_deadline)
+        self._timer_at = at
 
     def _parse(self) -> None:
         while self._waiter is not None:
