@@ -17,9 +17,9 @@ What it must survive (shared/spec/nexus-wal.md):
 * the same idempotency key at the end of one segment and the start of the
   next after a crash during rotation (a bounded window of recent keys).
 
-The lines read become records in :mod:`eventsinkd.wal.batches`. Every sink has its own scanner (its cursor); what the scanners of one WAL
-directory share - listing, counters, parsed lines - is in
-:mod:`eventsinkd.wal.reading`.
+The lines read become records in :mod:`eventsinkd.wal.batches`. Every sink has its
+own scanner (its cursor); what the scanners of one WAL directory share - listing,
+counters, parsed lines - is in :mod:`eventsinkd.wal.reading`.
 """
 
 from __future__ import annotations
