@@ -13,8 +13,9 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, level: int, key: str, msg: str, *args: object) -> None:
-        """Log ``msg`` unless ``key`` was logged less than ``interval_s`` ago (then count it)."""
+    def log(self, level: int, key: str, msg: str, *args: object, exc_info: bool = False) -> None:
+        """Log ``msg`` unless ``key`` was logged less than ``interval_s`` ago (then count it).
+        ``exc_info``: with the exception being handled."""
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self._interval_s:
@@ -25,4 +26,4 @@ class RateLimitedLog:
         if suppressed:
             msg += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        self._log.log(level, msg, *args)
+        self._log.log(level, msg, *args, exc_info=exc_info)

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import pytest
 from aiohttp import web
@@ -18,6 +19,7 @@ from engine_harness import Harness, batch, entry, events_cfg, run
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
+from eventsinkd.delivery.job import Job
 from eventsinkd.delivery.outcome import Outcome, parse_retry_after
 from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.position import Position
@@ -481,3 +483,37 @@ async def test_a_reload_that_changes_content_sends_events_read_before_it_as_rend
     assert sorted(bodies) == [f"p{i:06d}" for i in range(60)]
     assert [i for i in range(60) if "content" in bodies[f"p{i:06d}"]] == list(range(50, 60))
     assert h.counter("bubblefish_events_failed_total", "s") == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_bug_while_delivering_keeps_the_worker_and_tries_the_events_again(
+    server: WebhookServer, caplog: pytest.LogCaptureFixture, concurrency: int
+) -> None:
+    """An exception out of the delivery code (a bug: nothing the receiver does raises
+    there) is logged with its traceback; the worker carries on, and the events it held
+    are tried again (by the same worker in WAL order), not held for ever. The one stand-in:
+    ``Sink.finish`` raising once, since a bug cannot be driven from outside."""
+    h = Harness(events_cfg({"name": "s", "url": server.url, "concurrency": concurrency}))
+    await h.engine.start()
+    sink = h.engine.sinks["s"]
+    real_finish = sink.finish
+    calls = 0
+
+    def finish_failing_once(job: Job, outcome: Literal["delivered", "failed"]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        real_finish(job, outcome)
+
+    sink.finish = finish_failing_once  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="eventsinkd.delivery.sink"):
+        await h.handle(batch(0, 5))
+        await asyncio.wait_for(h.engine.wait_idle(), 30)
+    assert "failed unexpectedly" in caplog.text and "RuntimeError: a bug" in caplog.text
+    assert len(sink.workers) == concurrency
+    await h.engine.stop(10)
+    assert h.accounting("s") == (5, 5, 0, 0)
+    assert sorted(set(server.ids)) == [f"memory_written:p{i:06d}" for i in range(5)]
+    if concurrency == 1:  # the first event again, then the rest in WAL order
+        assert server.ids == [f"memory_written:p{i:06d}" for i in (0, 0, 1, 2, 3, 4)]

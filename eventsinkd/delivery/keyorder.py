@@ -7,7 +7,7 @@ or kept as a dead letter) or handed to the sink that replaced this one. So a key
 events reach the receiver in WAL order, retries included, while different keys go
 in parallel; and a batch never holds two events of one key.
 
-A reload hands a sink's events to its successor (``Sink._move``). The successor must
+A reload hands a sink's events to its successor (``Sink.hand_over``). The successor must
 not send an event of a key that its predecessor still has out (it may yet fail and
 come over): such events wait here too, *blocked*, until the predecessor lets the key
 go. Events that come over from the predecessor are older than any the successor read

@@ -106,7 +106,7 @@ class Pause:
                 sink.finish(job, "delivered")
             else:  # the receiver answered: it is up, and refuses this one event
                 job.attempted()
-                await sink.give_up(job, result)
+                await sink.retries.give_up(job, result)
             return
 
     def _end(self, probes: int) -> None:

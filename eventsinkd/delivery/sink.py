@@ -20,9 +20,8 @@ before it of the same key is finished.
 
 A receiver that keeps failing *pauses* the sink (:mod:`eventsinkd.delivery.pause`);
 paused, it takes no new events in block mode (they wait in the WAL; in drop
-mode the queue still fills to ``max_inflight``, as Nexus's does). An event
-given up on while the receiver otherwise works (a permanent 4xx/3xx, or
-``max_retries`` used up) becomes a dead letter.
+mode the queue still fills to ``max_inflight``, as Nexus's does). What becomes of
+a failed event - a retry, a dead letter - is in :mod:`eventsinkd.delivery.retries`.
 """
 
 from __future__ import annotations
@@ -40,15 +39,16 @@ from eventsinkd.delivery.attempts import Requests
 from eventsinkd.delivery.filters import EventFilter
 from eventsinkd.delivery.job import Job, SinkStats
 from eventsinkd.delivery.keyorder import SinkOrder
-from eventsinkd.delivery.outcome import Outcome, backoff_delay
+from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.delivery.pause import Pause
+from eventsinkd.delivery.retries import Retries
 from eventsinkd.delivery.workers import Workers
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics, SinkMetrics
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.sinkbase import FilterConfig
 from eventsinkd.sinkconfig import SinkConfig
-from eventsinkd.state.deadletters import DeadLetter, DeadLetterWriter
+from eventsinkd.state.deadletters import DeadLetterWriter
 from eventsinkd.transports import Attempt, make_transport
 from eventsinkd.wal.entry import Entry
 
@@ -80,13 +80,13 @@ class Sink:
         self.pause = Pause(self, events.pause_after_failures)
         self.transport = make_transport(cfg, metrics)
         self.requests = Requests(self)
-        self._dead_letters = dead_letters
         self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish
         self.rng = rng or random.Random()
         self.ordered = cfg.wal_order
         self.order_key = cfg.order_key  # the entry field the cursor gives as each event's key
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.retries = Retries(self, dead_letters, self._queue.put_nowait)
         self._order: SinkOrder | None = None
         if self.order_key is not None:
             before = predecessor._order if predecessor is not None else None
@@ -101,7 +101,6 @@ class Sink:
             linger_s=cfg.linger_s,
             closed=lambda: self.closed,
         )
-        self._parked: dict[Job, asyncio.TimerHandle] = {}
         self._held: set[Job] = set()  # everything counted in inflight
         self._left = 0  # given back unfinished at shutdown (their last try failed)
         self._room = asyncio.Event()
@@ -111,7 +110,7 @@ class Sink:
         self.draining = asyncio.Event()
         self._abort = asyncio.Event()
         self._stop_task: asyncio.Task[int] | None = None
-        self._successor: Sink | None = None
+        self.successor: Sink | None = None
         self.rlog = RateLimitedLog(log)
         self.metrics = SinkMetrics(metrics, self.name)
         # Read at scrape time rather than updated per event (the per-event cost shows in
@@ -146,7 +145,7 @@ class Sink:
         sink's receiver is down: its events get no last try.
         """
         if self._stop_task is None:
-            self._successor = successor
+            self.successor = successor
             self._stop_task = asyncio.create_task(self._stop(timeout_s))
         return await asyncio.shield(self._stop_task)
 
@@ -155,15 +154,13 @@ class Sink:
         self._room.set()  # a cursor waiting for room finds the sink closed instead
         paused = self.paused
         waiting = self.pause.stop()
-        for job, handle in list(self._parked.items()):
-            handle.cancel()
-            self._parked.pop(job, None)
+        for job in self.retries.unpark_all():
             self._queue.put_nowait(job)
-        if self._successor is not None:
+        if self.successor is not None:
             for job in waiting:
-                self._move(job)
+                self.hand_over(job)
             while not self._queue.empty():
-                self._move(self._queue.get_nowait())
+                self.hand_over(self._queue.get_nowait())
         if not paused:
             idle = asyncio.create_task(self._idle.wait())
             abort = asyncio.create_task(self._abort.wait())
@@ -173,10 +170,10 @@ class Sink:
             idle.cancel()
             abort.cancel()
         await self.workers.stop()
-        if self._successor is not None:
+        if self.successor is not None:
             for job in list(self._held):  # cut off in flight: the successor tries again
                 if job in self._held and not job.waiting:  # those waiting follow theirs
-                    self._move(job)
+                    self.hand_over(job)
         left = self.inflight + self._left
         if left:
             self.stats.dropped += left
@@ -193,11 +190,11 @@ class Sink:
         await self.transport.close()
         return left
 
-    def _move(self, job: Job) -> None:
+    def hand_over(self, job: Job) -> None:
         """Hand ``job`` to the successor; it stays unfinished (block mode keeps waiting for it).
         Events of its key waiting behind it follow it (see :meth:`_release`)."""
-        assert self._successor is not None
-        self._successor._adopt(job, older=True)
+        assert self.successor is not None
+        self.successor._adopt(job, older=True)
         self._release(job)
 
     def _adopt(self, job: Job, *, older: bool = False) -> None:
@@ -312,8 +309,8 @@ class Sink:
         if chain and self._order is not None and job.key is not None:
             # The next event of its key goes out, or, handed over, the rest follow it.
             nxt = self._order.done(job)
-            while nxt is not None and self._successor is not None and self.draining.is_set():
-                self._successor._adopt(nxt, older=True)
+            while nxt is not None and self.successor is not None and self.draining.is_set():
+                self.successor._adopt(nxt, older=True)
                 self._release(nxt, chain=False)
                 nxt = self._order.done(nxt)
             if nxt is not None:
@@ -323,7 +320,7 @@ class Sink:
         if self.inflight == 0:
             self._idle.set()
 
-    def _leave(self, job: Job) -> None:
+    def leave_unfinished(self, job: Job) -> None:
         """Its last try at shutdown failed: it stays unfinished (read again after a restart), and
         so do the events of its key behind it, which must not overtake it."""
         behind = self._order.behind(job) if self._order and job.key is not None else []
@@ -334,6 +331,39 @@ class Sink:
     # -- delivering ----------------------------------------------------------------
 
     async def _deliver(self, jobs: list[Job]) -> None:
+        while jobs:
+            try:
+                await self._send(jobs)
+                return
+            except Exception:
+                # A bug of eventsinkd's, not trouble with the receiver: the worker must
+                # carry on, and the events it held be tried again, not held for ever
+                # (block mode's cursor would never pass them).
+                delay = self.backoff[-1]
+                self.rlog.log(
+                    logging.ERROR,
+                    "bug",
+                    "sink %s: delivering %d event(s) failed unexpectedly; trying again in %ss",
+                    self.name,
+                    len(jobs),
+                    delay,
+                    exc_info=True,
+                )
+                waiting = self.pause.waiting
+                jobs = [
+                    j
+                    for j in jobs
+                    if j in self._held and j not in self.retries.parked and j not in waiting
+                ]
+            if not self.ordered:
+                for job in jobs:
+                    self.retries.park(job, delay)
+                return
+            # WAL order: the one worker tries them again itself, as it does a retry.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.draining.wait(), delay)
+
+    async def _send(self, jobs: list[Job]) -> None:
         while jobs:
             if self.paused:
                 self.pause.waiting.extend(jobs)  # the probe takes them from there
@@ -351,88 +381,7 @@ class Sink:
                 # In flight when the sink paused: these attempts do not count.
                 self.pause.waiting.extend(job for job, _ in failed)
                 return
-            jobs = await self._failed(failed)
-
-    async def _failed(self, failed: list[tuple[Job, Attempt]]) -> list[Job]:
-        """Decide what becomes of each failed job; returns those the (ordered) worker retries."""
-        for job, _ in failed:
-            job.attempted()
-        retryable = {job for job, result in failed if result.outcome.retryable}
-        if retryable and self.draining.is_set():
-            for job, _ in failed:
-                if job not in retryable:
-                    continue
-                if self._successor is not None:
-                    self._move(job)
-                else:  # its one try at shutdown did not get through: left unfinished
-                    self._leave(job)
-            retryable = set()
-        elif retryable and self.pause.is_outage(retryable, self.cfg.max_retries):
-            held = [(job, result) for job, result in failed if job in retryable]
-            self.pause.begin([job for job, _ in held], held[-1][1])
-            retryable = set()
-        retry: list[Job] = []
-        wait = 0.0
-        for job, result in failed:
-            if job in retryable and job.attempts <= self.cfg.max_retries:
-                delay = backoff_delay(
-                    job.attempts, self.backoff, result.retry_after, self.retry_after_max, self.rng
-                )
-                self.metrics.retries.inc()
-                if self.ordered:
-                    retry.append(job)
-                    wait = max(wait, delay)
-                else:
-                    self._park(job, delay)
-            elif not result.outcome.retryable or job in retryable:
-                await self.give_up(job, result)
-        if retry:
-            # WAL order: order over throughput, so the one worker waits (until shutdown).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.draining.wait(), wait)
-        return retry
-
-    async def give_up(self, job: Job, result: Attempt) -> None:
-        """A permanent failure, or retries used up while the receiver works: a dead letter."""
-        event = job.event
-        if self._dead_letters is not None:
-            letter = DeadLetter(
-                sink=self.name,
-                webhook_id=event.id,
-                event_type=event.type,
-                timestamp=event.timestamp,
-                body=event.body(self.cfg.content),
-                attempts=job.attempts,
-                first_attempt=job.first_attempt,
-                last_attempt=time.time(),
-                last_outcome=result.detail,
-            )
-            try:
-                await self._dead_letters.add(letter)
-            except Exception as exc:  # the state directory is full or unwritable
-                # Not finished: block mode must not pass an event that is neither
-                # delivered nor kept. Try the whole thing again later.
-                log.error("sink %s: cannot store dead letter %s: %s", self.name, event.id, exc)
-                self._park(job, self.backoff[-1])
-                return
-        self.finish(job, "failed")
-        self.rlog.log(
-            logging.WARNING,
-            "failed",
-            "sink %s: event %s failed after %d attempt(s) (%s); kept as a dead letter",
-            self.name,
-            event.id,
-            job.attempts,
-            result.detail,
-        )
-
-    def _park(self, job: Job, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._parked[job] = loop.call_later(delay, self._unpark, job)
-
-    def _unpark(self, job: Job) -> None:
-        if self._parked.pop(job, None) is not None:
-            self._queue.put_nowait(job)
+            jobs = await self.retries.failed(failed)
 
     def resume(self, held: list[Job]) -> None:
         """The pause is over: ``held`` goes out again, oldest first, and new events come in."""
