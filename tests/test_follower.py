@@ -295,3 +295,18 @@ def test_start_at_end_is_not_a_truncation(wal_dir: Path, caplog: pytest.LogCaptu
     assert scanner.position.segment == w.active_segment and scanner.position.line == 10
     assert scanner.stats.truncations == 0
     assert "fewer than" not in caplog.text
+
+
+async def test_a_reader_that_never_stops_keeps_its_backlog_figure_current(wal_dir: Path) -> None:
+    """/metrics and /status never wait for the reader: while it steps they take the figure
+    it last left. A reader that is always stepping (a catch-up) must leave one, or the lag
+    shows 0 bytes behind a backlog of gigabytes."""
+    NexusWriter(wal_dir, precreate=False).append(800)
+    follower = WalFollower(wal_dir, LineParser(), "beginning", batch_lines=16)
+    try:
+        assert follower._step() is not None  # the reader thread's step
+        with follower._stepping:  # ... and it is stepping again whenever anyone looks
+            behind = follower.backlog_bytes()
+        assert behind == follower.scanner.backlog_bytes() > 0
+    finally:
+        follower._close()

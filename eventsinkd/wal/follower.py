@@ -29,6 +29,7 @@ from eventsinkd.wal.statuses import StatusWatch
 CATCHING_UP_AFTER = 4
 BUSY_TURN_S = 0.0002
 CATCH_UP_GIVE_WAY = 1.0
+BACKLOG_EVERY_S = 0.5  # how often a busy reader updates its backlog figure
 
 
 class WalFollower:
@@ -66,6 +67,7 @@ class WalFollower:
         # Held by a step in the reader thread; the loop's look at the backlog does not wait.
         self._stepping = threading.Lock()
         self._backlog = 0
+        self._backlog_due = 0.0  # when the reader next updates it (time.monotonic())
 
     @property
     def position(self) -> Position:
@@ -81,8 +83,8 @@ class WalFollower:
         self.waker.notify()
 
     def backlog_bytes(self) -> int:
-        """The scanner's :meth:`~WalScanner.backlog_bytes`; while it is reading, the last
-        figure (a stalled read must not stall /metrics)."""
+        """The scanner's :meth:`~WalScanner.backlog_bytes`; while it is reading, the figure
+        its reads last left (a stalled read must not stall /metrics)."""
         if self._stepping.acquire(blocking=False):
             try:
                 self._backlog = self.scanner.backlog_bytes()
@@ -92,7 +94,14 @@ class WalFollower:
 
     def _step(self) -> Batch | None:
         with self._stepping:
-            return self.scanner.step()
+            batch = self.scanner.step()
+            # A reader that never stops (a catch-up) would hold the lock at every look from
+            # /metrics: it updates the figure itself, now and then (it stats a few files).
+            now = time.monotonic()
+            if now >= self._backlog_due:
+                self._backlog_due = now + BACKLOG_EVERY_S
+                self._backlog = self.scanner.backlog_bytes()
+            return batch
 
     def _close(self) -> None:
         with self._stepping:
