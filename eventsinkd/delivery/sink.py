@@ -355,6 +355,8 @@ class Sink:
                     for j in jobs
                     if j in self._held and j not in self.retries.parked and j not in waiting
                 ]
+            if self.draining.is_set():
+                return  # held, so left unfinished at shutdown (block mode reads them again)
             if not self.ordered:
                 for job in jobs:
                     self.retries.park(job, delay)
