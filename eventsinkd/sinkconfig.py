@@ -135,13 +135,18 @@ SYSLOG_FACILITIES = {
     )
 }
 UDP_MAX_PAYLOAD = 65_507
-SYSLOG_SCHEMES = {"syslog": 514, "syslog+tcp": 514, "syslog+tls": 6514}
+# RELP has no registered port: 0 stands for "give one" (checked in SyslogSinkConfig._url).
+SYSLOG_SCHEMES = {"syslog": 514, "syslog+tcp": 514, "syslog+tls": 6514, "syslog+relp": 0}
+RELP_DEFAULT_WINDOW = 128  # librelp's default window of unanswered messages
 _PRINTUSASCII = re.compile(r"[!-~]+")
 
 
 class SyslogSinkConfig(Batched):
     type: Literal["syslog"]
-    url: Annotated[str, Field(description="syslog:// (UDP), syslog+tcp:// or syslog+tls://")]
+    url: Annotated[
+        str,
+        Field(description="syslog:// (UDP), syslog+tcp://, syslog+tls:// or syslog+relp://"),
+    ]
     facility: str = Field(default="local0", description="local0..local7, daemon, user...")
     tag: str = Field(default="nexus", description="APP-NAME")
     hostname: str | None = Field(default=None, description="HOSTNAME; default this host's name")
@@ -157,11 +162,21 @@ class SyslogSinkConfig(Batched):
     oversize: Literal["truncate", "refuse"] = Field(
         default="refuse", description="refused = a dead letter; truncated = counted"
     )
+    relp_window: int = Field(
+        default=RELP_DEFAULT_WINDOW,
+        ge=1,
+        le=1000,
+        description="syslog+relp:// only: messages sent that rsyslog has not answered yet",
+    )
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parse_endpoint(v, SYSLOG_SCHEMES)
+        if parse_endpoint(v, SYSLOG_SCHEMES).port == 0:
+            raise ValueError(
+                "syslog+relp:// needs a port (RELP has no standard one): give the port of "
+                "rsyslog's imrelp input, e.g. syslog+relp://logs.internal:2514"
+            )
         return v
 
     @field_validator("facility")
@@ -191,6 +206,22 @@ class SyslogSinkConfig(Batched):
             raise ValueError(
                 f"max_message_bytes {self.max_message_bytes} is over {UDP_MAX_PAYLOAD}, "
                 "the most a UDP datagram holds"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _relp_keys(self) -> SyslogSinkConfig:
+        given = self.model_fields_set
+        if self.endpoint.scheme != "syslog+relp":
+            if "relp_window" in given:
+                raise ValueError("relp_window is for syslog+relp:// only")
+            return self
+        if "framing" in given:
+            raise ValueError("framing does not apply to syslog+relp:// (RELP frames messages)")
+        if "tls" in given:
+            raise ValueError(
+                "syslog+relp:// is RELP over plain TCP: eventsinkd does not do RELP over TLS. "
+                "Remove tls, or use syslog+tls:// (TLS, without acknowledgements)"
             )
         return self
 
