@@ -178,7 +178,7 @@ async def test_every_message_is_answered_and_written_once_by_rsyslogd(
 async def test_a_restarted_rsyslogd_gets_a_new_session(
     rsyslogd: Rsyslogd, transports: Callable[[SyslogSinkConfig], RelpSyslogTransport]
 ) -> None:
-    t = transports(cfg(relp_url(rsyslogd)))
+    t = transports(cfg(relp_url(rsyslogd), timeout_seconds=1))
     assert {a.outcome for a in await t.send([event(1)])} == {Outcome.DELIVERED}
     await rsyslogd.stop()  # SIGTERM: rsyslogd sends serverclose
     attempts = await t.send([event(2)])
