@@ -136,7 +136,14 @@ SYSLOG_FACILITIES = {
 }
 UDP_MAX_PAYLOAD = 65_507
 # RELP has no registered port: 0 stands for "give one" (checked in SyslogSinkConfig._url).
-SYSLOG_SCHEMES = {"syslog": 514, "syslog+tcp": 514, "syslog+tls": 6514, "syslog+relp": 0}
+SYSLOG_SCHEMES = {
+    "syslog": 514,
+    "syslog+tcp": 514,
+    "syslog+tls": 6514,
+    "syslog+relp": 0,
+    "syslog+relp+tls": 0,
+}
+RELP_SCHEMES = ("syslog+relp", "syslog+relp+tls")
 RELP_DEFAULT_WINDOW = 128  # librelp's default window of unanswered messages
 _PRINTUSASCII = re.compile(r"[!-~]+")
 
@@ -145,7 +152,10 @@ class SyslogSinkConfig(Batched):
     type: Literal["syslog"]
     url: Annotated[
         str,
-        Field(description="syslog:// (UDP), syslog+tcp://, syslog+tls:// or syslog+relp://"),
+        Field(
+            description="syslog:// (UDP), syslog+tcp://, syslog+tls://, syslog+relp:// or "
+            "syslog+relp+tls://"
+        ),
     ]
     facility: str = Field(default="local0", description="local0..local7, daemon, user...")
     tag: str = Field(default="nexus", description="APP-NAME")
@@ -166,16 +176,17 @@ class SyslogSinkConfig(Batched):
         default=RELP_DEFAULT_WINDOW,
         ge=1,
         le=1000,
-        description="syslog+relp:// only: messages sent that rsyslog has not answered yet",
+        description="RELP only: messages sent that rsyslog has not answered yet",
     )
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if parse_endpoint(v, SYSLOG_SCHEMES).port == 0:
+        endpoint = parse_endpoint(v, SYSLOG_SCHEMES)
+        if endpoint.port == 0:
             raise ValueError(
-                "syslog+relp:// needs a port (RELP has no standard one): give the port of "
-                "rsyslog's imrelp input, e.g. syslog+relp://logs.internal:2514"
+                f"{endpoint.scheme}:// needs a port (RELP has no standard one): give the port "
+                f"of rsyslog's imrelp input, e.g. {endpoint.scheme}://logs.internal:2514"
             )
         return v
 
@@ -212,16 +223,17 @@ class SyslogSinkConfig(Batched):
     @model_validator(mode="after")
     def _relp_keys(self) -> SyslogSinkConfig:
         given = self.model_fields_set
-        if self.endpoint.scheme != "syslog+relp":
+        scheme = self.endpoint.scheme
+        if scheme not in RELP_SCHEMES:
             if "relp_window" in given:
-                raise ValueError("relp_window is for syslog+relp:// only")
+                raise ValueError("relp_window is for syslog+relp:// and syslog+relp+tls:// only")
             return self
         if "framing" in given:
-            raise ValueError("framing does not apply to syslog+relp:// (RELP frames messages)")
-        if "tls" in given:
+            raise ValueError(f"framing does not apply to {scheme}:// (RELP frames messages)")
+        if scheme == "syslog+relp" and "tls" in given:
             raise ValueError(
-                "syslog+relp:// is RELP over plain TCP: eventsinkd does not do RELP over TLS. "
-                "Remove tls, or use syslog+tls:// (TLS, without acknowledgements)"
+                "syslog+relp:// is RELP over plain TCP and uses no tls options: "
+                "for RELP over TLS use syslog+relp+tls://"
             )
         return self
 

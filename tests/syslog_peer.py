@@ -125,7 +125,13 @@ class Rsyslogd:
     """
 
     def __init__(
-        self, exe: str, root: Path, tcp_port: int, udp_port: int, relp_port: int | None = None
+        self,
+        exe: str,
+        root: Path,
+        tcp_port: int,
+        udp_port: int,
+        relp_port: int | None = None,
+        relp_tls: tuple[Path, Path] | None = None,  # certificate and key: imrelp over TLS
     ) -> None:
         self.exe = exe
         self.root = root
@@ -142,12 +148,19 @@ class Rsyslogd:
             f'  property(outname="{k}" name="{v}" format="jsonf")'
             for k, v in _TEMPLATE_FIELDS.items()
         )
+        tls = ""
+        if relp_tls is not None:  # the certificate is its own CA; clients need one it signed
+            cert, key = relp_tls
+            tls = (
+                f' tls="on" tls.cacert="{cert}" tls.mycert="{cert}" tls.myprivkey="{key}"'
+                ' tls.authmode="certvalid"'
+            )
         relp = (
             'module(load="imrelp")\n'
             'ruleset(name="relp" queue.type="Direct") {\n'
             f'  action(type="omfile" file="{self.relp_out}" template="fields")\n'
             "}\n"
-            f'input(type="imrelp" address="127.0.0.1" port="{relp_port}" ruleset="relp")\n'
+            f'input(type="imrelp" address="127.0.0.1" port="{relp_port}" ruleset="relp"{tls})\n'
         )
         self.conf.write_text(
             f'global(workDirectory="{root / "work"}" maxMessageSize="64k")\n'

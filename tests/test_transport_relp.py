@@ -14,13 +14,14 @@ import glob
 import os
 import re
 import signal
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import need_tool
+from conftest import need_tool, self_signed
 from daemon_harness import Daemon, accounting, settle, until, webhook_ids
 from engine_harness import entry
 from pydantic import ValidationError
@@ -63,11 +64,11 @@ def need_imrelp() -> None:
         pytest.skip(f"{why}; .ci/run installs it on CI")
 
 
-def relp_rsyslogd(root: Path) -> Rsyslogd:
+def relp_rsyslogd(root: Path, tls: tuple[Path, Path] | None = None) -> Rsyslogd:
     exe = need_tool("rsyslogd", "rsyslog")
     need_imrelp()
-    udp = free_port(kind=__import__("socket").SOCK_DGRAM)
-    return Rsyslogd(exe, root, free_port(), udp, relp_port=free_port())
+    udp = free_port(kind=socket.SOCK_DGRAM)
+    return Rsyslogd(exe, root, free_port(), udp, relp_port=free_port(), relp_tls=tls)
 
 
 def relp_url(r: Rsyslogd) -> str:
@@ -108,7 +109,8 @@ async def transports() -> AsyncIterator[Callable[[SyslogSinkConfig], RelpSyslogT
     ("kw", "message"),
     [
         ({"url": "syslog+relp://logs.internal"}, "needs a port"),
-        ({"url": "syslog+relp://h:2514", "tls": {"verify": False}}, "does not do RELP over TLS"),
+        ({"url": "syslog+relp://h:2514", "tls": {"verify": False}}, r"use syslog\+relp\+tls"),
+        ({"url": "syslog+relp+tls://h"}, "needs a port"),
         ({"url": "syslog+relp://h:2514", "framing": "lf"}, "framing does not apply"),
         ({"url": "syslog+tcp://h:514", "relp_window": 8}, r"relp_window is for syslog\+relp"),
         ({"url": "syslog+relp://h:2514", "relp_window": 0}, "greater than or equal to 1"),
@@ -187,6 +189,29 @@ async def test_a_restarted_rsyslogd_gets_a_new_session(
     assert {a.outcome for a in await t.send([event(3)])} == {Outcome.DELIVERED}
     assert t.client.sessions == 2
     assert ids_in(rsyslogd.relp_records()) == [event(1).id, event(3).id]
+
+
+async def test_relp_over_tls_with_a_client_certificate(
+    tmp_path: Path, transports: Callable[[SyslogSinkConfig], RelpSyslogTransport]
+) -> None:
+    cert, key = self_signed(tmp_path)
+    r = relp_rsyslogd(tmp_path / "rsyslog", tls=(cert, key))
+    await r.start()
+    try:
+        url = f"syslog+relp+tls://127.0.0.1:{r.relp_port}"
+        mine = {"ca_file": str(cert), "cert_file": str(cert), "key_file": str(key)}
+        t = transports(cfg(url, tls=mine))
+        await t.open()
+        events = [event(i) for i in range(1, 51)]
+        assert {a.outcome for a in await t.send(events)} == {Outcome.DELIVERED}
+        assert ids_in(r.relp_records()) == [e.id for e in events]
+        stranger = transports(cfg(url, tls={"ca_file": str(cert)}, timeout_seconds=1))
+        await stranger.open()  # no client certificate: imrelp (certvalid) refuses it
+        attempts = await stranger.send([event(51)])
+        assert attempts[0].outcome is Outcome.CONNECTION, attempts
+        assert len(r.relp_records()) == len(events)
+    finally:
+        await r.stop()
 
 
 # -- the transport, against the RELP peer ------------------------------------------------------
@@ -347,9 +372,6 @@ async def test_kill_9_of_rsyslogd_twice_mid_stream_loses_nothing(
 ) -> None:
     r = relp_rsyslogd(tmp_path / "rsyslog")
     assert r.relp_port is not None
-    sink = {"name": "s", "type": "syslog", "url": relp_url(r), "max_retries": 50}
-    d = new_daemon([sink], overflow="block")
-    w = NexusWriter(d.wal)
     streaming = True
 
     async def stream() -> None:  # 2,000 events a second until both kills are done
@@ -360,7 +382,10 @@ async def test_kill_9_of_rsyslogd_twice_mid_stream_loses_nothing(
             await asyncio.sleep(0.02)
 
     try:
-        await r.start()
+        await r.start()  # before the daemon takes a port for itself: rsyslogd holds its own
+        sink = {"name": "s", "type": "syslog", "url": relp_url(r), "max_retries": 50}
+        d = new_daemon([sink], overflow="block")
+        w = NexusWriter(d.wal)
         w.append(1000)
         await d.start()
         writing = asyncio.create_task(stream())

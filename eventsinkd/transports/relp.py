@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -178,6 +179,7 @@ class RelpClient:
     ) -> None:
         self.host, self.port = host, port
         self.name = name  # the sink's, for logs
+        self.ssl: ssl.SSLContext | None = None  # RELP over TLS
         self.window = window
         self.timeout_s = timeout_s
         self.offers = software
@@ -270,7 +272,10 @@ class RelpClient:
             await self._wake.wait()
 
     async def _open(self) -> Session:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        tls = self.ssl
+        reader, writer = await asyncio.open_connection(
+            self.host, self.port, ssl=tls, server_hostname=self.host if tls is not None else None
+        )
         session = Session(reader, writer)
         try:
             writer.write(encode_frame(session.take_txnr(), b"open", self.offers))
@@ -314,7 +319,7 @@ class RelpClient:
                         p.future.set_result(answer(frame))
                     session.used = time.monotonic()
                     self._wake.set()  # room in the window
-        except (OSError, RelpError) as exc:
+        except (OSError, RelpError) as exc:  # ssl.SSLError is an OSError
             self._lost(session, exc)
 
     def _lost(self, session: Session, exc: BaseException) -> None:

@@ -1,5 +1,7 @@
-"""``type: syslog`` with ``syslog+relp://``: the RFC 5424 messages of :mod:`.syslog`, each one
-a RELP ``syslog`` command (:mod:`.relp`), delivered once rsyslog answered it.
+"""``type: syslog`` with ``syslog+relp://`` (or ``syslog+relp+tls://``, RELP inside TLS with
+the sink's ``tls`` options, as imrelp's ``tls="on"``): the RFC 5424 messages of
+:mod:`.syslog`, each one a RELP ``syslog`` command (:mod:`.relp`), delivered once rsyslog
+answered it.
 
 "Delivered" means rsyslog answered ``200`` to that message's TXNR: imrelp answers once the
 message is in the queue of the ruleset it feeds (with a ``Direct`` queue, once the actions
@@ -24,6 +26,7 @@ from eventsinkd.sinkconfig import SyslogSinkConfig
 from eventsinkd.transports import Attempt
 from eventsinkd.transports.relp import RelpClient
 from eventsinkd.transports.syslog import MessageFormat, fit_message
+from eventsinkd.transports.tls import ssl_context
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -50,6 +53,8 @@ class RelpSyslogTransport:
 
     async def open(self) -> None:
         """Nothing to reach yet: the first send connects (rsyslog down is no error)."""
+        if self.cfg.endpoint.scheme == "syslog+relp+tls" and self.client.ssl is None:
+            self.client.ssl = ssl_context(self.cfg.tls)
 
     async def close(self) -> None:
         await self.client.close()
