@@ -12,7 +12,7 @@ duplicates: the client writes every unanswered message again on a new session.
 
 Size rules are the other syslog transports' (``max_message_bytes``, ``oversize``); rsyslog's
 own limit (``maxDataSize`` of imrelp, by default ``global(maxMessageSize)``) must be at
-least as large, or rsyslog closes the session on a longer message and it is never answered.
+least as large: librelp 1.11 cuts a longer message and still answers 200.
 """
 
 from __future__ import annotations
