@@ -59,6 +59,7 @@ class RelpPeer:
     sessions: int = 0
     closes: int = 0  # sessions the client ended with close
     skip_to: int | None = None  # the next TXNR expected, set with the client's
+    delay_s: float = 0.0  # a slow server: this long for each message, before it reads on
     port: int = 0
     hold: asyncio.Event = field(default_factory=asyncio.Event)  # answers wait while clear
     _server: asyncio.Server | None = None
@@ -123,6 +124,8 @@ class RelpPeer:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     writer.transport.abort()  # an RST, nothing answered
                     return
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
                 rsp = self.answer(data)
                 backlog.append(b"%d rsp %d %b\n" % (txnr, len(rsp), rsp))
                 if self.hold.is_set():

@@ -35,7 +35,7 @@ from eventsinkd.metrics import Metrics
 from eventsinkd.ports import free_port
 from eventsinkd.sinkconfig import SyslogSinkConfig
 from eventsinkd.transports import make_transport
-from eventsinkd.transports.relp import (
+from eventsinkd.transports.relp_frames import (
     MAX_TXNR,
     Frame,
     FrameParser,
@@ -180,7 +180,7 @@ async def test_every_message_is_answered_and_written_once_by_rsyslogd(
 async def test_a_restarted_rsyslogd_gets_a_new_session(
     rsyslogd: Rsyslogd, transports: Callable[[SyslogSinkConfig], RelpSyslogTransport]
 ) -> None:
-    t = transports(cfg(relp_url(rsyslogd), timeout_seconds=1))
+    t = transports(cfg(relp_url(rsyslogd), timeout_seconds=2))
     assert {a.outcome for a in await t.send([event(1)])} == {Outcome.DELIVERED}
     await rsyslogd.stop()  # SIGTERM: rsyslogd sends serverclose
     attempts = await t.send([event(2)])
@@ -306,20 +306,31 @@ async def test_a_peer_that_never_answers_times_out_and_the_session_is_replaced(
 ) -> None:
     p = await peers().start()
     p.hold.clear()
-    t = transports(cfg(p.url, timeout_seconds=0.5))
+    t = transports(cfg(p.url, timeout_seconds=1.5))
     attempts = await t.send([event(1), event(2)])
     assert [a.outcome for a in attempts] == [Outcome.TIMEOUT] * 2
-    assert attempts[0].detail == "no answer from rsyslog within 0.5s"
+    assert attempts[0].detail == "no answer from rsyslog within 1.5s"
     p.hold.set()
     assert {a.outcome for a in await t.send([event(3)])} == {Outcome.DELIVERED}
     assert p.sessions == 2  # the stuck session was dropped, its timed-out messages not resent
     assert [m for s, _, m in p.messages if s == 2] == [t.format.message(event(3))[0]]
 
 
+async def test_a_slow_peer_that_keeps_answering_is_waited_for(
+    peers: Callable[..., RelpPeer],
+    transports: Callable[[SyslogSinkConfig], RelpSyslogTransport],
+) -> None:
+    p = await peers(delay_s=0.1).start()  # 30 messages: 3 s, twice the timeout
+    t = transports(cfg(p.url, timeout_seconds=1.5))
+    attempts = await t.send([event(i) for i in range(1, 31)])
+    assert {a.outcome for a in attempts} == {Outcome.DELIVERED}
+    assert (p.sessions, len(p.messages)) == (1, 30)  # no session dropped, nothing twice
+
+
 async def test_nothing_listening_is_a_connection_failure(
     transports: Callable[[SyslogSinkConfig], RelpSyslogTransport],
 ) -> None:
-    t = transports(cfg(f"syslog+relp://127.0.0.1:{free_port()}", timeout_seconds=0.5))
+    t = transports(cfg(f"syslog+relp://127.0.0.1:{free_port()}", timeout_seconds=1))
     attempts = await t.send([event(1)])
     assert attempts[0].outcome is Outcome.CONNECTION
     assert "Connect call failed" in attempts[0].detail, attempts[0].detail

@@ -31,88 +31,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from eventsinkd import __version__
 from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.transports import Attempt
+from eventsinkd.transports.relp_frames import Frame, FrameParser, RelpError, encode_frame, next_txnr
 
 log = logging.getLogger(__name__)
-MAX_TXNR = 999_999_999
-OFFERS = (
-    b"relp_version=0\nrelp_software=eventsinkd,%b,https://github.com/bubblefish/eventsinkd\n"
-    b"commands=syslog" % __version__.encode()
-)
-MAX_ANSWER_BYTES = 64 * 1024  # a server's rsp data (code, text, offers) is far less
+# relp_software is "name,version,URL" in librelp's offers; eventsinkd has no public URL.
+OFFERS = b"relp_version=0\nrelp_software=eventsinkd,%b\ncommands=syslog" % __version__.encode()
 IDLE_KEEP_S = 60.0  # a session idle this long is reopened before use (middleboxes forget)
 RECONNECT_FIRST_S = 0.05  # waits between connection attempts: doubled up to the last
 RECONNECT_LAST_S = 1.0
+# A batch waits while rsyslog keeps answering (messages queued behind the window of a slow but
+# working rsyslog are not failed), but never longer than this many timeouts in all.
+MAX_TIMEOUTS = 10
 ACKED = Attempt(Outcome.DELIVERED, None, "acked")
-_HEAD = re.compile(rb"(\d{1,9}) ([A-Za-z]{1,32}) (\d{1,9})([ \n])")
-_HEAD_SO_FAR = re.compile(rb"\d{0,9}(?: [A-Za-z]{0,32}(?: \d{0,9})?)?")  # may become a _HEAD
-
-
-class RelpError(Exception):
-    """The server sent something RELP does not allow here."""
-
-
-class Frame(NamedTuple):
-    txnr: int
-    command: str
-    data: bytes
-
-
-def next_txnr(txnr: int) -> int:
-    """The TXNR after ``txnr``: 999,999,999 wraps to 1."""
-    return 1 if txnr >= MAX_TXNR else txnr + 1
-
-
-def encode_frame(txnr: int, command: bytes, data: bytes = b"") -> bytes:
-    if not data:
-        return b"%d %b 0\n" % (txnr, command)
-    return b"%d %b %d %b\n" % (txnr, command, len(data), data)
-
-
-class FrameParser:
-    """Frames out of a byte stream, as it arrives."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buf
-        buf += data
-        frames: list[Frame] = []
-        pos = 0
-        while pos < len(buf):
-            m = _HEAD.match(buf, pos)
-            if m is None:
-                if _HEAD_SO_FAR.fullmatch(buf, pos):
-                    break  # the start of a header: wait for the rest
-                raise RelpError(f"not a RELP frame: {bytes(buf[pos : pos + 40])!r}")
-            txnr, command, length = int(m[1]), m[2].decode(), int(m[3])
-            if m[4] == b"\n":  # DATALEN with no data
-                if length:
-                    raise RelpError(f"frame {txnr}: DATALEN {length} but no data")
-                frames.append(Frame(txnr, command, b""))
-                pos = m.end()
-                continue
-            if length > MAX_ANSWER_BYTES:
-                raise RelpError(f"frame {txnr}: {length} bytes of data is too long an answer")
-            end = m.end() + length
-            if len(buf) <= end:
-                break
-            if buf[end] != 0x0A:
-                raise RelpError(f"frame {txnr}: no LF after {length} bytes of data")
-            frames.append(Frame(txnr, command, bytes(buf[m.end() : end])))
-            pos = end + 1
-        del buf[:pos]
-        return frames
 
 
 def answer(frame: Frame) -> Attempt:
@@ -186,6 +124,7 @@ class RelpClient:
         self.sessions = 0  # sessions opened
         self.resent = 0  # messages written again after a connection loss
         self.last_error = ""
+        self.answered_at = 0.0  # monotonic time of the last answer to a syslog command
         self._queue: deque[Pending] = deque()  # to write, in order (resends first)
         self._unacked: dict[int, Pending] = {}  # txnr -> on the session's wire, in write order
         self._session: Session | None = None
@@ -193,7 +132,9 @@ class RelpClient:
         self._pump: asyncio.Task[None] | None = None
 
     async def deliver(self, messages: Sequence[bytes]) -> list[Attempt]:
-        """Send ``messages``; per message the server's answer, or why there is none."""
+        """Send ``messages``; per message the server's answer, or why there is none: a
+        batch fails when rsyslog answered nothing at all for ``timeout_s`` (a slow rsyslog
+        that keeps answering is waited for, up to :data:`MAX_TIMEOUTS` timeouts)."""
         if not messages:
             return []
         loop = asyncio.get_running_loop()
@@ -203,7 +144,7 @@ class RelpClient:
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run())
         try:
-            await asyncio.wait([p.future for p in pendings], timeout=self.timeout_s)
+            await self._wait([p.future for p in pendings])
         finally:  # timed out or cancelled: what is left is not written again
             late = [p for p in pendings if not p.future.done()]
             for p in late:
@@ -212,6 +153,23 @@ class RelpClient:
         if late:
             self._gave_up(late)
         return attempts
+
+    async def _wait(self, futures: list[asyncio.Future[Attempt]]) -> None:
+        """Until every future is done, or rsyslog answered nothing for ``timeout_s`` (or
+        :data:`MAX_TIMEOUTS` of them passed)."""
+        timeout = self.timeout_s
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            _, waiting = await asyncio.wait(futures, timeout=left)
+            if not waiting:
+                return
+            futures = list(waiting)
+            progress = self.answered_at + timeout  # rsyslog answered someone lately: working
+            deadline = min(progress, start + MAX_TIMEOUTS * timeout)
+            if self._session is None or deadline <= time.monotonic():
+                return
 
     def _why(self, p: Pending) -> Attempt:
         if p.session is not None or self._session is not None:
@@ -317,7 +275,7 @@ class RelpClient:
                     p.session = None
                     if not p.future.done():
                         p.future.set_result(answer(frame))
-                    session.used = time.monotonic()
+                    session.used = self.answered_at = time.monotonic()
                     self._wake.set()  # room in the window
         except (OSError, RelpError) as exc:  # ssl.SSLError is an OSError
             self._lost(session, exc)
