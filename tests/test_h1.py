@@ -1,16 +1,16 @@
-"""The HTTP/1.1 client of the HTTP sinks (eventsinkd/transports/client.py, h1.py) against real servers on
-127.0.0.1: raw ones that answer exactly as scripted (framing, keep-alive, closes), an
-aiohttp one over TLS."""
+"""The HTTP/1.1 client of the HTTP sinks (eventsinkd/transports/client.py, h1.py) against
+real servers on 127.0.0.1: raw ones that answer exactly as scripted (tests/raw_http.py:
+framing, keep-alive, closes), an aiohttp one over TLS. The misbehaving receivers of issue 22
+are in tests/test_http_framing.py."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from raw_http import RawServer, raw_server
 from webhook_server import https_receiver
 
 from eventsinkd.sinkbase import TlsConfig
@@ -19,56 +19,6 @@ from eventsinkd.transports.tls import ssl_context
 
 OK = b"HTTP/1.1 204 No Content\r\n\r\n"
 STATIC = [("Content-Type", "application/json"), ("User-Agent", "eventsinkd/test")]
-
-Answer = Callable[[int, bytes], list[bytes | None]]  # (request number, head) -> what to send
-
-
-class RawServer:
-    """Reads whole requests (Content-Length bodies); answers each with ``answer``'s pieces,
-    written one at a time (None: close the connection there)."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.writers: list[asyncio.StreamWriter] = []
-        self.connections = 0
-        self.requests: list[tuple[bytes, bytes]] = []  # (head, body)
-        self.port = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.append(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                body = await reader.readexactly(length)
-                self.requests.append((head, body))
-                for piece in self.answer(len(self.requests), head):
-                    if piece is None:
-                        writer.close()
-                        return
-                    writer.write(piece)
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-
-@asynccontextmanager
-async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
-    srv = RawServer(answer)
-    server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
-    srv.port = server.sockets[0].getsockname()[1]
-    try:
-        yield srv
-    finally:
-        server.close()
-        for writer in srv.writers:
-            writer.close()
-        await server.wait_closed()
 
 
 async def post(pool: HttpClient, wid: str = "memory_written:p1", timeout_s: float = 10) -> int:

@@ -137,9 +137,13 @@ class HttpClient:
         except BaseException:
             conn.close()  # cut short (timeout, cancel, error): its state is unknown
             raise
-        if not conn.closed and len(self._idle) < self.max_idle:
+        if conn.closed:
+            pass
+        elif len(self._idle) < self.max_idle:
             conn.idle_since = conn.loop.time()
             self._idle.append(conn)
+        else:
+            conn.close()
         if response.status == 407 and self.proxy is not None:
             raise ProxyError(f"the proxy {self.proxy.where} refused the request: HTTP 407")
         return response

@@ -229,6 +229,9 @@ class Connection(asyncio.Protocol):
     def _lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._stop_timer()
+        if self.peek is not None:
+            self.peek.close()
+            self.peek = None
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
