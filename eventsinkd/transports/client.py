@@ -174,7 +174,6 @@ class HttpClient:
             if proxy is None:
                 raise
             raise ProxyError(f"the proxy {proxy.where}: {exc.strerror or exc}") from None
-        peek = sock.dup()
         conn = Connection(loop, self.max_body, self.keep_body, loop.time())
         try:
             async with asyncio.timeout_at(deadline):
@@ -188,14 +187,13 @@ class HttpClient:
                         server_hostname=self.host if self.ssl is not None else None,
                     )
         except BaseException as exc:
-            peek.close()
             sock.close()
             if isinstance(exc, TimeoutError) and proxy is not None and self.ssl is not None:
                 raise ProxyError(
                     f"the proxy {proxy.where} did not answer CONNECT to {self._authority}"
                 ) from None
             raise
-        conn.peek = peek
+        conn.watch()
         return conn
 
     async def _tunnel(
