@@ -13,8 +13,9 @@ from raw_http import Piece, raw_server, raw_server_in_thread
 
 from eventsinkd.delivery.outcome import Outcome, parse_retry_after
 from eventsinkd.events import Event
-from eventsinkd.sinkconfig import WebhookSinkConfig
+from eventsinkd.sinkconfig import OtlpSinkConfig, WebhookSinkConfig
 from eventsinkd.transports.client import HttpClient, ProtocolError
+from eventsinkd.transports.otlp import OtlpTransport
 from eventsinkd.transports.webhook import WebhookTransport
 
 STATIC = [("Content-Type", "application/json")]
@@ -272,3 +273,22 @@ async def test_a_retry_after_of_superscript_two_does_not_break_the_webhook_sink(
 
 def event() -> Event:
     return Event("memory_written", entry(1), ("summary",))
+
+
+async def test_the_otlp_sink_uses_the_same_client_and_rules() -> None:
+    answers = {
+        1: [b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n"],
+        2: [b"HTTP/1.1 503 Busy\r\nRetry-After: \xc2\xb2\r\nContent-Length: 0\r\n\r\n"],
+        3: [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"],
+    }
+    async with raw_server(lambda n, _h: answers[n]) as srv:
+        cfg = OtlpSinkConfig(name="o", type="otlp", url=f"http://127.0.0.1:{srv.port}")  # type: ignore[arg-type]
+        transport = OtlpTransport(cfg)
+        await transport.open()
+        got = [(await transport.send([event(), event()])) for _ in range(3)]
+        await transport.close()
+    assert [a.outcome for a in got[0]] == [Outcome.CONNECTION] * 2
+    assert [(a.outcome, a.retry_after) for a in got[1]] == [(Outcome.RETRY_STATUS, None)] * 2
+    assert [a.outcome for a in got[2]] == [Outcome.DELIVERED] * 2
+    assert srv.requests[0][0].startswith(b"POST /v1/logs HTTP/1.1\r\n")
+    assert srv.connections == 3  # neither the 2000 nor the 503 left its connection open

@@ -236,8 +236,9 @@ class Connection(asyncio.Protocol):
             return
         if self._head is not None:
             head = self._head
-            if self.keep_body and b"content-length" not in head.headers:
-                head.body = b"".join(self._chunks)  # maybe a body that ends with the connection
+            framed = b"content-length" in head.headers or b"transfer-encoding" in head.headers
+            if self.keep_body and not framed:  # a body that ends with the connection: whole
+                head.body = b"".join(self._chunks)
             self._finish(keep=False)  # a body cut off (or ending with the connection)
             return
         self._waiter = None
