@@ -70,6 +70,28 @@ def check_secret_ref(ref: str | None) -> str | None:
 SecretRef = Annotated[str | None, AfterValidator(check_secret_ref)]
 
 
+def check_proxy(value: str | None) -> str | None:
+    """``none`` or ``http://[user:password@]host:port`` (an HTTP sink's ``proxy``)."""
+    if value is None or value.strip().lower() == "none":
+        return value
+    from eventsinkd.transports.proxy import parse_proxy_url
+
+    parse_proxy_url(value)  # ValueError says what is wrong, never with the URL's password
+    return value
+
+
+ProxySetting = Annotated[
+    str | None,
+    AfterValidator(check_proxy),
+    Field(
+        default=None,
+        description="none, or http://[user:password@]host:port; unset: HTTPS_PROXY, "
+        "HTTP_PROXY and NO_PROXY as curl reads them",
+        repr=False,
+    ),
+]
+
+
 class SinkBase(Model):
     """What every sink has, whatever carries its events (``type``)."""
 

@@ -27,6 +27,7 @@ from eventsinkd.secrets import SecretError, resolve_secret
 from eventsinkd.sinkbase import (
     Batched,
     Endpoint,
+    ProxySetting,
     SecretRef,
     SinkBase,
     check_secret_ref,
@@ -72,6 +73,7 @@ class WebhookSinkConfig(SinkBase):
         repr=False,
     )
     headers: dict[str, str] = Field(default_factory=dict)
+    proxy: ProxySetting = None
 
     @model_validator(mode="before")
     @classmethod
@@ -252,6 +254,7 @@ class OtlpSinkConfig(Batched):
         repr=False,
     )
     service_name: str = Field(default="bubblefish-nexus", description="resource service.name")
+    proxy: ProxySetting = None
 
     @field_validator("headers")
     @classmethod
