@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eventsinkd.events import EventType
-from eventsinkd.secrets import SecretError, resolve_secret
+from eventsinkd.secrets import SecretError, redact_url, resolve_secret
 
 _SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_CONCURRENCY = 1024
@@ -180,7 +180,9 @@ class SinkBase(Model):
     @property
     def target(self) -> str:
         """Where the events go, for logs and /status (never a secret)."""
-        return str(getattr(self, "url", ""))
+        url = getattr(self, "url", "")
+        shown = getattr(url, "shown", None)  # a SecretUrl knows how it may be shown
+        return shown if isinstance(shown, str) else redact_url(str(url))
 
 
 class Batched(SinkBase):

@@ -57,6 +57,7 @@ from eventsinkd.events import ContentMode, Event, parse_go_time_ns
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.sinkconfig import OtlpSinkConfig
 from eventsinkd.transports import Attempt, all_failed
+from eventsinkd.transports.auth import authorizer
 from eventsinkd.transports.http import USER_AGENT, HttpSession
 
 log = logging.getLogger(__name__)
@@ -367,6 +368,7 @@ class OtlpTransport:
             **cfg.resolved_headers,  # may hold credentials: never logged, never in a detail
         }
         self._http = HttpSession(cfg)
+        self._auth = authorizer(cfg.auth, cfg.tls, cfg.timeout_seconds)
         self._rlog = RateLimitedLog(log)
 
     async def open(self) -> None:
@@ -374,22 +376,40 @@ class OtlpTransport:
 
     async def close(self) -> None:
         await self._http.close()
+        if self._auth is not None:
+            await self._auth.close()
 
     async def send(self, events: Sequence[Event]) -> list[Attempt]:
         """One request for ``events``; never raises for trouble with the collector."""
         data = self._encode(events)
         try:
-            async with self._http.session.post(
-                self._url, data=data, headers=self._headers, allow_redirects=False
-            ) as resp:
-                body = await read_capped(resp)
-                return self._outcome(events, resp, body)
+            for retry in (True, False):  # again only after a 401, with a fresh OAuth2 token
+                headers, authz = await self._with_auth()
+                async with self._http.session.post(
+                    self._url, data=data, headers=headers, allow_redirects=False
+                ) as resp:
+                    if retry and resp.status == 401 and self._refused(authz):
+                        continue
+                    body = await read_capped(resp)
+                    return self._outcome(events, resp, body)
+            raise AssertionError("unreachable: the second try returns")
         except TimeoutError:
             detail = f"no answer within {self.cfg.timeout_seconds}s"
             return all_failed(events, Attempt(Outcome.TIMEOUT, None, detail))
         except (aiohttp.ClientError, OSError) as exc:
             detail = str(exc) or type(exc).__name__
             return all_failed(events, Attempt(Outcome.CONNECTION, None, detail))
+
+    async def _with_auth(self) -> tuple[dict[str, str], str | None]:
+        """The request's headers, with ``auth``'s Authorization if the sink has one (a token
+        endpoint that fails raises TokenError, a ConnectionError: a connection failure)."""
+        if self._auth is None:
+            return self._headers, None
+        authz = await self._auth.header()
+        return {**self._headers, "Authorization": authz}, authz
+
+    def _refused(self, authz: str | None) -> bool:
+        return authz is not None and self._auth is not None and self._auth.refused(authz)
 
     def _outcome(
         self, events: Sequence[Event], resp: aiohttp.ClientResponse, body: bytes | None

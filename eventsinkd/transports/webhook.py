@@ -14,6 +14,7 @@ from eventsinkd.delivery.signing import sign
 from eventsinkd.events import Event
 from eventsinkd.sinkconfig import WebhookSinkConfig
 from eventsinkd.transports import Attempt
+from eventsinkd.transports.auth import AuthPool, authorizer
 from eventsinkd.transports.h1 import H1Pool, ProtocolError
 from eventsinkd.transports.http import USER_AGENT
 from eventsinkd.transports.tls import ssl_context
@@ -26,7 +27,7 @@ class WebhookTransport:
 
     def __init__(self, cfg: WebhookSinkConfig) -> None:
         self.cfg = cfg
-        self._pool: H1Pool | None = None
+        self._pool: H1Pool | AuthPool | None = None
         self._timeout_s = cfg.timeout_seconds
         self._detail_timeout = f"no answer within {cfg.timeout_seconds}s"
 
@@ -42,6 +43,10 @@ class WebhookTransport:
         self._pool = H1Pool(
             url, static, ssl_context=tls, max_body=MAX_RESPONSE_BYTES, max_idle=cfg.max_requests
         )
+        # auth: an Authorization header per request, a 401 retried once with a fresh token.
+        auth = authorizer(cfg.auth, cfg.tls, cfg.timeout_seconds)
+        if auth is not None:
+            self._pool = AuthPool(self._pool, auth)
 
     async def close(self) -> None:
         if self._pool is not None:
