@@ -113,9 +113,7 @@ def redact_url(url: str) -> str:
     if parts.username is not None:
         user = parts.username + (f":{REDACTED}" if parts.password is not None else "")
         netloc = f"{user}@{netloc}"
-    query = "&".join(
-        f"{k}={REDACTED}" for k, _ in parse_qsl(parts.query, keep_blank_values=True)
-    )
+    query = "&".join(f"{k}={REDACTED}" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
     if parts.query and not query:
         query = REDACTED
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
