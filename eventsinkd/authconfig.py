@@ -93,6 +93,18 @@ AuthConfig = Annotated[
 ]
 
 
+def auth_clash(
+    auth: BasicAuth | BearerAuth | OAuth2Auth | None, url: SecretUrl, headers: dict[str, str]
+) -> None:
+    """Refuse two sources of one Authorization header (``auth``, a URL's user, a header)."""
+    if auth is None:
+        return
+    if url.username is not None:
+        raise ValueError("give the credentials either in auth or in the url's user:password@")
+    if any(name.lower() == "authorization" for name in headers):
+        raise ValueError("give the credentials either in auth or in an Authorization header")
+
+
 def describe_auth(auth: BasicAuth | BearerAuth | OAuth2Auth | None) -> str:
     """What check-config says of a sink's auth: never a secret."""
     if auth is None:

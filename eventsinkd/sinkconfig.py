@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from eventsinkd.authconfig import AuthConfig
+from eventsinkd.authconfig import AuthConfig, auth_clash
 from eventsinkd.secrets import SecretError, redact_url, remember, resolve_secret
 from eventsinkd.secreturl import SecretUrl
 from eventsinkd.sinkbase import (
@@ -100,6 +100,11 @@ class WebhookSinkConfig(SinkBase):
                 raise ValueError(f"header {name}: a value cannot hold a line break or NUL")
             remember(value)  # header values may be credentials: never shown
         return v
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> WebhookSinkConfig:
+        auth_clash(self.auth, self.url, self.headers)
+        return self
 
     @cached_property
     def signing_keys(self) -> list[bytes]:
@@ -220,6 +225,11 @@ class OtlpSinkConfig(Batched):
         if any(k.lower() in ("content-type", "user-agent") for k in v):
             raise ValueError("Content-Type and User-Agent are set by eventsinkd itself")
         return v
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> OtlpSinkConfig:
+        auth_clash(self.auth, self.url, self.headers)
+        return self
 
     @cached_property
     def resolved_headers(self) -> dict[str, str]:

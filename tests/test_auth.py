@@ -55,9 +55,9 @@ async def trickle(w: NexusWriter, seconds: float, per_tick: int = 2, tick_s: flo
 # -- configuration --------------------------------------------------------------------
 
 
-def refusal(auth: str) -> list[str]:
+def refusal(auth: str, url: str = "http://x/") -> list[str]:
     text = (
-        "wal: {dir: /w}\nevents:\n  sinks:\n    - name: a\n      url: http://x/\n"
+        f"wal: {{dir: /w}}\nevents:\n  sinks:\n    - name: a\n      url: '{url}'\n"
         f"      auth: {auth}\n"
     )
     with pytest.raises(ConfigError) as info:
@@ -87,6 +87,10 @@ def refusal(auth: str) -> list[str]:
             "events.sinks[0].auth.params (line 6): grant_type are set by eventsinkd",
         ),
         (
+            "{type: bearer, token: t}\n      headers: {authorization: hunter2-x}",
+            "events.sinks[0] (line 4): give the credentials either in auth or in an Authorization",
+        ),
+        (
             "{type: bearer, token: 'env:EVENTSINKD_TEST_UNSET_VAR'}",
             "events.sinks[0].auth.token (line 6): environment variable "
             "EVENTSINKD_TEST_UNSET_VAR is not set",
@@ -95,6 +99,13 @@ def refusal(auth: str) -> list[str]:
 )
 def test_refused_auth_names_key_and_line(auth: str, expected: str) -> None:
     problems = refusal(auth)
+    assert any(expected in p for p in problems), problems
+    assert "hunter2-x" not in "\n".join(problems)
+
+
+def test_auth_and_url_credentials_are_refused_together() -> None:
+    problems = refusal("{type: bearer, token: t}", url="http://u:hunter2-x@x/")
+    expected = "events.sinks[0] (line 4): give the credentials either in auth or in the url"
     assert any(expected in p for p in problems), problems
     assert "hunter2-x" not in "\n".join(problems)
 

@@ -100,6 +100,10 @@ def planted_config(hook: str, ok_port: int, tokens: TokenServer) -> list[dict[st
             f"?token={p['webhook url query']}",
             "headers": {"X-Api-Key": p["webhook header"]},
             "secret": f"whsec_{WHSEC_KEY}",
+        },
+        {
+            "name": "basic",
+            "url": f"http://{hook}",
             "auth": {"type": "basic", "user": "alice", "password": p["basic password"]},
         },
         {
@@ -118,6 +122,11 @@ def planted_config(hook: str, ok_port: int, tokens: TokenServer) -> list[dict[st
             "type": "otlp",
             "url": f"http://u:{p['otlp url password']}@127.0.0.1:{closed}/",
             "headers": {"api-key": p["otlp header"]},
+        },
+        {
+            "name": "otel2",
+            "type": "otlp",
+            "url": f"http://127.0.0.1:{closed}/",
             "auth": {"type": "bearer", "token": p["otlp bearer token"]},
         },
         {
@@ -179,7 +188,7 @@ async def test_planted_secrets_appear_on_no_surface(tmp_path: Path) -> None:
 
             def failing(doc: dict[str, Any]) -> bool:
                 s = doc["sinks"]
-                return all(s[n]["last_error"] for n in ("hook", "oauth", "otel", "bus2", "bus3"))
+                return all(s[n]["last_error"] for n in ("hook", "basic", "oauth", "otel", "otel2", "bus2", "bus3"))
 
             doc = await until_status(d, failing, what="every refused sink has a last_error")
             assert doc["sinks"]["envurl"]["url"] == "env:PLANT_URL (127.0.0.1)"
@@ -201,7 +210,7 @@ async def test_planted_secrets_appear_on_no_surface(tmp_path: Path) -> None:
             broken = yaml.safe_load(d.config.read_text())
             pw, query = PLANTED["webhook url password"], PLANTED["webhook url query"]
             broken["events"]["sinks"][0]["url"] = f"http://alice:{pw}@h:99999/?t={query}"
-            broken["events"]["sinks"][1]["auth"] = {
+            broken["events"]["sinks"][2]["auth"] = {
                 "type": "digest",
                 "password": PLANTED["basic password"],
             }
@@ -211,7 +220,7 @@ async def test_planted_secrets_appear_on_no_surface(tmp_path: Path) -> None:
             await until_metric(d, "eventsinkd_config_reloads_total", 1, result="failure")
             res = await asyncio.to_thread(_run, ["check-config", "-c", str(d.config)], env)
             assert res.returncode != 0
-            assert "events.sinks[0].url" in res.stderr and "events.sinks[1].auth.type" in res.stderr
+            assert "events.sinks[0].url" in res.stderr and "events.sinks[2].auth.type" in res.stderr
             found += leaks("check-config refusal", res.stdout + res.stderr)
             with pytest.raises(ConfigError) as info:
                 parse_config(d.config.read_text(), d.config)
