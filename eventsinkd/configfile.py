@@ -126,7 +126,7 @@ def parse_config(text: str, path: Path) -> Config:
 
 # Keys whose values are secrets (or references to them), and keys whose values' values are.
 SECRET_KEYS = frozenset({"password", "token", "client_secret", "secret", "secrets", "mac_key"})
-SECRET_MAPS = frozenset({"headers", "params"})
+SECRET_MAPS = frozenset({"headers"})
 
 
 def _remember_secrets(data: object, key: str | None = None) -> None:

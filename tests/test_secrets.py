@@ -188,7 +188,8 @@ async def test_planted_secrets_appear_on_no_surface(tmp_path: Path) -> None:
 
             def failing(doc: dict[str, Any]) -> bool:
                 s = doc["sinks"]
-                return all(s[n]["last_error"] for n in ("hook", "basic", "oauth", "otel", "otel2", "bus2", "bus3"))
+                refused = ("hook", "basic", "oauth", "otel", "otel2", "bus2", "bus3")
+                return all(s[n]["last_error"] for n in refused)
 
             doc = await until_status(d, failing, what="every refused sink has a last_error")
             assert doc["sinks"]["envurl"]["url"] == "env:PLANT_URL (127.0.0.1)"
