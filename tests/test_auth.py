@@ -175,17 +175,24 @@ def guarded(
 async def test_oauth2_tokens_expiring_every_2s_lose_nothing(
     new_daemon: Callable[..., Daemon],
 ) -> None:
-    # The webhook's tokens say 2 s but stop working after 1.2 s: each one meets a 401.
+    # Tokens say 2 s but stop working after 1.2 s: a request may meet a 401 before renewal.
     hook_tokens = await TokenServer(
         "hook-client", "hook:secret/&=", lifetime_s=2, revoke_after_s=1.2
     ).start()
-    otlp_tokens = await TokenServer("otlp-client", "otlp-secret", lifetime_s=2).start()
+    otlp_tokens = await TokenServer(
+        "otlp-client", "otlp-secret", lifetime_s=2, revoke_after_s=1.2
+    ).start()
     accepted: set[str] = set()
     refused: list[str] = []
     hook = await WebhookServer(behaviour=guarded(hook_tokens, accepted, refused)).start()
 
-    async def otlp_guard(_n: int, req: OtlpRequest) -> Answer:
-        return OK if otlp_tokens.valid(req.headers.get("Authorization")) else Answer(status=401)
+    otlp_refused: list[int] = []
+
+    async def otlp_guard(n: int, req: OtlpRequest) -> Answer:
+        if otlp_tokens.valid(req.headers.get("Authorization")):
+            return OK
+        otlp_refused.append(n)
+        return Answer(status=401)
 
     collector = await OtlpPeer(behaviour=otlp_guard).start()
     sinks = [
@@ -231,7 +238,7 @@ async def test_oauth2_tokens_expiring_every_2s_lose_nothing(
             assert (failed, dropped) == (0, 0), name
             assert delivered == len(want), name
             assert (await sink_status(d, name))["dead_letters"] == 0
-        assert refused  # the 401s happened, were retried, and cost no event
+        assert refused and otlp_refused  # 401s happened, were retried, and cost no event
         # Tokens are reused while valid: about one request per 2 s lifetime (renewed a little
         # early), not one per event (~180) or per request.
         for tokens in (hook_tokens, otlp_tokens):
