@@ -356,3 +356,38 @@ async def test_rotated_secret_files_take_effect_on_sighup(
     finally:
         assert await d.stop() == 0
         await hook.stop()
+
+
+def test_files_digest_sees_secret_and_certificate_files(
+    tmp_path: Path, tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventsinkd.rotation import files_digest
+    from eventsinkd.sinkconfig import WebhookSinkConfig
+
+    cert, key = tls_files
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(cert.read_bytes())
+    token = tmp_path / "token"
+    token.write_text("one")
+    monkeypatch.setenv("HOOK_TOKEN", "env-one")
+
+    def sink(token_ref: str) -> WebhookSinkConfig:
+        return WebhookSinkConfig.model_validate(
+            {
+                "name": "s",
+                "url": "https://127.0.0.1/",
+                "auth": {"type": "bearer", "token": token_ref},
+                "tls": {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)},
+            }
+        )
+
+    before = files_digest(sink(f"file:{token}"))
+    assert files_digest(sink(f"file:{token}")) == before  # nothing changed
+    token.write_text("two")
+    after_token = files_digest(sink(f"file:{token}"))
+    assert after_token != before
+    ca.write_bytes(cert.read_bytes() + b"\n")
+    assert files_digest(sink(f"file:{token}")) != after_token
+    env_digest = files_digest(sink("env:HOOK_TOKEN"))
+    monkeypatch.setenv("HOOK_TOKEN", "env-two")  # env: is fixed for a running process
+    assert files_digest(sink("env:HOOK_TOKEN")) == env_digest
