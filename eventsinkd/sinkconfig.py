@@ -15,7 +15,6 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    AnyHttpUrl,
     Discriminator,
     Field,
     Tag,
@@ -23,7 +22,9 @@ from pydantic import (
     model_validator,
 )
 
-from eventsinkd.secrets import SecretError, resolve_secret
+from eventsinkd.authconfig import AuthConfig, auth_clash
+from eventsinkd.secrets import SecretError, redact_url, remember, resolve_secret
+from eventsinkd.secreturl import SecretUrl
 from eventsinkd.sinkbase import (
     Batched,
     Endpoint,
@@ -66,13 +67,14 @@ def _check_secret(ref: str) -> str:
 
 class WebhookSinkConfig(SinkBase):
     type: Literal["webhook"] = "webhook"
-    url: AnyHttpUrl
+    url: Annotated[SecretUrl, Field(description="http(s) URL, or env:VAR / file:/path holding it")]
+    auth: AuthConfig | None = None
     secrets: list[Annotated[str, AfterValidator(_check_secret)]] = Field(
         default_factory=list,
         description="whsec_... secrets (literal, env:VAR or file:/path); several = rotation",
         repr=False,
     )
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
     proxy: ProxySetting = None
 
     @model_validator(mode="before")
@@ -98,7 +100,13 @@ class WebhookSinkConfig(SinkBase):
                 raise ValueError(f"{name!r} is not a header name")
             if any(c in value for c in "\r\n\0"):
                 raise ValueError(f"header {name}: a value cannot hold a line break or NUL")
+            remember(value)  # header values may be credentials: never shown
         return v
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> WebhookSinkConfig:
+        auth_clash(self.auth, self.url, self.headers)
+        return self
 
     @cached_property
     def signing_keys(self) -> list[bytes]:
@@ -246,7 +254,8 @@ class SyslogSinkConfig(Batched):
 
 class OtlpSinkConfig(Batched):
     type: Literal["otlp"]
-    url: Annotated[AnyHttpUrl, Field(description="the collector; records go to {url}/v1/logs")]
+    url: Annotated[SecretUrl, Field(description="the collector; records go to {url}/v1/logs")]
+    auth: AuthConfig | None = None
     encoding: Literal["json", "protobuf"] = "json"
     headers: dict[str, Annotated[str, AfterValidator(check_secret_ref)]] = Field(
         default_factory=dict,
@@ -262,6 +271,11 @@ class OtlpSinkConfig(Batched):
         if any(k.lower() in ("content-type", "user-agent") for k in v):
             raise ValueError("Content-Type and User-Agent are set by eventsinkd itself")
         return v
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> OtlpSinkConfig:
+        auth_clash(self.auth, self.url, self.headers)
+        return self
 
     @cached_property
     def resolved_headers(self) -> dict[str, str]:
@@ -364,7 +378,7 @@ class NatsSinkConfig(Batched):
 
     @property
     def target(self) -> str:
-        return ",".join(self.url)
+        return ",".join(map(redact_url, self.url))
 
 
 SINK_TYPES = ("webhook", "syslog", "otlp", "fluentd", "nats")

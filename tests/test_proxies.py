@@ -124,7 +124,7 @@ def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
-@pytest.mark.parametrize("how", ["proxy:", "env"])
+@pytest.mark.parametrize("how", ["proxy:", "env", "proxy: env:VAR"])
 async def test_a_webhook_sink_reaches_https_through_connect(
     how: str, tmp_path: Path, tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,6 +139,9 @@ async def test_a_webhook_sink_reaches_https_through_connect(
             monkeypatch.setenv("HTTPS_PROXY", proxy_url)
             monkeypatch.delenv("NO_PROXY", raising=False)
             monkeypatch.delenv("no_proxy", raising=False)
+        elif how == "proxy: env:VAR":  # a secret reference, as the sink's url may be
+            monkeypatch.setenv("EXAMPLE_PROXY_URL", proxy_url)
+            sink["proxy"] = "env:EXAMPLE_PROXY_URL"
         else:
             sink["proxy"] = proxy_url
         h = await run(events_cfg(sink), batch(0, 5))

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from eventsinkd.delivery.outcome import backoff_delay
+from eventsinkd.secrets import scrub
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterWriter
 from eventsinkd.transports import Attempt
 
@@ -96,7 +97,7 @@ class Retries:
                 attempts=job.attempts,
                 first_attempt=job.first_attempt,
                 last_attempt=time.time(),
-                last_outcome=result.detail,
+                last_outcome=scrub(result.detail),  # kept on disk, shown by the CLI
             )
             try:
                 await self._dead_letters.add(letter)

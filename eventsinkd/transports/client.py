@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohappyeyeballs
 
+from eventsinkd import __version__
 from eventsinkd.transports.h1 import (
     Connection,
     ProtocolError,
@@ -43,6 +44,8 @@ from eventsinkd.transports.h1 import (
     StaleConnection,
 )
 from eventsinkd.transports.proxy import Proxy, ProxyError
+
+USER_AGENT = f"eventsinkd/{__version__}"
 
 __all__ = ["HttpClient", "ProtocolError", "ProxyError", "Response"]
 

@@ -1,19 +1,24 @@
 """What the HTTP transports (webhook, otlp) share: one :class:`HttpClient` per sink, built
-from its URL, ``tls`` and ``proxy``, and how an HTTP answer reads in a detail."""
+from its URL, ``tls``, ``proxy`` and ``auth``, and how an HTTP answer reads in a detail."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 from urllib.parse import urlsplit
 
-from eventsinkd import __version__
+from eventsinkd.secrets import SecretError
+from eventsinkd.sinkbase import proxy_url
 from eventsinkd.sinkconfig import OtlpSinkConfig, WebhookSinkConfig
-from eventsinkd.transports.client import HttpClient, Response
+from eventsinkd.transports.auth import AuthPool, authorizer
+from eventsinkd.transports.client import USER_AGENT, HttpClient, Response
 from eventsinkd.transports.proxy import Proxy, ProxyError, choose
 from eventsinkd.transports.tls import ssl_context
 
-USER_AGENT = f"eventsinkd/{__version__}"
 MAX_RESPONSE_BYTES = 64 * 1024  # of a response body: read (to keep the connection) at most this
+
+# A sink's client: with ``auth``, every request carries its Authorization header.
+Poster: TypeAlias = HttpClient | AuthPool
 
 
 def http_client(
@@ -22,18 +27,25 @@ def http_client(
     static_headers: Sequence[tuple[str, str]],
     *,
     keep_body: bool = False,
-) -> HttpClient:
+) -> Poster:
     """The sink's client for ``url``. A proxy from the environment that cannot be used does
-    not stop the transport opening: every request then fails saying why (the sink pauses)."""
+    not stop the transport opening: every request then fails saying why (the sink pauses).
+    With ``auth`` (its secrets read now, so a reload reads them again), each request carries
+    the Authorization header and a 401 is retried once with a fresh OAuth2 token."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
     port = parts.port or (443 if https else 80)
     proxy: Proxy | ProxyError | None
     try:
-        proxy = choose(cfg.proxy, parts.scheme, parts.hostname or "", port)
+        setting = cfg.proxy
+        if setting is not None and setting.strip().lower() != "none":
+            setting = proxy_url(setting)  # a reference is read again at each (re)load
+        proxy = choose(setting, parts.scheme, parts.hostname or "", port)
     except ProxyError as exc:
         proxy = exc
-    return HttpClient(
+    except SecretError as exc:  # its file went away since the config was checked
+        proxy = ProxyError(f"proxy: {exc}")
+    client = HttpClient(
         url,
         static_headers,
         ssl_context=ssl_context(cfg.tls) if https else None,
@@ -42,6 +54,8 @@ def http_client(
         keep_body=keep_body,
         max_idle=cfg.max_requests,
     )
+    auth = authorizer(cfg.auth, cfg.tls, cfg.timeout_seconds)
+    return client if auth is None else AuthPool(client, auth)
 
 
 def status_detail(resp: Response) -> str:
@@ -57,3 +71,6 @@ def status_detail(resp: Response) -> str:
         else:
             detail += ": a redirect (not followed)"
     return detail
+
+
+__all__ = ["USER_AGENT", "Poster", "http_client", "status_detail"]

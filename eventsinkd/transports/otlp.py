@@ -59,8 +59,8 @@ from eventsinkd.events import ContentMode, Event, parse_go_time_ns
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.sinkconfig import OtlpSinkConfig
 from eventsinkd.transports import Attempt, all_failed
-from eventsinkd.transports.client import HttpClient, ProtocolError, Response
-from eventsinkd.transports.http import USER_AGENT, http_client, status_detail
+from eventsinkd.transports.client import ProtocolError, Response
+from eventsinkd.transports.http import USER_AGENT, Poster, http_client, status_detail
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ class OtlpTransport:
             ("User-Agent", USER_AGENT),
             *cfg.resolved_headers.items(),  # may hold credentials: never logged, never in a detail
         ]
-        self._http: HttpClient | None = None
+        self._http: Poster | None = None
         self._rlog = RateLimitedLog(log)
 
     async def open(self) -> None:

@@ -14,8 +14,8 @@ from eventsinkd.delivery.signing import sign
 from eventsinkd.events import Event
 from eventsinkd.sinkconfig import WebhookSinkConfig
 from eventsinkd.transports import Attempt
-from eventsinkd.transports.client import HttpClient, ProtocolError
-from eventsinkd.transports.http import USER_AGENT, http_client, status_detail
+from eventsinkd.transports.client import ProtocolError
+from eventsinkd.transports.http import USER_AGENT, Poster, http_client, status_detail
 
 
 class WebhookTransport:
@@ -23,7 +23,7 @@ class WebhookTransport:
 
     def __init__(self, cfg: WebhookSinkConfig) -> None:
         self.cfg = cfg
-        self._pool: HttpClient | None = None
+        self._pool: Poster | None = None
         self._timeout_s = cfg.timeout_seconds
         self._detail_timeout = f"no answer within {cfg.timeout_seconds}s"
 
