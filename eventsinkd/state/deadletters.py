@@ -9,12 +9,24 @@ with Python.
 
 Each sink keeps at most ``max_bytes`` of letters (body and ids); past that the
 oldest are evicted, counted and logged.
+
+The store has to fit its volume, which may be small. Its write-ahead log is
+checkpointed and truncated after every batch of writes (``wal_checkpoint(TRUNCATE)``,
+with ``journal_size_limit`` as a bound should a checkpoint be held up), so it never
+grows to SQLite's default 4 MB between automatic checkpoints. Stores made by this
+version use ``auto_vacuum=INCREMENTAL``: pages freed by eviction, replay or purge
+go back to the volume in small steps. Deleting needs free space too (the deletion
+is written to the write-ahead log first), so the store keeps a small reserve file
+beside it that ``purge`` gives up first, and purges in small transactions, each
+checkpointed, that free space for the next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -26,11 +38,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.state.errors import DEAD_LETTERS, StateErrors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_FILE = "dead-letters.sqlite3"
+RESERVE_FILE = "dead-letters.reserve"
+RESERVE_BYTES = 256 * 1024  # what purge needs to start on a full volume (see README)
+JOURNAL_LIMIT_BYTES = 1024 * 1024  # the write-ahead log is truncated to this after a checkpoint
+AUTOCHECKPOINT_PAGES = 256  # 1 MB of 4 KB pages, instead of SQLite's default 1000
+VACUUM_STEP_PAGES = 16  # pages given back to the volume per transaction
+PURGE_MAX_CHUNK = 512  # letters deleted per transaction, at most
 OVERHEAD_BYTES = 128  # per letter, beyond its body and ids: times, counts, outcome
 
 _SCHEMA = """
@@ -77,17 +96,69 @@ class DeadLetter:
 class DeadLetterStore:
     """Synchronous access to the database; the daemon uses it through :class:`DeadLetterWriter`."""
 
-    def __init__(self, state_dir: Path, max_bytes: int = 100 * 1024 * 1024) -> None:
+    def __init__(
+        self, state_dir: Path, max_bytes: int = 100 * 1024 * 1024, *, read_only: bool = False
+    ) -> None:
+        """``read_only``: for commands that only read; works on a read-only state directory,
+        and a missing store reads as empty (nothing is created)."""
         self.path = state_dir / DB_FILE
+        self.reserve = state_dir / RESERVE_FILE
         self.max_bytes = max_bytes
-        state_dir.mkdir(parents=True, exist_ok=True)
         # One connection, used from the writer's thread and (at scrape time) the event
         # loop's: every use holds the lock.
         self._lock = threading.RLock()
+        if read_only:
+            self._db = _open_read_only(self.path)
+            return
+        state_dir.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new store only
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT_BYTES}")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         self._db.executescript(_SCHEMA)
+
+    def check(self) -> str | None:
+        """What ``PRAGMA quick_check`` finds wrong with the store; None if nothing."""
+        try:
+            rows = self._query("PRAGMA quick_check")
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        found = [str(r[0]) for r in rows if r[0] != "ok"]
+        return "; ".join(found[:3]) if found else None
+
+    def keep_reserve(self) -> None:
+        """Make sure the reserve file exists (best effort: not when the volume is full)."""
+        if self.reserve.exists():
+            return
+        try:
+            with self.reserve.open("wb") as fh:
+                fh.write(bytes(RESERVE_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.reserve.unlink()
+
+    def compact(self) -> None:
+        """Give freed pages back to the volume, then empty the write-ahead log.
+
+        Each step is its own small transaction, checkpointed, so on a nearly full
+        volume every step needs only the space the one before freed."""
+        with self._lock:
+            for _ in range(1_000_000 // VACUUM_STEP_PAGES):
+                free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+                vacuum = self._db.execute("PRAGMA auto_vacuum").fetchone()[0]
+                if not free or vacuum != 2:  # 2: INCREMENTAL
+                    break
+                with self._db:
+                    self._db.execute(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})").fetchall()
+                self._checkpoint()
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
         self._db.close()
@@ -139,6 +210,11 @@ class DeadLetterStore:
                 if rows:
                     db.executemany("DELETE FROM letters WHERE seq = ?", [(r[0],) for r in rows])
                     evicted[sink] = [r[1] for r in rows]
+        with contextlib.suppress(sqlite3.Error):  # stored: a checkpoint can wait for the next
+            if evicted:
+                self.compact()
+            else:
+                self._checkpoint()
         return evicted
 
     def letters(self, sink: str | None = None, *, replay_only: bool = False) -> list[DeadLetter]:
@@ -170,6 +246,8 @@ class DeadLetterStore:
     def delivered(self, sink: str, webhook_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM letters WHERE sink = ? AND webhook_id = ?", (sink, webhook_id))
+        with contextlib.suppress(sqlite3.Error):
+            self.compact()
 
     def failed_again(self, sink: str, webhook_id: str, outcome: str) -> None:
         with self._tx() as db:
@@ -185,8 +263,33 @@ class DeadLetterStore:
         if before is not None:
             where += " AND last_attempt < ?"
             args.append(before)
-        with self._tx() as db:
-            return db.execute(f"DELETE FROM letters WHERE {where}", args).rowcount
+        # On a full volume: the reserve goes first, then small transactions, each freeing
+        # room for the next and growing while they succeed.
+        with contextlib.suppress(OSError):
+            self.reserve.unlink()
+        purged, chunk = 0, 1
+        while True:
+            try:
+                with self._tx() as db:
+                    n = db.execute(
+                        f"DELETE FROM letters WHERE seq IN (SELECT seq FROM letters WHERE {where} "
+                        "ORDER BY seq LIMIT ?)",
+                        [*args, chunk],
+                    ).rowcount
+            except sqlite3.OperationalError as exc:
+                if chunk == 1 or "full" not in str(exc):
+                    raise
+                chunk = 1
+                continue
+            purged += n
+            with contextlib.suppress(sqlite3.OperationalError):  # done again below
+                self.compact()
+            if n < chunk:
+                break
+            chunk = min(chunk * 2, PURGE_MAX_CHUNK)
+        self.compact()
+        self.keep_reserve()
+        return purged
 
     @staticmethod
     def _where(sink: str | None, ids: list[str] | None = None) -> tuple[str, list[str | float]]:
@@ -200,6 +303,67 @@ class DeadLetterStore:
         return " AND ".join(clauses), args
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """``path`` opened for reading only: ``mode=ro``, or ``immutable`` where SQLite cannot
+    make its shared-memory file (a read-only directory); an in-memory empty store if there
+    is no file."""
+    if not path.exists():
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        db.executescript(_SCHEMA)
+        return db
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
+        db.execute("SELECT COUNT(*) FROM letters").fetchone()
+        return db
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc) and "unable to open" not in str(exc):
+            raise
+    db = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+    return db
+
+
+def fits_volume(state_dir: Path, wanted_bytes: int) -> str | None:
+    """Why ``wanted_bytes`` of dead letters cannot fit the state directory's volume, or None."""
+    try:
+        st = os.statvfs(state_dir)
+        used = sum(
+            (state_dir / f).stat().st_size
+            for f in (DB_FILE, f"{DB_FILE}-wal", RESERVE_FILE)
+            if (state_dir / f).exists()
+        )
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if wanted_bytes <= free + used:
+        return None
+    mb = 1024 * 1024
+    return (
+        f"dead letters may take up to {wanted_bytes / mb:g} MB (dead_letters.max_mb per sink) "
+        f"but the volume of {state_dir} has {(free + used) / mb:.1f} MB for them: when it is "
+        "full, new dead letters cannot be stored and their sinks stall (a /status problem) "
+        "until it has room; lower dead_letters.max_mb or give the state directory more space"
+    )
+
+
+def store_failure(path: Path, exc: BaseException) -> str:
+    """What a failed write of the store means, and what to do about it."""
+    text = str(exc)
+    if "malformed" in text or "not a database" in text:
+        hint = (
+            f"the store is damaged: stop eventsinkd, move {path} (and its -wal and -shm "
+            "files) aside and start again; its letters are lost unless recovered with "
+            "sqlite3 .recover"
+        )
+    elif "full" in text or "No space" in text:
+        hint = "the state volume is full: give it room, or eventsinkd dead-letters purge"
+    elif "readonly" in text or "Read-only" in text:
+        hint = "the state directory is read-only: make it writable"
+    else:
+        hint = "check the state directory"
+    return f"cannot store dead letters in {path}: {text} ({hint}); their events wait, not lost"
+
+
 class DeadLetterWriter:
     """The daemon's side: letters stored off the event loop, many per transaction.
 
@@ -207,8 +371,9 @@ class DeadLetterWriter:
     passes an event before its letter is safe.
     """
 
-    def __init__(self, store: DeadLetterStore) -> None:
+    def __init__(self, store: DeadLetterStore, errors: StateErrors | None = None) -> None:
         self.store = store
+        self.errors = errors
         self.evicted: dict[str, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dead-letters")
         self._pending: list[tuple[DeadLetter, asyncio.Future[None]]] = []
@@ -235,10 +400,16 @@ class DeadLetterWriter:
                         self._pool, self.store.add, [x for x, _ in batch]
                     )
                 except (sqlite3.Error, OSError) as exc:
+                    if self.errors is not None:
+                        self.errors.failed(
+                            DEAD_LETTERS, str(self.store.path), store_failure(self.store.path, exc)
+                        )
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
+                if self.errors is not None:
+                    self.errors.ok(DEAD_LETTERS, str(self.store.path))
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)
