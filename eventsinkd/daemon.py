@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sqlite3
 import time
@@ -205,9 +206,12 @@ class Daemon:
                 self.lock.holder(),
             )
             return EXIT_STARTUP
+        writable = self._check_writable()
         store: DeadLetterStore | None = None
         try:
-            store = DeadLetterStore(cfg.state_dir, cfg.dead_letters.max_bytes)
+            store = DeadLetterStore(
+                cfg.state_dir, cfg.dead_letters.max_bytes, read_only=not writable
+            )
             damage = await asyncio.to_thread(store.check)
         except (sqlite3.OperationalError, OSError) as exc:  # not damage: e.g. read-only
             log.error("cannot open the dead-letter store in %s: %s", cfg.state_dir, exc)
@@ -301,12 +305,28 @@ class Daemon:
             await asyncio.sleep(self.cfg.state_save_interval_s)
             self.engine.flush()
 
+    def _check_writable(self) -> bool:
+        """Whether the state directory can be written; a problem while it cannot."""
+        state_dir = self.cfg.state_dir
+        if os.access(state_dir, os.W_OK) or not state_dir.exists():
+            self.state_errors.ok(CONTROL, str(state_dir))
+            return True
+        self.state_errors.failed(
+            CONTROL,
+            str(state_dir),
+            f"the state directory {state_dir} is read-only: cursors and dead letters cannot "
+            "be saved (after a restart events are sent again; refused events wait). Make it "
+            "writable and restart eventsinkd",
+        )
+        return False
+
     async def _serve_requests(self) -> None:
         """Carry out what `rewind` and `dead-letters replay` left in the state directory."""
         assert self.engine is not None and self.dead_letters is not None
         writer = self.dead_letters
         while True:
             await asyncio.sleep(REQUESTS_EVERY_S)
+            self._check_writable()
             for name, to, path in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
                 if name in self.engine.cursors:
                     await self.engine.rewind(name, to)

@@ -258,38 +258,50 @@ class DeadLetterStore:
             )
 
     def purge(self, sink: str | None = None, before: float | None = None) -> int:
-        """Delete letters (of ``sink``, last tried before ``before``); returns how many."""
+        """Delete letters (of ``sink``, last tried before ``before``) held when called;
+        returns how many.
+
+        On a full volume: the reserve file goes first, while this holds the write lock (so
+        the room is this purge's, not a waiting writer's), then small transactions, each
+        giving space back for the next, growing while they succeed."""
         where, args = self._where(sink)
         if before is not None:
             where += " AND last_attempt < ?"
             args.append(before)
-        # On a full volume: the reserve goes first, then small transactions, each freeing
-        # room for the next and growing while they succeed.
-        with contextlib.suppress(OSError):
-            self.reserve.unlink()
+        last = self._query("SELECT COALESCE(MAX(seq), 0) FROM letters")[0][0]
+        where += " AND seq <= ?"
+        args.append(last)
+        sql = f"DELETE FROM letters WHERE seq IN (SELECT seq FROM letters WHERE {where} LIMIT ?)"
         purged, chunk = 0, 1
         while True:
             try:
-                with self._tx() as db:
-                    n = db.execute(
-                        f"DELETE FROM letters WHERE seq IN (SELECT seq FROM letters WHERE {where} "
-                        "ORDER BY seq LIMIT ?)",
-                        [*args, chunk],
-                    ).rowcount
+                n = self._delete_step(sql, [*args, chunk])
             except sqlite3.OperationalError as exc:
                 if chunk == 1 or "full" not in str(exc):
                     raise
                 chunk = 1
                 continue
             purged += n
-            with contextlib.suppress(sqlite3.OperationalError):  # done again below
+            with contextlib.suppress(sqlite3.OperationalError):  # a writer took the room
                 self.compact()
             if n < chunk:
                 break
             chunk = min(chunk * 2, PURGE_MAX_CHUNK)
-        self.compact()
         self.keep_reserve()
         return purged
+
+    def _delete_step(self, sql: str, args: list[str | float]) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                with contextlib.suppress(OSError):
+                    self.reserve.unlink()
+                n: int = self._db.execute(sql, args).rowcount
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+        return n
 
     @staticmethod
     def _where(sink: str | None, ids: list[str] | None = None) -> tuple[str, list[str | float]]:
@@ -310,16 +322,16 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     if not path.exists():
         db = sqlite3.connect(":memory:", check_same_thread=False)
         db.executescript(_SCHEMA)
-        return db
-    uri = path.resolve().as_uri()
-    try:
-        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
-        db.execute("SELECT COUNT(*) FROM letters").fetchone()
-        return db
-    except sqlite3.OperationalError as exc:
-        if "readonly" not in str(exc) and "unable to open" not in str(exc):
-            raise
-    db = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+    else:
+        uri = path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
+            db.execute("SELECT COUNT(*) FROM letters").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) and "unable to open" not in str(exc):
+                raise
+            db = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+    db.execute("PRAGMA query_only=1")  # a write fails ("readonly"), never lands in memory
     return db
 
 
