@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sqlite3
 import time
@@ -30,8 +29,9 @@ from eventsinkd.logs import setup_logging
 from eventsinkd.metrics import DaemonCollector, Lag, Metrics
 from eventsinkd.state.control import StateLock, pending_rewinds
 from eventsinkd.state.cursors import CursorFiles
-from eventsinkd.state.deadletters import DeadLetterStore, DeadLetterWriter, fits_volume
 from eventsinkd.state.errors import CONTROL, DEAD_LETTERS, StateErrors
+from eventsinkd.state.letterwriter import DeadLetterWriter
+from eventsinkd.state.storecheck import check_writable, open_store
 from eventsinkd.status import status_document
 from eventsinkd.systemd import Notifier
 from eventsinkd.wal.lines import LineParser
@@ -206,37 +206,9 @@ class Daemon:
                 self.lock.holder(),
             )
             return EXIT_STARTUP
-        writable = self._check_writable()
-        store: DeadLetterStore | None = None
-        try:
-            store = DeadLetterStore(
-                cfg.state_dir, cfg.dead_letters.max_bytes, read_only=not writable
-            )
-            damage = await asyncio.to_thread(store.check)
-        except (sqlite3.OperationalError, OSError) as exc:  # not damage: e.g. read-only
-            log.error("cannot open the dead-letter store in %s: %s", cfg.state_dir, exc)
+        store = await asyncio.to_thread(open_store, cfg, self.state_errors)
+        if store is None:
             return EXIT_STARTUP
-        except sqlite3.Error as exc:  # "file is not a database", "malformed"
-            damage = str(exc)
-        if store is None or damage is not None:
-            if store is not None:
-                store.close()
-            path = cfg.state_dir / "dead-letters.sqlite3"
-            log.error(
-                "the dead-letter store %s is damaged or cannot be opened (%s); not starting. "
-                "Move it aside with its -wal and -shm files (mv %s %s.damaged) and start "
-                "again: a new, empty store is made. The old letters can be looked at with "
-                "sqlite3 (.recover); eventsinkd dead-letters list reads the store in place",
-                path,
-                damage,
-                path,
-                path,
-            )
-            return EXIT_STARTUP
-        store.keep_reserve()
-        wanted = cfg.dead_letters.max_bytes * max(len(cfg.events.sinks), 1)
-        if (no_room := fits_volume(cfg.state_dir, wanted)) is not None:
-            log.warning("%s", no_room)
         self.dead_letters = DeadLetterWriter(store, self.state_errors)
         self.cursor_files.migrate(cfg.events.sinks)
         self.engine = Engine(
@@ -305,28 +277,13 @@ class Daemon:
             await asyncio.sleep(self.cfg.state_save_interval_s)
             self.engine.flush()
 
-    def _check_writable(self) -> bool:
-        """Whether the state directory can be written; a problem while it cannot."""
-        state_dir = self.cfg.state_dir
-        if os.access(state_dir, os.W_OK) or not state_dir.exists():
-            self.state_errors.ok(CONTROL, str(state_dir))
-            return True
-        self.state_errors.failed(
-            CONTROL,
-            str(state_dir),
-            f"the state directory {state_dir} is read-only: cursors and dead letters cannot "
-            "be saved (after a restart events are sent again; refused events wait). Make it "
-            "writable and restart eventsinkd",
-        )
-        return False
-
     async def _serve_requests(self) -> None:
         """Carry out what `rewind` and `dead-letters replay` left in the state directory."""
         assert self.engine is not None and self.dead_letters is not None
         writer = self.dead_letters
         while True:
             await asyncio.sleep(REQUESTS_EVERY_S)
-            self._check_writable()
+            check_writable(self.cfg.state_dir, self.state_errors)
             for name, to, path in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
                 if name in self.engine.cursors:
                     await self.engine.rewind(name, to)

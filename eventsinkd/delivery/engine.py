@@ -16,7 +16,7 @@ from eventsinkd.delivery.cursor import SinkCursor, finish_ticket
 from eventsinkd.delivery.sink import Sink
 from eventsinkd.metrics import Metrics
 from eventsinkd.sinkconfig import SinkConfig
-from eventsinkd.state.deadletters import DeadLetterWriter
+from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.wal.position import Checkpointer, Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import StartAt

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from eventsinkd.delivery.outcome import backoff_delay
-from eventsinkd.state.deadletters import DeadLetter, DeadLetterWriter
+from eventsinkd.state.deadletters import DeadLetter
+from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.transports import Attempt
 
 if TYPE_CHECKING:

@@ -23,25 +23,19 @@ checkpointed, that free space for the next.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from eventsinkd.ratelimit import RateLimitedLog
-from eventsinkd.state.errors import DEAD_LETTERS, StateErrors
+from typing import Any
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DB_FILE = "dead-letters.sqlite3"
 RESERVE_FILE = "dead-letters.reserve"
@@ -111,8 +105,10 @@ class DeadLetterStore:
             self._db = _open_read_only(self.path)
             return
         state_dir.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
         self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new store only
+        if new:  # on an existing store this writes (and fails on a full volume)
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT_BYTES}")
@@ -127,6 +123,16 @@ class DeadLetterStore:
             return str(exc)
         found = [str(r[0]) for r in rows if r[0] != "ok"]
         return "; ".join(found[:3]) if found else None
+
+    def auto_vacuum(self) -> bool:
+        """Whether freed pages go back to the volume (``auto_vacuum=INCREMENTAL``)."""
+        return bool(self._query("PRAGMA auto_vacuum")[0][0] == 2)
+
+    def convert_to_incremental(self) -> None:
+        with self._lock:
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._db.execute("VACUUM")
+            self._checkpoint()
 
     def keep_reserve(self) -> None:
         """Make sure the reserve file exists (best effort: not when the volume is full)."""
@@ -333,116 +339,3 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
             db = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
     db.execute("PRAGMA query_only=1")  # a write fails ("readonly"), never lands in memory
     return db
-
-
-def fits_volume(state_dir: Path, wanted_bytes: int) -> str | None:
-    """Why ``wanted_bytes`` of dead letters cannot fit the state directory's volume, or None."""
-    try:
-        st = os.statvfs(state_dir)
-        used = sum(
-            (state_dir / f).stat().st_size
-            for f in (DB_FILE, f"{DB_FILE}-wal", RESERVE_FILE)
-            if (state_dir / f).exists()
-        )
-    except OSError:
-        return None
-    free = st.f_bavail * st.f_frsize
-    if wanted_bytes <= free + used:
-        return None
-    mb = 1024 * 1024
-    return (
-        f"dead letters may take up to {wanted_bytes / mb:g} MB (dead_letters.max_mb per sink) "
-        f"but the volume of {state_dir} has {(free + used) / mb:.1f} MB for them: when it is "
-        "full, new dead letters cannot be stored and their sinks stall (a /status problem) "
-        "until it has room; lower dead_letters.max_mb or give the state directory more space"
-    )
-
-
-def store_failure(path: Path, exc: BaseException) -> str:
-    """What a failed write of the store means, and what to do about it."""
-    text = str(exc)
-    if "malformed" in text or "not a database" in text:
-        hint = (
-            f"the store is damaged: stop eventsinkd, move {path} (and its -wal and -shm "
-            "files) aside and start again; its letters are lost unless recovered with "
-            "sqlite3 .recover"
-        )
-    elif "full" in text or "No space" in text:
-        hint = "the state volume is full: give it room, or eventsinkd dead-letters purge"
-    elif "readonly" in text or "Read-only" in text:
-        hint = "the state directory is read-only: make it writable"
-    else:
-        hint = "check the state directory"
-    return f"cannot store dead letters in {path}: {text} ({hint}); their events wait, not lost"
-
-
-class DeadLetterWriter:
-    """The daemon's side: letters stored off the event loop, many per transaction.
-
-    :meth:`add` returns once the letter is on disk, so block mode's cursor never
-    passes an event before its letter is safe.
-    """
-
-    def __init__(self, store: DeadLetterStore, errors: StateErrors | None = None) -> None:
-        self.store = store
-        self.errors = errors
-        self.evicted: dict[str, int] = {}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dead-letters")
-        self._pending: list[tuple[DeadLetter, asyncio.Future[None]]] = []
-        self._flushing: asyncio.Task[None] | None = None
-        self._rlog = RateLimitedLog(log)
-
-    async def add(self, letter: DeadLetter) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((letter, fut))
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush(), name="dead-letters")
-        await fut
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store method on the store's thread (one writer at a time)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    evicted = await asyncio.get_running_loop().run_in_executor(
-                        self._pool, self.store.add, [x for x, _ in batch]
-                    )
-                except (sqlite3.Error, OSError) as exc:
-                    if self.errors is not None:
-                        self.errors.failed(
-                            DEAD_LETTERS, str(self.store.path), store_failure(self.store.path, exc)
-                        )
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                if self.errors is not None:
-                    self.errors.ok(DEAD_LETTERS, str(self.store.path))
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
-                for sink, ids in evicted.items():
-                    self.evicted[sink] = self.evicted.get(sink, 0) + len(ids)
-                    self._rlog.log(
-                        logging.WARNING,
-                        f"evicted:{sink}",
-                        "sink %s: dead-letter store full (%g MB): evicted the %d oldest "
-                        "letter(s), %s ... %s (%d in all so far)",
-                        sink,
-                        self.store.max_bytes / (1024 * 1024),
-                        len(ids),
-                        ids[0],
-                        ids[-1],
-                        self.evicted[sink],
-                    )
-        finally:
-            self._flushing = None
-
-    async def close(self) -> None:
-        if self._flushing is not None:
-            await self._flushing
-        self._pool.shutdown(wait=True)
