@@ -123,12 +123,13 @@ class Daemon:
     def dead_letters_by_sink(self) -> dict[str, tuple[int, int]]:
         if self.dead_letters is None:
             return {}
-        what = f"{self.dead_letters.store.path} (reading)"
+        path = self.dead_letters.store.path
+        what = f"{path} (reading)"  # apart from its writes: a read does not clear those
         try:
             held = self.dead_letters.store.counts()
         except sqlite3.Error as exc:
             self.state_errors.failed(
-                DEAD_LETTERS, what, f"cannot read the dead-letter store {what[:-10]}: {exc}"
+                DEAD_LETTERS, what, f"cannot read the dead-letter store {path}: {exc}"
             )
             held = {}
         else:

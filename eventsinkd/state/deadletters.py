@@ -24,7 +24,6 @@ checkpointed, that free space for the next.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import threading
@@ -35,11 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 DB_FILE = "dead-letters.sqlite3"
 RESERVE_FILE = "dead-letters.reserve"
-RESERVE_BYTES = 256 * 1024  # what purge needs to start on a full volume (see README)
+RESERVE_BYTES = 256 * 1024  # what purge needs to start on a full volume (docs/state-directory.md)
 JOURNAL_LIMIT_BYTES = 1024 * 1024  # the write-ahead log is truncated to this after a checkpoint
 AUTOCHECKPOINT_PAGES = 256  # 1 MB of 4 KB pages, instead of SQLite's default 1000
 VACUUM_STEP_PAGES = 16  # pages given back to the volume per transaction
@@ -153,11 +150,12 @@ class DeadLetterStore:
         Each step is its own small transaction, checkpointed, so on a nearly full
         volume every step needs only the space the one before freed."""
         with self._lock:
-            for _ in range(1_000_000 // VACUUM_STEP_PAGES):
+            before = None
+            while self.auto_vacuum():
                 free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-                vacuum = self._db.execute("PRAGMA auto_vacuum").fetchone()[0]
-                if not free or vacuum != 2:  # 2: INCREMENTAL
+                if not free or free == before:  # nothing (more) to give back
                     break
+                before = free
                 with self._db:
                     self._db.execute(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})").fetchall()
                 self._checkpoint()
@@ -323,8 +321,9 @@ class DeadLetterStore:
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
     """``path`` opened for reading only: ``mode=ro``, or ``immutable`` where SQLite cannot
-    make its shared-memory file (a read-only directory); an in-memory empty store if there
-    is no file."""
+    make its shared-memory file (a read-only directory left without one: the daemon closed
+    the store, so its write-ahead log was checkpointed and removed); an in-memory empty
+    store if there is no file."""
     if not path.exists():
         db = sqlite3.connect(":memory:", check_same_thread=False)
         db.executescript(_SCHEMA)

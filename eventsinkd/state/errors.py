@@ -42,7 +42,7 @@ class StateErrors:
     def ok(self, kind: str, what: str) -> None:
         """A write of ``what`` succeeded: whatever failed before is over."""
         if self._failing.pop((kind, what), None) is not None:
-            log.info("%s: writing works again", what)
+            log.info("%s works again", what)
 
     @property
     def failing(self) -> bool:
