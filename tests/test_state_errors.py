@@ -42,7 +42,7 @@ from webhook_server import WebhookServer
 
 from eventsinkd.devtools.child import DaemonDir
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.state.deadletters import DB_FILE, DeadLetter, DeadLetterStore
+from eventsinkd.state.deadletters import _SCHEMA, DB_FILE, DeadLetter, DeadLetterStore
 
 PAGE = 4096
 
@@ -205,6 +205,27 @@ async def test_a_store_damaged_at_run_time_is_a_problem_and_nothing_is_lost(
     await d.start()
     await until(lambda: set(receiver.ids[seen:]) >= later)
     assert await d.stop() == 0
+
+
+async def test_a_store_of_an_older_version_is_converted_to_give_space_back(
+    receiver: WebhookServer, new_daemon: Callable[..., Daemon]
+) -> None:
+    d = new_daemon([{"name": "s", "url": receiver.url}])
+    d.state_dir.mkdir(parents=True)
+    db = d.state_dir / DB_FILE
+    with closing(sqlite3.connect(db)) as old:  # as the previous version made it
+        old.execute("PRAGMA journal_mode=WAL")
+        old.executescript(_SCHEMA)
+    kept = seed(d.state_dir, n=50)
+    with closing(sqlite3.connect(db)) as check:
+        assert check.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    await d.start()
+    assert f"dead-letter store {db} converted" in d.log.read_text()
+    assert await d.stop() == 0
+    with closing(sqlite3.connect(db)) as check:
+        assert check.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+    with closing(DeadLetterStore(d.state_dir)) as store:
+        assert store.letters() == kept
 
 
 # -- a full state volume ----------------------------------------------------------------------
