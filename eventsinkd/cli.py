@@ -91,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("health", help="ask a running daemon; exit 0 if healthy, 1 if not")
     _add_config_arg(h)
-    h.add_argument("--ready", action="store_true", help="also require a readable WAL (/readyz)")
+    h.add_argument(
+        "--ready",
+        action="store_true",
+        help="also require a readable WAL and writable state (/readyz)",
+    )
     h.add_argument("--url", help="health URL to ask instead of the config's admin.listen")
     h.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
 

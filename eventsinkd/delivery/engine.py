@@ -17,7 +17,7 @@ from eventsinkd.delivery.sink import Sink
 from eventsinkd.metrics import Metrics
 from eventsinkd.rotation import files_digest
 from eventsinkd.sinkconfig import SinkConfig
-from eventsinkd.state.deadletters import DeadLetterWriter
+from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.wal.position import Checkpointer, Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import StartAt

@@ -18,6 +18,7 @@ can write the state directory can make a request.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -40,7 +41,14 @@ class StateLock:
     def acquire(self, holder: str, *, wait_s: float = 0.0) -> bool:
         """Take the lock, waiting up to ``wait_s``; False if another process keeps it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            # A read-only state directory: lock without writing (the file, else the directory).
+            target = self.path if self.path.exists() else self.path.parent
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -51,8 +59,9 @@ class StateLock:
                     os.close(fd)
                     return False
                 time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+        with contextlib.suppress(OSError):  # EBADF/EISDIR when locked read-only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
         self._fd = fd
         return True
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from eventsinkd.config import Config
 from eventsinkd.sinkconfig import SinkConfig
+from eventsinkd.state.errors import StateErrors
 from eventsinkd.wal.position import (
     Checkpointer,
     Position,
@@ -45,8 +46,9 @@ def load_saved(
 
 
 class CursorFiles:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, errors: StateErrors | None = None) -> None:
         self.cfg = cfg
+        self.errors = errors  # failed saves are reported there (problems, metric, readiness)
         self.problems: list[str] = []  # cursor files that could not be used at start
         self._checkpoints: dict[str, Checkpointer] = {}
 
@@ -54,15 +56,24 @@ class CursorFiles:
         cp = self._checkpoints.get(sink)
         if cp is None:
             store = PositionStore(self.cfg.state_dir, self.cfg.wal.dir, cursor_file(sink))
+            store.errors = self.errors
             cp = self._checkpoints[sink] = Checkpointer(store, self.cfg.state_save_interval_s)
         return cp
 
     def store_errors(self) -> list[str]:
+        """Cursors that cannot be saved now (when no StateErrors reports them)."""
+        if self.errors is not None:
+            return []
         return [
             cp.store.last_error
             for cp in self._checkpoints.values()
             if cp.store is not None and cp.store.last_error is not None
         ]
+
+    def on_disk(self, sink: str) -> Position | None:
+        """The position last saved (or loaded) for ``sink``: what a restart resumes from."""
+        cp = self._checkpoints.get(sink)
+        return cp.store.last_saved if cp is not None and cp.store is not None else None
 
     def start_for(self, sink: SinkConfig) -> Position | StartAt:
         """The saved cursor; else the sink's ``start_at``; else ``wal.start_at``."""

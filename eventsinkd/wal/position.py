@@ -21,6 +21,7 @@ import orjson
 from eventsinkd.state.files import atomic_write
 
 if TYPE_CHECKING:
+    from eventsinkd.state.errors import StateErrors
     from eventsinkd.wal.statuses import StatusWatch
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class PositionStore:
         self.wal_dir = wal_dir
         self.path = state_dir / file
         self.last_error: str | None = None
+        self.errors: StateErrors | None = None  # the daemon's: failed saves are problems there
         self.last_saved: Position | None = None
         # The PENDING entries followed for status events (StatusWatch.saved()), as loaded or
         # last saved: kept as they are by saves that do not bring their own.
@@ -127,11 +129,15 @@ class PositionStore:
             atomic_write(self.path, orjson.dumps(doc) + b"\n")
         except OSError as exc:
             msg = f"cannot save position to {self.path}: {exc.strerror or exc}"
-            if msg != self.last_error:
+            if self.errors is not None:
+                self.errors.failed("cursor", str(self.path), msg)
+            elif msg != self.last_error:
                 log.error("%s; will keep retrying", msg)
             self.last_error = msg
             return False
-        if self.last_error is not None:
+        if self.errors is not None:
+            self.errors.ok("cursor", str(self.path))
+        elif self.last_error is not None:
             log.info("position saving works again (%s)", self.path)
         self.last_error = None
         self.last_saved = pos
