@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from eventsinkd import __version__
@@ -10,20 +9,10 @@ from eventsinkd.wal.position import Position
 
 if TYPE_CHECKING:
     from eventsinkd.daemon import Daemon
-    from eventsinkd.delivery.sink import Sink
 
 
 def _str(pos: Position | None) -> str | None:
     return str(pos) if pos is not None else None
-
-
-def _rate_limit(sink: Sink) -> dict[str, float] | None:
-    bucket = sink.requests.bucket
-    if bucket is None:
-        return None
-    # delay_s: how long a request would wait now (above 0, the limit is what paces the sink)
-    delay = bucket.delay(time.monotonic())
-    return {"events_per_s": bucket.rate, "burst": bucket.burst, "delay_s": round(delay, 3)}
 
 
 def status_document(d: Daemon) -> dict[str, Any]:
@@ -55,7 +44,7 @@ def status_document(d: Daemon) -> dict[str, Any]:
                 "max": sink.cfg.max_requests,
             },
             "order": "wal" if sink.ordered else sink.cfg.order,
-            "rate_limit": _rate_limit(sink),
+            "rate_limit": sink.rate_limit_status(),
             "offered": st.offered,
             "delivered": st.delivered,
             "failed": st.failed,

@@ -112,7 +112,7 @@ async def test_a_failed_batch_counts_once_towards_a_pause() -> None:
     t.script = lambda _i, n: (paused.append(sink.paused), DOWN if n == 1 else OK)[1]
     await deliver(h, 10)
     assert not any(paused)
-    assert sink.pause.since is None
+    assert sink.paused_since is None
     assert h.accounting("s") == (10, 10, 0, 0)
     assert len(t.batches) >= 2
 

@@ -184,7 +184,7 @@ async def test_each_subject_keeps_wal_order_under_retries_and_a_pause_while_subj
     finally:
         await h.engine.stop(5)
     assert h.accounting("s") == (n, n, 0, 0)
-    assert sink.stats.delivered == n and sink.pause.since is None
+    assert sink.stats.delivered == n and sink.paused_since is None
     got = wal_order(first_successes(keyed_rx.delivered), lambda i: f"user:{int(i[-6:]) % 6}")
     want = wal_order([wid(i) for i in range(n)], lambda i: f"user:{int(i[-6:]) % 6}")
     assert got == want

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -50,21 +49,3 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when.tzinfo is None:  # HTTP dates are GMT
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def backoff_delay(
-    retry: int,
-    schedule: list[float],
-    retry_after: float | None,
-    retry_after_max: float,
-    rng: random.Random,
-) -> float:
-    """Wait before retry number ``retry`` (1-based): Retry-After within its cap, else the schedule.
-
-    The k-th retry waits the k-th value (the last repeating) with +-20% jitter, so
-    events that failed together do not all come back in the same instant.
-    """
-    if retry_after is not None:
-        return min(retry_after, retry_after_max) * rng.uniform(1.0, 1.1)
-    base = schedule[min(retry, len(schedule)) - 1]
-    return base * rng.uniform(0.8, 1.2)

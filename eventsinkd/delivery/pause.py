@@ -1,12 +1,13 @@
 """Pausing a sink whose receiver keeps failing, and probing until it answers.
 
-A run of ``pause_after_failures`` retryable failures with no success (or an
-event out of retries with no success since its first attempt) is an outage,
-not bad events: the sink pauses. While paused, its events wait here; one probe
-at a time takes the oldest on the backoff schedule (the last step repeating,
-Retry-After honoured), and attempts made while paused count against no
-event's ``max_retries``. The first success resumes the sink with every event
-still held, oldest first.
+When the retry policy calls a run of failures an outage (:mod:`eventsinkd.delivery.policy`),
+the sink pauses: its events wait (the sink holds them), and one probe at a time takes
+the oldest on the backoff schedule (the last step repeating, Retry-After honoured).
+Attempts made while paused count against no event's ``max_retries``. The first answer
+that is not a retryable failure ends the pause; the sink then decides what becomes of
+the probed event and sends every event still held, oldest first.
+
+The probe gets what it needs from the sink as callables and writes none of its state.
 """
 
 from __future__ import annotations
@@ -15,110 +16,80 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
-
-from eventsinkd.delivery.outcome import Outcome, backoff_delay
-from eventsinkd.transports import Attempt
 
 if TYPE_CHECKING:
     from eventsinkd.delivery.job import Job
-    from eventsinkd.delivery.sink import Sink
+    from eventsinkd.transports import Attempt
 
 log = logging.getLogger("eventsinkd.delivery.sink")
 
 
 class Pause:
-    def __init__(self, sink: Sink, threshold: int) -> None:
-        self._sink = sink
-        self.threshold = threshold
+    def __init__(
+        self,
+        name: str,
+        *,
+        delay: Callable[[int, Attempt], float],
+        oldest: Callable[[], Job | None],
+        send: Callable[[Job], Awaitable[Attempt]],
+        answered: Callable[[Job, Attempt], Awaitable[None]],
+        closing: asyncio.Event,
+    ) -> None:
+        self._name = name
+        self._delay = delay  # the wait before probe number n after an attempt
+        self._oldest = oldest  # the next event to probe with (None: nothing left)
+        self._send = send  # one attempt beside the workers; a retryable failure puts it back
+        self._answered = answered  # the receiver answered: the sink resumes
+        self._closing = closing
         self.since: float | None = None  # Unix time the sink paused; None while running
-        self.failures_in_a_row = 0
-        self.waiting: deque[Job] = deque()  # held while paused; probes take the oldest
-        self._last_success_mono = float("-inf")
         self._task: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> bool:
         return self.since is not None
 
-    def succeeded(self) -> None:
-        self.failures_in_a_row = 0
-        self._last_success_mono = time.monotonic()
-
-    def is_outage(self, failed: Collection[Job], max_retries: int) -> bool:
-        """Count one request whose ``failed`` jobs failed retryably; True when the sink must pause.
-
-        A request counts once, whatever its batch size.
-        """
-        self.failures_in_a_row += 1
-        if self.failures_in_a_row >= self.threshold:
-            return True
-        # Out of retries: that event's own problem only if others got through meanwhile.
-        return any(
-            job.attempts > max_retries and self._last_success_mono < job.first_attempt_mono
-            for job in failed
-        )
-
-    def begin(self, jobs: list[Job], result: Attempt) -> None:
+    def begin(self, failures_in_a_row: int, last: Attempt) -> None:
         self.since = time.time()
-        self.waiting.extend(jobs)
         log.warning(
             "sink %s: paused after %d failed attempt(s) in a row (last: %s); "
             "probing with one event at a time until the receiver answers",
-            self._sink.name,
-            self.failures_in_a_row,
-            result.detail,
+            self._name,
+            failures_in_a_row,
+            last.detail,
         )
-        self._task = asyncio.create_task(
-            self._probe(result.retry_after), name=f"sink-{self._sink.name}-probe"
-        )
+        self._task = asyncio.create_task(self._probe(last), name=f"sink-{self._name}-probe")
 
-    def stop(self) -> list[Job]:
-        """Stop probing; the events that were waiting (the sink decides what becomes of them)."""
+    def stop(self) -> None:
+        """Stop probing (shutdown)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        held, self.waiting = list(self.waiting), deque()
-        return held
 
-    async def _probe(self, retry_after: float | None) -> None:
-        sink = self._sink
+    async def _probe(self, last: Attempt) -> None:
         probes = 0
-        while self.waiting:
+        while True:
             probes += 1
-            delay = backoff_delay(probes, sink.backoff, retry_after, sink.retry_after_max, sink.rng)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sink.draining.wait(), delay)
-            if sink.draining.is_set() or not self.waiting:
+                await asyncio.wait_for(self._closing.wait(), self._delay(probes, last))
+            job = None if self._closing.is_set() else self._oldest()
+            if job is None:
                 return
-            job = self.waiting.popleft()
-            result = await sink.send_one(job.event)
-            retry_after = result.retry_after
-            if result.outcome.retryable:
-                # Next time probe the next event (one that keeps failing does not hold the
-                # others up), except where WAL order is promised.
-                (self.waiting.appendleft if sink.ordered else self.waiting.append)(job)
+            last = await self._send(job)
+            if last.outcome.retryable:
                 continue
             self._end(probes)
-            if result.outcome is Outcome.DELIVERED:
-                sink.finish(job, "delivered")
-            else:  # the receiver answered: it is up, and refuses this one event
-                job.attempted()
-                await sink.retries.give_up(job, result)
+            await self._answered(job, last)
             return
 
     def _end(self, probes: int) -> None:
         since = self.since or time.time()
         self.since = None
-        self.failures_in_a_row = 0
         self._task = None
         log.info(
             "sink %s: resumed after %.1fs paused (%d probe(s))",
-            self._sink.name,
+            self._name,
             time.time() - since,
             probes,
         )
-        held, self.waiting = list(self.waiting), deque()
-        self._sink.resume(held)

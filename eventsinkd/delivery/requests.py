@@ -14,57 +14,80 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from eventsinkd.delivery.concurrency import AdaptiveConcurrency
 from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.delivery.pacing import TokenBucket
-from eventsinkd.secrets import scrub
-from eventsinkd.transports import Attempt, all_failed
+from eventsinkd.metrics import SinkMetrics
+from eventsinkd.transports import Attempt, Transport, all_failed
 
 if TYPE_CHECKING:
-    from eventsinkd.delivery.sink import Sink
     from eventsinkd.events import Event
 
 log = logging.getLogger("eventsinkd.delivery.sink")
 
 
 class Requests:
-    def __init__(self, sink: Sink) -> None:
-        self._sink = sink
-        cfg = sink.cfg
-        self.concurrency = AdaptiveConcurrency(cfg.max_requests) if cfg.adaptive else None
-        self.bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit is not None else None
+    """The request path of one sink. It counts requests in the metrics; what the outcomes
+    mean for the events is the sink's business."""
+
+    def __init__(
+        self,
+        name: str,
+        transport: Transport,
+        metrics: SinkMetrics,
+        *,
+        max_requests: int,
+        adaptive: bool,
+        rate_limit: float | None,
+        on_resize: Callable[[int], None],
+    ) -> None:
+        self.name = name
+        self.transport = transport
+        self._metrics = metrics
+        self._max_requests = max_requests
+        self._on_resize = on_resize  # the adaptive limit moved: the sink's workers follow
+        self.concurrency = AdaptiveConcurrency(max_requests) if adaptive else None
+        self.bucket = TokenBucket(rate_limit) if rate_limit is not None else None
 
     @property
     def limit(self) -> int:
         """Requests (batches) the sink may have in flight now."""
         control = self.concurrency
-        return control.limit if control is not None else self._sink.cfg.max_requests
+        return control.limit if control is not None else self._max_requests
+
+    def rate_limit_status(self, now: float) -> dict[str, float] | None:
+        """The rate limit as ``/status`` shows it; None without one."""
+        bucket = self.bucket
+        if bucket is None:
+            return None
+        # delay_s: how long a request would wait now (above 0, the limit is what paces the sink)
+        delay = bucket.delay(now)
+        return {"events_per_s": bucket.rate, "burst": bucket.burst, "delay_s": round(delay, 3)}
 
     async def send(self, events: Sequence[Event], *, worker: bool = True) -> Sequence[Attempt]:
-        """One request for ``events``, counted in the metrics; never raises.
+        """One request for ``events``: an outcome per event, counted in the metrics; never raises.
 
         ``worker``: a worker's request (it counts for the adaptive concurrency).
         """
-        sink = self._sink
         if self.bucket is not None:
             await self.bucket.take(len(events))
         control = self.concurrency if worker else None
         sent = control.started() if control is not None else 0
         started = time.perf_counter()
         try:
-            results = await sink.transport.send(events)
+            results = await self.transport.send(events)
         except asyncio.CancelledError:
             if control is not None:
                 control.abandoned()
             raise
         except Exception as exc:  # a transport's bug must not stop the worker
-            log.exception("sink %s: the %s transport failed", sink.name, sink.cfg.type)
+            log.exception("sink %s: the transport failed", self.name)
             results = all_failed(events, Attempt(Outcome.CONNECTION, None, repr(exc)))
         now = time.perf_counter()
-        m = sink.metrics
+        m = self._metrics
         m.duration.observe(now - started)
         delivered = 0
         for result in results:
@@ -81,28 +104,5 @@ class Requests:
         if control is not None:
             rtt = now - started if delivered else None
             if control.finished(now, rtt, back_pressure, sent):
-                sink.workers.resize(control.limit)
-        if delivered:
-            sink.pause.succeeded()  # the receiver works (it took all or part of the batch)
-        if delivered == len(results):
-            return results
-        self._failed(events, results)
+                self._on_resize(control.limit)
         return results
-
-    def _failed(self, events: Sequence[Event], results: Sequence[Attempt]) -> None:
-        sink = self._sink
-        event, result = next(
-            (e, r)
-            for e, r in zip(events, results, strict=True)
-            if r.outcome is not Outcome.DELIVERED
-        )
-        sink.stats.last_failure = time.time()
-        sink.stats.last_error = scrub(result.detail)  # a library's message may quote a URL
-        sink.rlog.log(
-            logging.WARNING,
-            f"attempt:{result.outcome.value}",
-            "sink %s: attempt for %s: %s",
-            sink.name,
-            event.id,
-            result.detail,
-        )
