@@ -1,21 +1,44 @@
-"""The ``/status`` document: what an operator reads to see where each sink stands."""
+"""The ``/status`` document: what an operator reads to see where each sink stands.
+
+It is built from a read-only view of the running daemon (:class:`StatusView`, which the
+daemon satisfies), so that the admin server needs nothing of the daemon but what it reads.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from eventsinkd import __version__
+from eventsinkd.metrics import DaemonView
 from eventsinkd.wal.position import Position
 
 if TYPE_CHECKING:
-    from eventsinkd.daemon import Daemon
+    from eventsinkd.config import Config
+    from eventsinkd.delivery.cursor import SinkCursor
+    from eventsinkd.wal.reading import SharedReading
+
+
+class StatusView(DaemonView, Protocol):
+    """What ``/status`` reads of the daemon, besides what the metrics read."""
+
+    cfg: Config
+    config_path: Path | None
+    loaded_at: float  # Unix time the running config was loaded
+
+    @property
+    def cursors(self) -> Mapping[str, SinkCursor]: ...
+
+    @property
+    def reading(self) -> SharedReading: ...
 
 
 def _str(pos: Position | None) -> str | None:
     return str(pos) if pos is not None else None
 
 
-def status_document(d: Daemon) -> dict[str, Any]:
+def status_document(d: StatusView) -> dict[str, Any]:
     """What ``/status`` answers: per sink, its cursor, state, lag and counts; the reader."""
     letters = d.dead_letters_by_sink()
     lags = d.sink_lags()
