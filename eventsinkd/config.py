@@ -10,14 +10,30 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from eventsinkd.events import MEMORY_WRITTEN, EventType
 from eventsinkd.secrets import resolve_secret
 from eventsinkd.sinkbase import Model, SecretRef
 from eventsinkd.sinkconfig import SinkConfig
+
+# What a reload (SIGHUP) does with a key, marked on its field: by default it applies;
+# RESTART keys keep their running value until the daemon restarts; SINKS keys apply by
+# rebuilding every sink, each of which is built with them.
+RESTART: dict[str, Any] = {"reload": "restart"}
+SINKS: dict[str, Any] = {"reload": "sinks"}
+
+
+def keys_marked(model: type[BaseModel], marker: dict[str, Any]) -> list[str]:
+    """The fields of ``model`` marked ``marker`` (RESTART or SINKS), in declaration order."""
+    return [
+        name
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict)
+        and field.json_schema_extra.get("reload") == marker["reload"]
+    ]
 
 
 def _produced_by_default() -> list[EventType]:
@@ -28,18 +44,27 @@ class EventsConfig(Model):
     types: list[EventType] = Field(
         default_factory=_produced_by_default,
         description="event types to produce: memory_written, memory_persisted, memory_write_failed",
+        json_schema_extra=RESTART,
     )
     pending_limit: int = Field(
         default=100_000,
         ge=1,
         description="PENDING entries each sink remembers to spot their status events",
+        json_schema_extra=RESTART,
     )
-    max_inflight: int = Field(default=1000, ge=1, description="queue size per sink")
-    overflow: Literal["drop", "block"] = "drop"
-    retry_backoff_seconds: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0, 300.0])
-    retry_after_max_seconds: float = Field(default=300.0, ge=0)
+    max_inflight: int = Field(
+        default=1000, ge=1, description="queue size per sink", json_schema_extra=SINKS
+    )
+    overflow: Literal["drop", "block"] = Field(default="drop", json_schema_extra=RESTART)
+    retry_backoff_seconds: list[float] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0, 300.0], json_schema_extra=SINKS
+    )
+    retry_after_max_seconds: float = Field(default=300.0, ge=0, json_schema_extra=SINKS)
     pause_after_failures: int = Field(
-        default=5, ge=1, description="retryable failures in a row that pause a sink"
+        default=5,
+        ge=1,
+        description="retryable failures in a row that pause a sink",
+        json_schema_extra=SINKS,
     )
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
     sinks: list[SinkConfig] = Field(default_factory=list)
@@ -144,13 +169,33 @@ class LogConfig(Model):
 
 
 class Config(Model):
-    wal: WalConfig
-    state_dir: Path = Path("/var/lib/eventsinkd")
-    state_save_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    wal: WalConfig = Field(json_schema_extra=RESTART)
+    state_dir: Path = Field(default=Path("/var/lib/eventsinkd"), json_schema_extra=RESTART)
+    state_save_interval_s: float = Field(default=1.0, gt=0, le=3600, json_schema_extra=RESTART)
     events: EventsConfig = Field(default_factory=EventsConfig)
-    dead_letters: DeadLettersConfig = Field(default_factory=DeadLettersConfig)
-    admin: AdminConfig = Field(default_factory=AdminConfig)
+    dead_letters: DeadLettersConfig = Field(
+        default_factory=DeadLettersConfig, json_schema_extra=RESTART
+    )
+    admin: AdminConfig = Field(default_factory=AdminConfig, json_schema_extra=RESTART)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    def restart_only_changes(self, new: Config) -> list[str]:
+        """The keys ``new`` changes that a reload does not apply (dotted key paths)."""
+        changed = [k for k in keys_marked(Config, RESTART) if getattr(self, k) != getattr(new, k)]
+        changed += [
+            f"events.{k}"
+            for k in keys_marked(EventsConfig, RESTART)
+            if getattr(self.events, k) != getattr(new.events, k)
+        ]
+        return changed
+
+    def reloaded(self, new: Config) -> Config:
+        """What a reload to ``new`` runs: its keys, but the running value of each key that
+        applies only after a restart."""
+        events = new.events.model_copy(
+            update={k: getattr(self.events, k) for k in keys_marked(EventsConfig, RESTART)}
+        )
+        return self.model_copy(update={"events": events, "log": new.log})
 
     @field_validator("state_dir")
     @classmethod

@@ -363,29 +363,14 @@ class Daemon:
             self.notifier.ready("reload failed; running the previous config")
             return
         old = self.cfg
-        fixed = [
-            key
-            for key, a, b in (
-                ("wal", old.wal, new.wal),
-                ("state_dir", old.state_dir, new.state_dir),
-                ("state_save_interval_s", old.state_save_interval_s, new.state_save_interval_s),
-                ("admin", old.admin, new.admin),
-                ("events.overflow", old.events.overflow, new.events.overflow),
-                ("events.types", old.events.types, new.events.types),
-                ("events.pending_limit", old.events.pending_limit, new.events.pending_limit),
-                ("dead_letters", old.dead_letters, new.dead_letters),
-            )
-            if a != b
-        ]
+        fixed = old.restart_only_changes(new)
         if fixed:
             log.warning("changed on reload, applied only after a restart: %s", ", ".join(fixed))
-        events = new.events.model_copy(
-            update={key: getattr(old.events, key) for key in ("overflow", "types", "pending_limit")}
-        )
-        changes = await self.engine.reconfigure(events)
+        running = old.reloaded(new)
+        changes = await self.engine.reconfigure(running.events)
         if new.log != old.log:
             setup_logging(new.log.level, new.log.format)
-        self.cfg = old.model_copy(update={"events": events, "log": new.log})
+        self.cfg = running
         self.loaded_at = time.time()
         self.metrics.reloads.labels("success").inc()
         log.info("config reloaded: %s", "; ".join(changes) or "no sink changes")

@@ -332,3 +332,29 @@ def test_concurrency_and_order_settings(
         wal_order,
         order_key,
     )
+
+
+def test_the_keys_a_reload_does_not_apply_are_marked_once_in_the_model(tmp_path: Path) -> None:
+    """The reload's warning and what it keeps both come from the fields marked RESTART."""
+    base = {"wal": {"dir": str(tmp_path / "wal")}, "state_dir": str(tmp_path / "state")}
+    old = Config.model_validate(base)
+    new = Config.model_validate(
+        {
+            **base,
+            "state_save_interval_s": 5,
+            "admin": {"listen": "127.0.0.1:9999"},
+            "events": {"overflow": "block", "max_inflight": 7, "types": ["memory_persisted"]},
+            "log": {"level": "debug"},
+        }
+    )
+    assert old.restart_only_changes(new) == [
+        "state_save_interval_s",
+        "admin",
+        "events.types",
+        "events.overflow",
+    ]
+    running = old.reloaded(new)
+    assert running.events.overflow == "drop" and running.events.types == ["memory_written"]
+    assert running.events.max_inflight == 7 and running.log.level == "debug"  # applied
+    assert running.admin == old.admin and running.state_save_interval_s == 1.0
+    assert old.restart_only_changes(running) == []

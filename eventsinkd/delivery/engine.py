@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from eventsinkd.config import EventsConfig
+from eventsinkd.config import RESTART, SINKS, EventsConfig, keys_marked
 from eventsinkd.delivery.cursor import SinkCursor, finish_ticket
 from eventsinkd.delivery.sink import Sink
 from eventsinkd.metrics import Metrics
@@ -98,12 +98,9 @@ class Engine:
         await asyncio.gather(*(c.sink.wait_idle() for c in self.cursors.values()))
 
     def _same_settings(self, new: EventsConfig) -> bool:
-        old = self.cfg
-        return (
-            old.max_inflight == new.max_inflight
-            and old.retry_backoff_seconds == new.retry_backoff_seconds
-            and old.retry_after_max_seconds == new.retry_after_max_seconds
-            and old.pause_after_failures == new.pause_after_failures
+        """Whether ``new`` keeps every setting each sink is built with."""
+        return all(
+            getattr(self.cfg, k) == getattr(new, k) for k in keys_marked(EventsConfig, SINKS)
         )
 
     async def reconfigure(self, cfg: EventsConfig) -> list[str]:
@@ -114,10 +111,13 @@ class Engine:
         drains, and leaves its saved cursor behind: re-adding the same name
         resumes there (a sink re-added while it still drains waits for that, so
         its cursor is final). An added one starts at its saved cursor if it has
-        one, else at its ``start_at``, else at ``wal.start_at``. ``overflow``,
-        ``types`` and ``pending_limit`` are fixed for the life of the engine; the
-        caller keeps them unchanged.
+        one, else at its ``start_at``, else at ``wal.start_at``. The keys marked
+        RESTART in the model (``overflow``, ``types``, ``pending_limit``) are fixed for
+        the life of the engine; the caller keeps them unchanged
+        (:meth:`eventsinkd.config.Config.reloaded`).
         """
+        fixed = keys_marked(EventsConfig, RESTART)
+        assert all(getattr(self.cfg, k) == getattr(cfg, k) for k in fixed), fixed
         keep_all = self._same_settings(cfg)
         changes = []
         wanted = {sc.name: sc for sc in cfg.sinks}
