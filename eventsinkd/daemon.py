@@ -1,9 +1,10 @@
 """``eventsinkd run``: the daemon's lifecycle.
 
 Start-up: the state directory's lock (one daemon per state directory), the
-dead-letter store, every sink's cursor (upgrading the old single position),
-the admin server (a taken port is a start-up failure, exit 3), then one cursor
-per sink reading the WAL. Shutdown, in this order: stop reading, let the sinks
+dead-letter store, every sink's cursor (upgrading the old single position; in
+block mode a sink whose cursor exists but cannot be used is a start-up failure,
+exit 3), the admin server (a taken port is one too), then one cursor per sink
+reading the WAL. Shutdown, in this order: stop reading, let the sinks
 drain within ``events.shutdown_timeout_s``, save every cursor. Signal handlers
 only set state; a second SIGTERM/SIGINT stops at once.
 """
@@ -11,7 +12,6 @@ only set state; a second SIGTERM/SIGINT stops at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sqlite3
@@ -23,6 +23,7 @@ from eventsinkd import __version__
 from eventsinkd.admin import AdminServer
 from eventsinkd.config import Config
 from eventsinkd.configfile import ConfigError, load_config
+from eventsinkd.delivery import rewinds
 from eventsinkd.delivery.cursor import SinkCursor
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.delivery.replay import Send, replay
@@ -57,7 +58,7 @@ class Daemon:
         self.loaded_at = time.time()
         self.metrics = Metrics()
         self.notifier = notifier or Notifier()
-        self.cursor_files = CursorFiles(cfg)
+        self.cursor_files = CursorFiles(cfg, config_path)
         self.lock = StateLock(cfg.state_dir)
         self.dead_letters: DeadLetterWriter | None = None
         self.reading = SharedReading(
@@ -200,6 +201,11 @@ class Daemon:
             return EXIT_STARTUP
         self.dead_letters = DeadLetterWriter(store)
         self.cursor_files.migrate(cfg.events.sinks)
+        refusals = self.cursor_files.check(cfg.events.sinks)
+        for refusal in refusals:
+            log.error("%s", refusal)
+        if refusals:
+            return EXIT_STARTUP
         self.engine = Engine(
             cfg.events,
             self.metrics,
@@ -272,16 +278,8 @@ class Daemon:
         writer = self.dead_letters
         while True:
             await asyncio.sleep(REQUESTS_EVERY_S)
-            for name, to, path in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
-                if name in self.engine.cursors:
-                    await self.engine.rewind(name, to)
-                else:  # not running here: its saved cursor is all there is to move
-                    cp = self.cursor_files.checkpoints(name)
-                    cp.acked = to
-                    cp.flush()
-                    log.info("sink %s (not configured): saved cursor moved to %s", name, to)
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            for request in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
+                await rewinds.serve(request, self.cfg, self.engine, self.cursor_files)
             letters = await writer.run(writer.store.replay_requests)
             if letters:
                 result = await replay(letters, self._send_for, writer.store, writer.run)

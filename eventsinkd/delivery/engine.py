@@ -17,7 +17,7 @@ from eventsinkd.delivery.sink import Sink
 from eventsinkd.metrics import Metrics
 from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.deadletters import DeadLetterWriter
-from eventsinkd.wal.position import Checkpointer, Position
+from eventsinkd.wal.position import Checkpointer, NoUsableCursor, Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import StartAt
 
@@ -110,9 +110,10 @@ class Engine:
         drains, and leaves its saved cursor behind: re-adding the same name
         resumes there (a sink re-added while it still drains waits for that, so
         its cursor is final). An added one starts at its saved cursor if it has
-        one, else at its ``start_at``, else at ``wal.start_at``. ``overflow``,
-        ``types`` and ``pending_limit`` are fixed for the life of the engine; the
-        caller keeps them unchanged.
+        one, else at its ``start_at``, else at ``wal.start_at`` (in block mode one whose
+        saved cursor cannot be used is not added: see :mod:`eventsinkd.state.cursors`).
+        ``overflow``, ``types`` and ``pending_limit`` are fixed for the life of the
+        engine; the caller keeps them unchanged.
         """
         keep_all = self._same_settings(cfg)
         changes = []
@@ -129,7 +130,12 @@ class Engine:
                 draining = self._removing.pop(sc.name, None)
                 if draining is not None:
                     await asyncio.shield(draining)
-                added = self._cursor(sc, cfg)
+                try:
+                    added = self._cursor(sc, cfg)
+                except NoUsableCursor as exc:
+                    log.error("%s", exc)
+                    changes.append(f"sink {sc.name} NOT added (no usable cursor)")
+                    continue
                 await added.sink.start()
                 self.cursors[sc.name] = added
                 if self.reading is not None:
