@@ -15,7 +15,7 @@ import orjson
 
 from eventsinkd.config import Config
 from eventsinkd.delivery.replay import ReplayResult, Send, replay
-from eventsinkd.delivery.rewinds import plan, saved_start
+from eventsinkd.delivery.rewinds import NOT_SAVED, plan, saved_start
 from eventsinkd.events import Event
 from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.control import StateLock, request_rewind, take_answer
@@ -222,16 +222,17 @@ def _rewind_here(
     cfg: Config, sink: SinkConfig, pos: Position, forward: bool, out: TextIO, err: TextIO
 ) -> int:
     store = PositionStore(cfg.state_dir, cfg.wal.dir, cursor_file(sink.name))
+    unknown = NOT_SAVED
     try:
         saved = store.load(in_wal(cfg.wal.dir))  # PENDING entries it holds are kept
     except PositionFileError as exc:
         out.write(f"sink {sink.name}: its cursor cannot be used ({exc}): setting it\n")
-        current = None
+        current, unknown = None, "an unusable cursor"
     else:
         if store.damage is not None:
             out.write(f"sink {sink.name}: {store.damage}; its previous copy is where it stands\n")
         current = saved_start(cfg, sink, saved)
-    move = plan(cfg, sink, current, pos)
+    move = plan(cfg, sink, current, pos, unknown)
     if move.skipped and not forward:
         err.write(f"eventsinkd: {move.refusal()}\n")
         return EXIT_FAILED

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORWARD_FLAG = "--forward"
+NOT_SAVED = "the end of the WAL (no saved cursor)"
 
 
 def wanted_by(sink: SinkConfig, types: Iterable[str]) -> Callable[[Entry], bool]:
@@ -60,6 +61,7 @@ class Move:
     current: Position | None  # None: no usable position to be ahead of
     to: Position
     skipped: int  # events between ``current`` and ``to`` that the sink would never deliver
+    unknown: str = "an unusable cursor"  # what ``current`` None stands for, in words
 
     def refusal(self) -> str:
         return (
@@ -76,10 +78,16 @@ class Move:
         return f"sink {self.sink}: {what}"
 
     def _from(self) -> str:
-        return describe(self.current) if self.current is not None else "an unusable cursor"
+        return describe(self.current) if self.current is not None else self.unknown
 
 
-def plan(cfg: Config, sink: SinkConfig, current: Position | None, to: Position) -> Move:
+def plan(
+    cfg: Config,
+    sink: SinkConfig,
+    current: Position | None,
+    to: Position,
+    unknown: str = "an unusable cursor",
+) -> Move:
     """The move of ``sink``'s cursor from ``current`` to ``to`` (reads the WAL between)."""
     skipped = 0
     if current is not None and to.key() > current.key():
@@ -90,12 +98,13 @@ def plan(cfg: Config, sink: SinkConfig, current: Position | None, to: Position) 
             to,
             wanted_by(sink, cfg.events.types),
         )
-    return Move(sink.name, current, to, skipped)
+    return Move(sink.name, current, to, skipped, unknown)
 
 
 def saved_start(cfg: Config, sink: SinkConfig, saved: Position | None) -> Position | None:
     """Where a stopped sink resumes: its saved cursor; without one, the beginning for
-    ``start_at: beginning``. None for ``end``: no move is forward from there."""
+    ``start_at: beginning``. None for ``end``: no move is forward from there (see
+    :data:`NOT_SAVED`)."""
     if saved is not None:
         return saved
     return BEGINNING if (sink.start_at or cfg.wal.start_at) == "beginning" else None
