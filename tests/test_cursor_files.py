@@ -31,6 +31,7 @@ from daemon_harness import (
     Daemon,
     eventsinkd,
     received_all,
+    reload,
     settle,
     until,
     until_status,
@@ -339,3 +340,39 @@ async def test_a_restart_before_any_event_is_finished_resumes_where_reading_bega
         assert await d.stop() == 0
     finally:
         await receiver.stop()
+
+
+async def test_a_sink_added_by_reload_without_a_usable_cursor_waits_for_rewind(
+    receiver: WebhookServer, new_daemon: Callable[..., Daemon]
+) -> None:
+    """Block mode, daemon running: a sink a reload adds is left out while its cursor cannot
+    be used (a /status problem); rewind through the running daemon chooses, a reload adds it."""
+    a = {"name": "a", "url": receiver.url}
+    d = new_daemon([a], overflow="block")
+    w = NexusWriter(d.wal)
+    w.append(10)
+    b_cursor = d.cursor_path("b")
+    b_cursor.parent.mkdir(parents=True)
+    b_cursor.write_bytes(DAMAGE["garbage"])
+    b_cursor.with_name("b.json.prev").write_bytes(DAMAGE["empty"])
+    await d.start()
+    b = {"name": "b", "url": receiver.url, "headers": {"x-sink": "b"}}
+    await reload(d, [a, b], overflow="block")
+    doc = await until_status(d, lambda st: st["problems"] != [], what="b's problem")
+    assert "b" not in doc["sinks"]
+    (problem,) = doc["problems"]
+    assert "sink b: no usable cursor" in problem and "eventsinkd rewind" in problem, problem
+
+    res = await eventsinkd("rewind", "-c", d.config, "--sink", "b", "--to", "beginning")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "the running daemon moved its cursor" in res.stdout, res.stdout
+    await until_status(d, lambda st: st["problems"] == [], what="problem gone")
+    await reload(d, [a, b], overflow="block")
+
+    def to_b() -> list[str]:
+        return [r.headers["webhook-id"] for r in receiver.requests if "x-sink" in r.headers]
+
+    await until(lambda: len(to_b()) >= 10)
+    await settle(d)
+    assert Counter(to_b()) == Counter(webhook_ids(w))
+    assert await d.stop() == 0
