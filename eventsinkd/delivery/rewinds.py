@@ -145,6 +145,9 @@ async def serve(request: RewindRequest, cfg: Config, engine: Engine, files: Curs
         except OSError as exc:
             request.answer({"refused": f"sink {name}: cannot read the WAL to count: {exc}"})
             return
+    if not request.path.exists():  # counting took so long that the command gave up
+        log.warning("sink %s: rewind request withdrawn before it was carried out", name)
+        return
     if move.skipped and not request.forward:
         log.warning("%s", move.refusal())
         request.answer({"refused": move.refusal()})
