@@ -127,30 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_arg(p)
         p.add_argument("--sink", metavar="NAME", help="only this sink's letters")
 
-    rw = sub.add_parser(
-        "rewind",
-        help="move a sink's cursor back and deliver again from there",
-        description=(
-            "Move a sink's cursor: it delivers from there on (again, with the same "
-            "webhook-ids), whether the daemon runs or not. A move FORWARD past events the "
-            "sink has not delivered is refused with how many it would skip (the memory "
-            "entries between the two positions that the sink's filter takes), unless "
-            "--forward is given. It also chooses the position of a sink whose cursor "
-            "file cannot be used (the daemon does not start in block mode until then)."
-        ),
+    rw = sub.add_parser("rewind", help="move a sink's cursor back and deliver again from there")
+    rw.description = (
+        "Move a sink's cursor (daemon running or not): it delivers from there on, again, same "
+        "webhook-ids. A move FORWARD past events the sink has not delivered is refused with how "
+        "many it would skip (the memory entries between the two positions that its filter "
+        "takes), unless --forward. It also chooses the position of a sink whose cursor file "
+        "cannot be used (in block mode the daemon does not start until then)."
     )
     _add_config_arg(rw)
     rw.add_argument("--sink", required=True, metavar="NAME")
     rw.add_argument(
-        "--to",
-        required=True,
-        metavar="WHERE",
-        help="beginning, an RFC 3339 time (the first entry at or after it), or a payload_id",
+        "--to", required=True, metavar="WHERE", help="beginning, an RFC 3339 time, or a payload_id"
     )
     rw.add_argument(
-        "--forward",
-        action="store_true",
-        help="allow moving forward past events not delivered yet: they are never delivered",
+        "--forward", action="store_true", help="allow skipping events not delivered yet"
     )
 
     d = sub.add_parser("demo", help="writer, daemon and receiver on this machine, live")

@@ -32,6 +32,7 @@ from daemon_harness import (
     eventsinkd,
     received_all,
     reload,
+    run_cli,
     settle,
     until,
     until_status,
@@ -376,3 +377,11 @@ async def test_a_sink_added_by_reload_without_a_usable_cursor_waits_for_rewind(
     await settle(d)
     assert Counter(to_b()) == Counter(webhook_ids(w))
     assert await d.stop() == 0
+
+
+def test_rewind_help_says_a_forward_move_is_refused_without_the_flag() -> None:
+    res = run_cli("rewind", "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    assert "A move FORWARD past events the sink has not delivered is refused" in text, text
+    assert "--forward" in text
