@@ -54,6 +54,7 @@ DAMAGE: dict[str, bytes] = {
     "truncated": b'{"version":1,"segment":"wal-1',
     "version 2": b'{"version":2,"segment":"wal-1.jsonl","line":3}',
     "negative line": b'{"version":1,"segment":"wal-1.jsonl","line":-5}',
+    "segment after the WAL": (b'{"version":1,"segment":"wal-9999999999999999999.jsonl","line":3}'),
 }
 
 
@@ -385,3 +386,38 @@ def test_rewind_help_says_a_forward_move_is_refused_without_the_flag() -> None:
     text = " ".join(res.stdout.split())
     assert "A move FORWARD past events the sink has not delivered is refused" in text, text
     assert "--forward" in text
+
+
+@pytest.mark.parametrize(("sources", "every"), [([], 1), (["openclaw"], 3)])
+def test_the_count_is_of_the_entries_the_sinks_filter_takes(
+    tmp_path: Path, sources: list[str], every: int
+) -> None:
+    """What a forward rewind would skip: memory entries between the two positions that the
+    sink's filter takes (the writer gives entry n the source n % 3: openclaw for n % 3 == 1),
+    read with the sinks' reader across segments."""
+    from eventsinkd.delivery.rewinds import wanted_by
+    from eventsinkd.sinkconfig import WebhookSinkConfig
+    from eventsinkd.wal.lines import LineParser
+    from eventsinkd.wal.seek import count_between
+
+    w = NexusWriter(tmp_path / "wal", max_segment_bytes=8 * 1024)
+    for _ in range(10):
+        w.append(10)
+    data = w.expected_data()
+    assert len({x.segment for x in data[10:70]}) > 2
+    sc = WebhookSinkConfig.model_validate(
+        {"name": "s", "url": "http://127.0.0.1:9/hook", "filter": {"source": sources}}
+    )
+
+    def count(a: int, b: int) -> int:
+        # Position "before entry i": its segment, and its 0-based line = lines consumed.
+        start = Position(data[a].segment, data[a].line)
+        end = Position(data[b].segment, data[b].line)
+        return count_between(
+            tmp_path / "wal", LineParser(None), start, end, wanted_by(sc, ["memory_written"])
+        )
+
+    want = len([i for i in range(10, 70) if every == 1 or i % 3 == 1])
+    assert count(10, 70) == want
+    assert count(70, 10) == 0  # backward: nothing skipped
+    assert count(33, 34) == (1 if every == 1 or 33 % 3 == 1 else 0)
