@@ -196,7 +196,9 @@ async def test_block_mode_without_a_usable_cursor_refuses_to_start_until_rewind_
     res = await eventsinkd("rewind", "-c", d.config, "--sink", "s", "--to", to)
     assert res.returncode == 0, res.stdout + res.stderr
     unknown = "the end of the WAL (no saved cursor)" if "position" in how else "an unusable cursor"
-    assert f"cursor moved from {unknown} to segment" in res.stdout, res.stdout
+    assert f"cursor moved from {unknown} to " in res.stdout and "segment wal-" in res.stdout, (
+        res.stdout
+    )
     await d.start()
     ids = webhook_ids(w)
     await received_all(receiver, set(ids[k:]))
@@ -316,6 +318,7 @@ def test_position_words_not_colons() -> None:
 
     assert describe(Position("", 0)) == "the beginning of the WAL"
     assert describe(Position("wal-5.jsonl", 12)) == "segment wal-5.jsonl after line 12"
+    assert describe(Position("wal-5.jsonl", 0)) == "the start of segment wal-5.jsonl"
 
 
 async def test_a_restart_before_any_event_is_finished_resumes_where_reading_began(

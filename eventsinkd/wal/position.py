@@ -74,6 +74,8 @@ def describe(pos: Position) -> str:
     """A position in words, for messages."""
     if not pos.segment:
         return "the beginning of the WAL"
+    if pos.line == 0:
+        return f"the start of segment {pos.segment}"
     return f"segment {pos.segment} after line {pos.line}"
 
 
