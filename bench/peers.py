@@ -476,16 +476,17 @@ local0.* action(type="omfile" file="{out}")
 
 
 class Rsyslog(_ServerProcess):
-    """Debian's ``rsyslogd -n`` with only imtcp (or imudp) and one omfile action: no
-    imuxsock, no imklog. Events are counted as the lines of its file, which takes facility
-    local0 only (the sink's default; rsyslogd's own messages are facility syslog)."""
+    """Debian's ``rsyslogd -n`` with only imtcp (or imudp, or imrelp) and one omfile action:
+    no imuxsock, no imklog. Events are counted as the lines of its file, which takes facility
+    local0 only (the sink's default; rsyslogd's own messages are facility syslog). imrelp
+    answers once a message is in the main (in-memory) queue."""
 
     def __init__(self, root: Path, proto: str = "tcp") -> None:
         exe = "/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else "rsyslogd"
         if shutil.which(exe) is None:
             raise RuntimeError("rsyslogd not found (apt-get install rsyslog)")
         self.proto = proto
-        self.label = f"syslog {proto.upper()}"
+        self.label = f"syslog {proto.upper()}"  # TCP, UDP, RELP
         self.program = f"rsyslogd {self._version(exe)} im{proto} + omfile"
         self.root = root / f"rsyslog-{proto}"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -528,7 +529,7 @@ class Rsyslog(_ServerProcess):
         return False
 
     def sink(self, name: str) -> dict[str, Any]:
-        scheme = "syslog+tcp" if self.proto == "tcp" else "syslog"
+        scheme = {"tcp": "syslog+tcp", "relp": "syslog+relp"}.get(self.proto, "syslog")
         return {"name": name, "type": "syslog", "url": f"{scheme}://127.0.0.1:{self.port}"}
 
     def received(self) -> int:

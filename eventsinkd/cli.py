@@ -15,6 +15,7 @@ from pathlib import Path
 
 from eventsinkd import __version__
 from eventsinkd.ask import AskError, admin_base, get, status, summary
+from eventsinkd.authconfig import describe_auth
 from eventsinkd.configfile import DEFAULT_PATH, ConfigError, load_config
 from eventsinkd.events import EVENT_TYPES, MEMORY_WRITTEN
 from eventsinkd.logs import setup_logging
@@ -90,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("health", help="ask a running daemon; exit 0 if healthy, 1 if not")
     _add_config_arg(h)
-    h.add_argument("--ready", action="store_true", help="also require a readable WAL (/readyz)")
+    h.add_argument(
+        "--ready",
+        action="store_true",
+        help="also require a readable WAL and writable state (/readyz)",
+    )
     h.add_argument("--url", help="health URL to ask instead of the config's admin.listen")
     h.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
 
@@ -227,6 +232,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             extra = f" signed ({len(s.secrets)} secret(s))" if s.secrets else " unsigned"
         elif s.batch_size > 1:
             extra = f" max_batch={s.batch_size} linger_ms={s.linger_s * 1000:g}"
+        if s.type in ("webhook", "otlp"):
+            extra += describe_auth(s.auth)
         concurrency = f"auto (max {s.max_requests})" if s.adaptive else str(s.max_requests)
         if s.order != "none":
             extra += f" order={s.order}"

@@ -12,7 +12,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from eventsinkd.authconfig import AUTH_TYPES
 from eventsinkd.config import Config
+from eventsinkd.secrets import remember, remember_url, scrub
 from eventsinkd.sinkconfig import SINK_TYPES
 
 DEFAULT_PATH = Path("/etc/eventsinkd/config.yaml")
@@ -68,8 +70,10 @@ def _config_loc(err: Any) -> Loc:
     for part in loc:
         if part in SINK_TYPES and len(out) >= 2 and out[-2] == "sinks" and isinstance(out[-1], int):
             continue
+        if part in AUTH_TYPES and out and out[-1] == "auth":
+            continue
         out.append(part)
-    if err["type"] == "sink_type":
+    if err["type"] in ("sink_type", "auth_type"):
         out.append("type")
     return tuple(out)
 
@@ -104,11 +108,12 @@ def parse_config(text: str, path: Path) -> Config:
         _lines(node, (), lines, dups)
     if dups:
         raise ConfigError(path, dups)
+    _remember_secrets(data)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         found = [
-            (_config_loc(err), _message(err))
+            (_config_loc(err), scrub(_message(err)))  # a message may echo a value
             for err in exc.errors(include_input=False, include_url=False)
         ]
         raise ConfigError(path, _located(found, lines)) from None
@@ -117,6 +122,30 @@ def parse_config(text: str, path: Path) -> Config:
     if found:
         raise ConfigError(path, _located(found, lines))
     return cfg
+
+
+# Keys whose values are secrets (or references to them), and keys whose values' values are.
+SECRET_KEYS = frozenset({"password", "token", "client_secret", "secret", "secrets", "mac_key"})
+SECRET_MAPS = frozenset({"headers"})
+
+
+def _remember_secrets(data: object, key: str | None = None) -> None:
+    """Note every secret of the raw config before it is validated, so that no error message
+    can show one (pydantic's messages may echo an input)."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if key in SECRET_MAPS and isinstance(v, str):
+                remember(v)
+            else:
+                _remember_secrets(v, str(k))
+    elif isinstance(data, list):
+        for item in data:
+            _remember_secrets(item, key)
+    elif isinstance(data, str):
+        if key in SECRET_KEYS:
+            remember(data)
+        elif "://" in data:
+            remember_url(data)
 
 
 def _located(found: list[tuple[Loc, str]], lines: dict[Loc, int]) -> list[str]:

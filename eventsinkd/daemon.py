@@ -31,7 +31,9 @@ from eventsinkd.logs import setup_logging
 from eventsinkd.metrics import DaemonCollector, Lag, Metrics
 from eventsinkd.state.control import StateLock, pending_rewinds
 from eventsinkd.state.cursors import CursorFiles
-from eventsinkd.state.deadletters import DeadLetterStore, DeadLetterWriter
+from eventsinkd.state.errors import CONTROL, DEAD_LETTERS, StateErrors
+from eventsinkd.state.letterwriter import DeadLetterWriter
+from eventsinkd.state.storecheck import check_writable, open_store
 from eventsinkd.status import status_document
 from eventsinkd.systemd import Notifier
 from eventsinkd.wal.lines import LineParser
@@ -58,7 +60,8 @@ class Daemon:
         self.loaded_at = time.time()
         self.metrics = Metrics()
         self.notifier = notifier or Notifier()
-        self.cursor_files = CursorFiles(cfg, config_path)
+        self.state_errors = StateErrors()
+        self.cursor_files = CursorFiles(cfg, config_path, self.state_errors)
         self.lock = StateLock(cfg.state_dir)
         self.dead_letters: DeadLetterWriter | None = None
         self.reading = SharedReading(
@@ -88,6 +91,7 @@ class Daemon:
         return (
             self.engine is not None
             and self._failure is None
+            and not self.state_errors.failing
             and all(c.reading and c.follower is not None and c.follower.ready for c in cursors)
         )
 
@@ -102,8 +106,12 @@ class Daemon:
         }
         out += sorted(errors)
         out += self.cursor_files.store_errors()
+        out += self.state_errors.problems()
         out += self.cursor_files.problems
         return out
+
+    def state_error_counts(self) -> dict[str, int]:
+        return dict(self.state_errors.counts)
 
     def reader_stats(self) -> ReaderStats:
         return self.reading.stats
@@ -117,10 +125,17 @@ class Daemon:
     def dead_letters_by_sink(self) -> dict[str, tuple[int, int]]:
         if self.dead_letters is None:
             return {}
+        path = self.dead_letters.store.path
+        what = f"{path} (reading)"  # apart from its writes: a read does not clear those
         try:
             held = self.dead_letters.store.counts()
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            self.state_errors.failed(
+                DEAD_LETTERS, what, f"cannot read the dead-letter store {path}: {exc}"
+            )
             held = {}
+        else:
+            self.state_errors.ok(DEAD_LETTERS, what)
         evicted = self.dead_letters.evicted
         names = {*self.cursors, *held, *evicted}
         return {n: (held.get(n, 0), evicted.get(n, 0)) for n in names}
@@ -164,8 +179,8 @@ class Daemon:
             if code != EXIT_OK:
                 return code
             await self._main_loop()
-            await self._shutdown()
-            return EXIT_FAILURE if self._failure is not None else EXIT_OK
+            saved = await self._shutdown()
+            return EXIT_FAILURE if self._failure is not None or not saved else EXIT_OK
         finally:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -194,12 +209,10 @@ class Daemon:
                 self.lock.holder(),
             )
             return EXIT_STARTUP
-        try:
-            store = DeadLetterStore(cfg.state_dir, cfg.dead_letters.max_bytes)
-        except (sqlite3.Error, OSError) as exc:
-            log.error("cannot open the dead-letter store in %s: %s", cfg.state_dir, exc)
+        store = await asyncio.to_thread(open_store, cfg, self.state_errors)
+        if store is None:
             return EXIT_STARTUP
-        self.dead_letters = DeadLetterWriter(store)
+        self.dead_letters = DeadLetterWriter(store, self.state_errors)
         self.cursor_files.migrate(cfg.events.sinks)
         refusals = self.cursor_files.check(cfg.events.sinks)
         for refusal in refusals:
@@ -278,8 +291,16 @@ class Daemon:
         writer = self.dead_letters
         while True:
             await asyncio.sleep(REQUESTS_EVERY_S)
+            check_writable(self.cfg.state_dir, self.state_errors)
             for request in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
-                await rewinds.serve(request, self.cfg, self.engine, self.cursor_files)
+                try:
+                    await rewinds.serve(request, self.cfg, self.engine, self.cursor_files)
+                except OSError as exc:
+                    self.state_errors.failed(
+                        CONTROL, str(request.path), f"cannot answer {request.path}: {exc}"
+                    )
+                else:
+                    self.state_errors.ok(CONTROL, str(request.path))
             letters = await writer.run(writer.store.replay_requests)
             if letters:
                 result = await replay(letters, self._send_for, writer.store, writer.run)
@@ -294,7 +315,8 @@ class Daemon:
         running = self.engine.sinks.get(sink) if self.engine is not None else None
         return running.send_one if running is not None else None
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self) -> bool:
+        """Stop; False if a cursor could not be saved (then the log says what is on disk)."""
         assert self.engine is not None
         self.notifier.stopping()
         timeout_s = 0.0 if self._force_exit else self.cfg.events.shutdown_timeout_s
@@ -305,10 +327,27 @@ class Daemon:
         self.reading.close()
         if self.admin is not None:
             await self.admin.stop()
+        unsaved = {
+            name: c.checkpoints.store.last_error
+            for name, c in self.cursors.items()
+            if c.checkpoints.store is not None and c.checkpoints.store.last_error is not None
+        }
+        on_disk = {name: self.cursor_files.on_disk(name) for name in self.cursors}
+        for name, error in unsaved.items():
+            log.error(
+                "sink %s: its final cursor %s was not saved (%s); the cursor file holds %s: "
+                "after a restart delivery resumes there and sends again what followed",
+                name,
+                self.cursors[name].checkpoints.acked,
+                error,
+                on_disk[name] or "nothing (the sink starts at its start_at)",
+            )
         log.info(
-            "stopped at %s",
-            ", ".join(f"{n} {c.checkpoints.acked}" for n, c in self.cursors.items()) or "-",
+            "stopped at %s%s",
+            ", ".join(f"{n} {pos or '-'}" for n, pos in on_disk.items()) or "-",
+            " (the positions on disk; some cursors could not be saved)" if unsaved else "",
         )
+        return not unsaved
 
     async def reload(self) -> None:
         assert self.engine is not None

@@ -9,6 +9,8 @@ from typing import Literal
 
 import orjson
 
+from eventsinkd.secrets import ScrubFilter
+
 LogFormat = Literal["auto", "json", "text"]
 
 
@@ -20,7 +22,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if record.exc_info:
+        if record.exc_text:  # set (and scrubbed) by ScrubFilter
+            doc["exc"] = record.exc_text
+        elif record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc).decode()
 
@@ -35,6 +39,7 @@ def setup_logging(level: str = "info", fmt: LogFormat = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ScrubFilter())  # no secret in any log line, at any level
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

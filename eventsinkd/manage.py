@@ -64,7 +64,7 @@ def parse_time(value: str) -> float:
 
 
 def list_letters(cfg: Config, sink: str | None, as_json: bool, out: TextIO) -> int:
-    store = DeadLetterStore(cfg.state_dir)
+    store = DeadLetterStore(cfg.state_dir, read_only=True)  # works on a read-only state dir
     try:
         letters = store.letters(sink)
     finally:

@@ -132,6 +132,10 @@ class DaemonView(Protocol):
 
     def problems(self) -> list[str]: ...
 
+    def state_error_counts(self) -> dict[str, int]:
+        """Failed writes of the daemon's own state since start, by kind."""
+        ...
+
     def reader_stats(self) -> ReaderStats | None: ...
 
     def sink_lags(self) -> dict[str, Lag]: ...
@@ -187,9 +191,18 @@ class DaemonCollector(Collector):
         yield held
         yield evicted
         yield from self._statuses()
+        errors = CounterMetricFamily(
+            "eventsinkd_state_errors",
+            "Failed writes of eventsinkd's own state (cursor, dead_letters, control); "
+            "/status lists the ones failing now.",
+            labels=["kind"],
+        )
+        for kind, n in sorted(self.view.state_error_counts().items()):
+            errors.add_metric([kind], n)
+        yield errors
         yield GaugeMetricFamily(
             "eventsinkd_ready",
-            "1 when the WAL is readable and the reader runs.",
+            "1 when the WAL is readable, the reader runs and state writes succeed.",
             value=1.0 if self.view.ready else 0.0,
         )
 

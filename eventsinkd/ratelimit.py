@@ -27,3 +27,7 @@ class RateLimitedLog:
             msg += " (%d similar messages suppressed)"
             args = (*args, suppressed)
         self._log.log(level, msg, *args, exc_info=exc_info)
+
+    def reset(self, key: str) -> None:
+        """Let the next message of ``key`` out at once (a new occurrence, not a repeat)."""
+        self._last.pop(key, None)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eventsinkd.events import EventType
-from eventsinkd.secrets import SecretError, resolve_secret
+from eventsinkd.secrets import SecretError, is_reference, redact_url, remember_url, resolve_secret
 
 _SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_CONCURRENCY = 1024
@@ -68,6 +68,41 @@ def check_secret_ref(ref: str | None) -> str | None:
 
 
 SecretRef = Annotated[str | None, AfterValidator(check_secret_ref)]
+
+
+def proxy_url(value: str) -> str:
+    """The proxy URL a ``proxy`` setting gives: itself, or what its env:/file: reference holds
+    (remembered, so that its password never shows in a log line)."""
+    url = resolve_secret(value.strip()) if is_reference(value.strip()) else value
+    remember_url(url)
+    return url
+
+
+def check_proxy(value: str | None) -> str | None:
+    """``none``, ``http://[user:password@]host:port``, or a reference to one (env:VAR,
+    file:/path): an HTTP sink's ``proxy``."""
+    if value is None or value.strip().lower() == "none":
+        return value
+    from eventsinkd.transports.proxy import parse_proxy_url
+
+    try:
+        url = proxy_url(value)
+    except SecretError as exc:
+        raise ValueError(str(exc)) from None
+    parse_proxy_url(url)  # ValueError says what is wrong, never with the URL's password
+    return value
+
+
+ProxySetting = Annotated[
+    str | None,
+    AfterValidator(check_proxy),
+    Field(
+        default=None,
+        description="none, or http://[user:password@]host:port (or env:VAR, file:/path "
+        "holding it); unset: HTTPS_PROXY, HTTP_PROXY and NO_PROXY as curl reads them",
+        repr=False,
+    ),
+]
 
 
 class SinkBase(Model):
@@ -180,7 +215,9 @@ class SinkBase(Model):
     @property
     def target(self) -> str:
         """Where the events go, for logs and /status (never a secret)."""
-        return str(getattr(self, "url", ""))
+        url = getattr(self, "url", "")
+        shown = getattr(url, "shown", None)  # a SecretUrl knows how it may be shown
+        return shown if isinstance(shown, str) else redact_url(str(url))
 
 
 class Batched(SinkBase):

@@ -15,7 +15,6 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    AnyHttpUrl,
     Discriminator,
     Field,
     Tag,
@@ -23,10 +22,13 @@ from pydantic import (
     model_validator,
 )
 
-from eventsinkd.secrets import SecretError, resolve_secret
+from eventsinkd.authconfig import AuthConfig, auth_clash
+from eventsinkd.secrets import SecretError, redact_url, remember, resolve_secret
+from eventsinkd.secreturl import SecretUrl
 from eventsinkd.sinkbase import (
     Batched,
     Endpoint,
+    ProxySetting,
     SecretRef,
     SinkBase,
     check_secret_ref,
@@ -65,13 +67,15 @@ def _check_secret(ref: str) -> str:
 
 class WebhookSinkConfig(SinkBase):
     type: Literal["webhook"] = "webhook"
-    url: AnyHttpUrl
+    url: Annotated[SecretUrl, Field(description="http(s) URL, or env:VAR / file:/path holding it")]
+    auth: AuthConfig | None = None
     secrets: list[Annotated[str, AfterValidator(_check_secret)]] = Field(
         default_factory=list,
         description="whsec_... secrets (literal, env:VAR or file:/path); several = rotation",
         repr=False,
     )
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    proxy: ProxySetting = None
 
     @model_validator(mode="before")
     @classmethod
@@ -96,7 +100,13 @@ class WebhookSinkConfig(SinkBase):
                 raise ValueError(f"{name!r} is not a header name")
             if any(c in value for c in "\r\n\0"):
                 raise ValueError(f"header {name}: a value cannot hold a line break or NUL")
+            remember(value)  # header values may be credentials: never shown
         return v
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> WebhookSinkConfig:
+        auth_clash(self.auth, self.url, self.headers)
+        return self
 
     @cached_property
     def signing_keys(self) -> list[bytes]:
@@ -135,13 +145,28 @@ SYSLOG_FACILITIES = {
     )
 }
 UDP_MAX_PAYLOAD = 65_507
-SYSLOG_SCHEMES = {"syslog": 514, "syslog+tcp": 514, "syslog+tls": 6514}
+# RELP has no registered port: 0 stands for "give one" (checked in SyslogSinkConfig._url).
+SYSLOG_SCHEMES = {
+    "syslog": 514,
+    "syslog+tcp": 514,
+    "syslog+tls": 6514,
+    "syslog+relp": 0,
+    "syslog+relp+tls": 0,
+}
+RELP_SCHEMES = ("syslog+relp", "syslog+relp+tls")
+RELP_DEFAULT_WINDOW = 128  # librelp's default window of unanswered messages
 _PRINTUSASCII = re.compile(r"[!-~]+")
 
 
 class SyslogSinkConfig(Batched):
     type: Literal["syslog"]
-    url: Annotated[str, Field(description="syslog:// (UDP), syslog+tcp:// or syslog+tls://")]
+    url: Annotated[
+        str,
+        Field(
+            description="syslog:// (UDP), syslog+tcp://, syslog+tls://, syslog+relp:// or "
+            "syslog+relp+tls://"
+        ),
+    ]
     facility: str = Field(default="local0", description="local0..local7, daemon, user...")
     tag: str = Field(default="nexus", description="APP-NAME")
     hostname: str | None = Field(default=None, description="HOSTNAME; default this host's name")
@@ -157,11 +182,22 @@ class SyslogSinkConfig(Batched):
     oversize: Literal["truncate", "refuse"] = Field(
         default="refuse", description="refused = a dead letter; truncated = counted"
     )
+    relp_window: int = Field(
+        default=RELP_DEFAULT_WINDOW,
+        ge=1,
+        le=1000,
+        description="RELP only: messages sent that rsyslog has not answered yet",
+    )
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parse_endpoint(v, SYSLOG_SCHEMES)
+        endpoint = parse_endpoint(v, SYSLOG_SCHEMES)
+        if endpoint.port == 0:
+            raise ValueError(
+                f"{endpoint.scheme}:// needs a port (RELP has no standard one): give the port "
+                f"of rsyslog's imrelp input, e.g. {endpoint.scheme}://logs.internal:2514"
+            )
         return v
 
     @field_validator("facility")
@@ -194,6 +230,23 @@ class SyslogSinkConfig(Batched):
             )
         return self
 
+    @model_validator(mode="after")
+    def _relp_keys(self) -> SyslogSinkConfig:
+        given = self.model_fields_set
+        scheme = self.endpoint.scheme
+        if scheme not in RELP_SCHEMES:
+            if "relp_window" in given:
+                raise ValueError("relp_window is for syslog+relp:// and syslog+relp+tls:// only")
+            return self
+        if "framing" in given:
+            raise ValueError(f"framing does not apply to {scheme}:// (RELP frames messages)")
+        if scheme == "syslog+relp" and "tls" in given:
+            raise ValueError(
+                "syslog+relp:// is RELP over plain TCP and uses no tls options: "
+                "for RELP over TLS use syslog+relp+tls://"
+            )
+        return self
+
     @property
     def endpoint(self) -> Endpoint:
         return parse_endpoint(self.url, SYSLOG_SCHEMES)
@@ -201,7 +254,8 @@ class SyslogSinkConfig(Batched):
 
 class OtlpSinkConfig(Batched):
     type: Literal["otlp"]
-    url: Annotated[AnyHttpUrl, Field(description="the collector; records go to {url}/v1/logs")]
+    url: Annotated[SecretUrl, Field(description="the collector; records go to {url}/v1/logs")]
+    auth: AuthConfig | None = None
     encoding: Literal["json", "protobuf"] = "json"
     headers: dict[str, Annotated[str, AfterValidator(check_secret_ref)]] = Field(
         default_factory=dict,
@@ -209,6 +263,7 @@ class OtlpSinkConfig(Batched):
         repr=False,
     )
     service_name: str = Field(default="bubblefish-nexus", description="resource service.name")
+    proxy: ProxySetting = None
 
     @field_validator("headers")
     @classmethod
@@ -216,6 +271,11 @@ class OtlpSinkConfig(Batched):
         if any(k.lower() in ("content-type", "user-agent") for k in v):
             raise ValueError("Content-Type and User-Agent are set by eventsinkd itself")
         return v
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> OtlpSinkConfig:
+        auth_clash(self.auth, self.url, self.headers)
+        return self
 
     @cached_property
     def resolved_headers(self) -> dict[str, str]:
@@ -318,7 +378,7 @@ class NatsSinkConfig(Batched):
 
     @property
     def target(self) -> str:
-        return ",".join(self.url)
+        return ",".join(map(redact_url, self.url))
 
 
 SINK_TYPES = ("webhook", "syslog", "otlp", "fluentd", "nats")

@@ -17,6 +17,13 @@ from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.scanner import StartAt
 
+# HTTP sinks honour HTTPS_PROXY / HTTP_PROXY as curl does, loopback included: a proxy in the
+# environment of whoever runs the tests would carry every test's requests to its 127.0.0.1
+# receivers. The tests about proxies set these variables themselves.
+for _name in list(os.environ):
+    if _name.lower() in ("https_proxy", "http_proxy", "all_proxy", "no_proxy"):
+        del os.environ[_name]
+
 FIXTURES = Path(__file__).parent / "fixtures" / "nexus-wal"
 FIXTURE_SETS = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 

@@ -16,7 +16,7 @@ import orjson
 from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.metrics import Metrics
-from eventsinkd.state.deadletters import DeadLetterWriter
+from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.position import Checkpointer, Position

@@ -2,9 +2,9 @@
 a strict RFC 5424 parser.
 
 - :class:`Rsyslogd` runs Debian's rsyslogd in the foreground with its own config, work
-  directory and pid file: no system socket (imuxsock is not loaded), imtcp and imudp on
-  127.0.0.1, and one omfile action that writes, per message, the raw message and rsyslog's own
-  parse of it (JSON lines).
+  directory and pid file: no system socket (imuxsock is not loaded), imtcp and imudp (and
+  optionally imrelp) on 127.0.0.1, and one omfile action per input kind that writes, per
+  message, the raw message and rsyslog's own parse of it (JSON lines).
 - :class:`SyslogPeer` is a TCP (or TLS) receiver that follows RFC 6587 (octet counting, or LF
   framing) and can reset a connection (SO_LINGER 0) after reading part of a stream - rsyslog
   cannot be made to do that.
@@ -115,14 +115,31 @@ _TEMPLATE_FIELDS = {
 
 
 class Rsyslogd:
-    """rsyslogd -n with imtcp on ``tcp_port`` and imudp on ``udp_port`` (127.0.0.1 only)."""
+    """rsyslogd -n with imtcp on ``tcp_port`` and imudp on ``udp_port`` (127.0.0.1 only).
 
-    def __init__(self, exe: str, root: Path, tcp_port: int, udp_port: int) -> None:
+    With ``relp_port``, imrelp too, into its own ruleset and file (:attr:`relp_out`). That
+    ruleset's queue is ``Direct``: imrelp answers a message once it is in the ruleset's queue,
+    so only a Direct queue makes "answered" mean "written to the file" - what a test that
+    kills rsyslogd and counts the file needs. (Behind the main in-memory queue, a kill -9
+    loses what was answered and not written yet.)
+    """
+
+    def __init__(
+        self,
+        exe: str,
+        root: Path,
+        tcp_port: int,
+        udp_port: int,
+        relp_port: int | None = None,
+        relp_tls: tuple[Path, Path] | None = None,  # certificate and key: imrelp over TLS
+    ) -> None:
         self.exe = exe
         self.root = root
         self.tcp_port = tcp_port
         self.udp_port = udp_port
+        self.relp_port = relp_port
         self.out = root / "received.jsonl"
+        self.relp_out = root / "relp.jsonl"
         self.log = root / "rsyslogd.log"
         self.proc: asyncio.subprocess.Process | None = None
         (root / "work").mkdir(parents=True, exist_ok=True)
@@ -130,6 +147,20 @@ class Rsyslogd:
         props = "\n".join(
             f'  property(outname="{k}" name="{v}" format="jsonf")'
             for k, v in _TEMPLATE_FIELDS.items()
+        )
+        tls = ""
+        if relp_tls is not None:  # the certificate is its own CA; clients need one it signed
+            cert, key = relp_tls
+            tls = (
+                f' tls="on" tls.cacert="{cert}" tls.mycert="{cert}" tls.myprivkey="{key}"'
+                ' tls.authmode="certvalid"'
+            )
+        relp = (
+            'module(load="imrelp")\n'
+            'ruleset(name="relp" queue.type="Direct") {\n'
+            f'  action(type="omfile" file="{self.relp_out}" template="fields")\n'
+            "}\n"
+            f'input(type="imrelp" address="127.0.0.1" port="{relp_port}" ruleset="relp"{tls})\n'
         )
         self.conf.write_text(
             f'global(workDirectory="{root / "work"}" maxMessageSize="64k")\n'
@@ -141,6 +172,7 @@ class Rsyslogd:
             "}\n"
             f'input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="in")\n'
             f'input(type="imudp" address="127.0.0.1" port="{udp_port}" ruleset="in")\n'
+            + (relp if relp_port is not None else "")
         )
 
     @property
@@ -159,7 +191,11 @@ class Rsyslogd:
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while not (await tcp_listening(self.tcp_port) and udp_bound(self.udp_port)):
+        while not (
+            await tcp_listening(self.tcp_port)
+            and udp_bound(self.udp_port)
+            and (self.relp_port is None or await tcp_listening(self.relp_port))
+        ):
             assert self.proc.returncode is None, f"rsyslogd exited:\n{self.log.read_text()}"
             assert loop.time() < deadline, f"rsyslogd not listening:\n{self.log.read_text()}"
             await asyncio.sleep(0.05)
@@ -175,12 +211,25 @@ class Rsyslogd:
             proc.kill()
             await proc.wait()
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every message written so far: the raw message and rsyslog's parse of it."""
-        if not self.out.exists():
+    async def kill(self) -> None:
+        """SIGKILL: no serverclose, no flush, connections reset by the kernel."""
+        proc, self.proc = self.proc, None
+        assert proc is not None and proc.returncode is None
+        proc.kill()
+        await proc.wait()
+        (self.root / "rsyslogd.pid").unlink(missing_ok=True)  # left behind by the kill
+
+    def records(self, out: Path | None = None) -> list[dict[str, Any]]:
+        """Every message written so far (to ``out``, by default the imtcp/imudp file):
+        the raw message and rsyslog's parse of it."""
+        out = self.out if out is None else out
+        if not out.exists():
             return []
-        lines = self.out.read_bytes().split(b"\n")
+        lines = out.read_bytes().split(b"\n")
         return [json.loads(line) for line in lines[:-1]]  # the last one may be incomplete
+
+    def relp_records(self) -> list[dict[str, Any]]:
+        return self.records(self.relp_out)
 
 
 async def tcp_listening(port: int) -> bool:

@@ -1,83 +1,33 @@
-"""The webhook HTTP/1.1 client (eventsinkd/transports/h1.py) against real servers on
-127.0.0.1: raw ones that answer exactly as scripted (framing, keep-alive, closes), an
-aiohttp one over TLS."""
+"""The HTTP/1.1 client of the HTTP sinks (eventsinkd/transports/client.py, h1.py) against
+real servers on 127.0.0.1: raw ones that answer exactly as scripted (tests/raw_http.py:
+framing, keep-alive, closes), an aiohttp one over TLS. The misbehaving receivers of issue 22
+are in tests/test_http_framing.py."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from raw_http import RawServer, raw_server
 from webhook_server import https_receiver
 
 from eventsinkd.sinkbase import TlsConfig
-from eventsinkd.transports.h1 import H1Pool, ProtocolError
+from eventsinkd.transports.client import HttpClient, ProtocolError
 from eventsinkd.transports.tls import ssl_context
 
 OK = b"HTTP/1.1 204 No Content\r\n\r\n"
 STATIC = [("Content-Type", "application/json"), ("User-Agent", "eventsinkd/test")]
 
-Answer = Callable[[int, bytes], list[bytes | None]]  # (request number, head) -> what to send
 
-
-class RawServer:
-    """Reads whole requests (Content-Length bodies); answers each with ``answer``'s pieces,
-    written one at a time (None: close the connection there)."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.writers: list[asyncio.StreamWriter] = []
-        self.connections = 0
-        self.requests: list[tuple[bytes, bytes]] = []  # (head, body)
-        self.port = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.append(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                body = await reader.readexactly(length)
-                self.requests.append((head, body))
-                for piece in self.answer(len(self.requests), head):
-                    if piece is None:
-                        writer.close()
-                        return
-                    writer.write(piece)
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-
-@asynccontextmanager
-async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
-    srv = RawServer(answer)
-    server = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
-    srv.port = server.sockets[0].getsockname()[1]
-    try:
-        yield srv
-    finally:
-        server.close()
-        for writer in srv.writers:
-            writer.close()
-        await server.wait_closed()
-
-
-async def post(pool: H1Pool, wid: str = "memory_written:p1", timeout_s: float = 10) -> int:
+async def post(pool: HttpClient, wid: str = "memory_written:p1", timeout_s: float = 10) -> int:
     resp = await pool.post([("webhook-id", wid)], b'{"a":1}', timeout_s)
     return resp.status
 
 
-def pool_for(srv: RawServer, path: str = "/hook", **kw: object) -> H1Pool:
-    return H1Pool(f"http://127.0.0.1:{srv.port}{path}", STATIC, **kw)  # type: ignore[arg-type]
+def pool_for(srv: RawServer, path: str = "/hook", **kw: object) -> HttpClient:
+    return HttpClient(f"http://127.0.0.1:{srv.port}{path}", STATIC, **kw)  # type: ignore[arg-type]
 
 
 async def test_a_kept_connection_carries_every_request_and_the_request_is_exact() -> None:
@@ -233,20 +183,20 @@ async def test_a_header_that_would_break_the_request_is_refused() -> None:
         await pool.close()
     assert srv.requests == []
     with pytest.raises(ValueError, match="cannot be sent"):
-        H1Pool("http://127.0.0.1:1/", [("Bad Name", "v")])
+        HttpClient("http://127.0.0.1:1/", [("Bad Name", "v")])
 
 
 async def test_connection_refused_is_an_os_error() -> None:
     async with raw_server(lambda _n, _h: [OK]) as srv:
         port = srv.port
-    pool = H1Pool(f"http://127.0.0.1:{port}/", STATIC)
+    pool = HttpClient(f"http://127.0.0.1:{port}/", STATIC)
     with pytest.raises(OSError):
         await post(pool)
 
 
 async def test_basic_auth_from_the_url() -> None:
     async with raw_server(lambda _n, _h: [OK]) as srv:
-        pool = H1Pool(f"http://user:p%40ss@127.0.0.1:{srv.port}/", STATIC)
+        pool = HttpClient(f"http://user:p%40ss@127.0.0.1:{srv.port}/", STATIC)
         assert await post(pool) == 204
         await pool.close()
     assert b"\r\nAuthorization: Basic dXNlcjpwQHNz\r\n" in srv.requests[0][0]  # user:p@ss
@@ -257,10 +207,10 @@ async def test_https_with_the_sinks_ca(tls_files: tuple[Path, Path]) -> None:
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     async with https_receiver(server_ctx) as (url, seen):
-        trusted = H1Pool(url, STATIC, ssl_context=ssl_context(TlsConfig(ca_file=cert)))
+        trusted = HttpClient(url, STATIC, ssl_context=ssl_context(TlsConfig(ca_file=cert)))
         assert [await post(trusted), await post(trusted)] == [204, 204]
         await trusted.close()
-        untrusted = H1Pool(url, STATIC, ssl_context=ssl_context(TlsConfig()))
+        untrusted = HttpClient(url, STATIC, ssl_context=ssl_context(TlsConfig()))
         with pytest.raises(ssl.SSLCertVerificationError):
             await post(untrusted)
     assert seen == ["memory_written:p1"] * 2

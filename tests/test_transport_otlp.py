@@ -451,7 +451,13 @@ async def test_responses_that_are_not_otlp(raw: Any) -> None:
     }
     assert await outcome("huge") == {(Outcome.PERMANENT, None, "HTTP 400")}
     # Not followed: the spec leaves it open, and a redirect must not carry the headers away.
-    assert await outcome("redirect") == {(Outcome.PERMANENT, None, "HTTP 307")}
+    assert await outcome("redirect") == {
+        (
+            Outcome.PERMANENT,
+            None,
+            "HTTP 307: a redirect to /elsewhere/v1/logs (redirects are not followed)",
+        )
+    }
     assert "/elsewhere/v1/logs" not in seen
 
 

@@ -11,8 +11,8 @@ for a run of about ``Settings.target_s``.
 
 The servers, each its own process on 127.0.0.1 (``bench.peers``): the webhook receiver of
 ``bench/receiver.py`` (raw, 0 ms; default concurrency and concurrency 16), ``nats-server -js``
-with a stream on ``nexus.events.>``, Debian's ``rsyslogd`` with only imtcp (or imudp) and an
-omfile action (its lines counted), and the bench's own OTLP/HTTP (JSON and protobuf) and
+with a stream on ``nexus.events.>``, Debian's ``rsyslogd`` with only imtcp (or imudp, or imrelp)
+and an omfile action (its lines counted), and the bench's own OTLP/HTTP (JSON and protobuf) and
 Fluentd Forward peers. Their CPU over the run is shown too, so a slow server is visible.
 
 All daemons and servers are started first and the runs go round-robin (run 1 of every type,
@@ -79,6 +79,7 @@ KINDS = (
     Kind("nats", "nats", Nats),
     Kind("syslog TCP", "syslog", lambda root: Rsyslog(root, "tcp")),
     Kind("syslog UDP", "syslog", lambda root: Rsyslog(root, "udp"), reliable=False),
+    Kind("syslog RELP", "syslog_relp", lambda root: Rsyslog(root, "relp")),
     Kind("otlp json", "otlp", lambda _root: Peer("otlp", "otlp json", {"encoding": "json"})),
     Kind(
         "otlp protobuf",

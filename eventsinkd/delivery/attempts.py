@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from eventsinkd.delivery.concurrency import AdaptiveConcurrency
 from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.delivery.pacing import TokenBucket
+from eventsinkd.secrets import scrub
 from eventsinkd.transports import Attempt, all_failed
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class Requests:
             if r.outcome is not Outcome.DELIVERED
         )
         sink.stats.last_failure = time.time()
-        sink.stats.last_error = result.detail
+        sink.stats.last_error = scrub(result.detail)  # a library's message may quote a URL
         sink.rlog.log(
             logging.WARNING,
             f"attempt:{result.outcome.value}",

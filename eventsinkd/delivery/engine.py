@@ -15,8 +15,9 @@ from eventsinkd.config import EventsConfig
 from eventsinkd.delivery.cursor import SinkCursor, finish_ticket
 from eventsinkd.delivery.sink import Sink
 from eventsinkd.metrics import Metrics
+from eventsinkd.rotation import files_digest
 from eventsinkd.sinkconfig import SinkConfig
-from eventsinkd.state.deadletters import DeadLetterWriter
+from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.wal.position import Checkpointer, NoUsableCursor, Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import StartAt
@@ -46,6 +47,8 @@ class Engine:
         self._start_for = start_for
         self._dead_letters = dead_letters
         self._on_failure = on_failure
+        # Per sink, the digest of the files its secrets and certificates were read from.
+        self._files: dict[str, str] = {}
         self.cursors: dict[str, SinkCursor] = {s.name: self._cursor(s, cfg) for s in cfg.sinks}
         self.reading: SharedReading | None = None
         self._stopped = False
@@ -53,6 +56,7 @@ class Engine:
         self._removing: dict[str, asyncio.Task[int]] = {}  # removed sinks still draining
 
     def _sink(self, sc: SinkConfig, cfg: EventsConfig, old: Sink | None = None) -> Sink:
+        self._files[sc.name] = files_digest(sc)
         return Sink(
             sc,
             cfg,
@@ -143,13 +147,16 @@ class Engine:
                 changes.append(f"added sink {sc.name}")
                 continue
             cursor = existing
-            if keep_all and cursor.sink.cfg == sc:
+            same = keep_all and cursor.sink.cfg == sc
+            rotated = files_digest(sc) != self._files.get(sc.name)
+            if same and not rotated:
                 continue
             old = cursor.sink
             new = self._sink(sc, cfg, old)
             await new.start()
             cursor.sink = new
-            changes.append(f"changed sink {sc.name}")
+            why = " (its secret, certificate or key files changed)" if same else ""
+            changes.append(f"changed sink {sc.name}{why}")
             self._retire(old.stop(cfg.shutdown_timeout_s, successor=new), old)
         self.cfg = cfg
         return changes

@@ -34,15 +34,18 @@ def classify(status: int) -> Outcome:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if unusable."""
+    """Seconds to wait from a Retry-After header: ASCII digits (delta-seconds) or an HTTP date;
+    anything else is ignored (None), never an error."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit alone takes "²" and "٣"
         return float(value)
+    if not value.isascii():
+        return None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # HTTP dates are GMT
         return None

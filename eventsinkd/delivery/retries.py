@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from eventsinkd.delivery.outcome import backoff_delay
-from eventsinkd.state.deadletters import DeadLetter, DeadLetterWriter
+from eventsinkd.secrets import scrub
+from eventsinkd.state.deadletters import DeadLetter
+from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.transports import Attempt
 
 if TYPE_CHECKING:
@@ -96,14 +98,15 @@ class Retries:
                 attempts=job.attempts,
                 first_attempt=job.first_attempt,
                 last_attempt=time.time(),
-                last_outcome=result.detail,
+                last_outcome=scrub(result.detail),  # kept on disk, shown by the CLI
             )
             try:
                 await self._dead_letters.add(letter)
-            except Exception as exc:  # the state directory is full or unwritable
+            except Exception as exc:  # the state directory is full, unwritable or damaged
                 # Not finished: block mode must not pass an event that is neither
-                # delivered nor kept. Try the whole thing again later.
-                log.error("sink %s: cannot store dead letter %s: %s", sink.name, event.id, exc)
+                # delivered nor kept. Try the whole thing again later. The store's failure
+                # is a problem of the daemon (logged there, once, then counted).
+                log.debug("sink %s: cannot store dead letter %s: %s", sink.name, event.id, exc)
                 self.park(job, sink.backoff[-1])
                 return
         sink.finish(job, "failed")

@@ -48,7 +48,7 @@ from eventsinkd.metrics import Metrics, SinkMetrics
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.sinkbase import FilterConfig
 from eventsinkd.sinkconfig import SinkConfig
-from eventsinkd.state.deadletters import DeadLetterWriter
+from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.transports import Attempt, make_transport
 from eventsinkd.wal.entry import Entry
 

@@ -19,6 +19,7 @@ can write the state directory can make a request.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -43,7 +44,14 @@ class StateLock:
     def acquire(self, holder: str, *, wait_s: float = 0.0) -> bool:
         """Take the lock, waiting up to ``wait_s``; False if another process keeps it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            # A read-only state directory: lock without writing (the file, else the directory).
+            target = self.path if self.path.exists() else self.path.parent
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -54,8 +62,9 @@ class StateLock:
                     os.close(fd)
                     return False
                 time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+        with contextlib.suppress(OSError):  # EBADF/EISDIR when locked read-only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
         self._fd = fd
         return True
 
@@ -80,11 +89,11 @@ class RewindRequest:
     path: Path
 
     def answer(self, doc: dict[str, object]) -> None:
-        """Leave the daemon's answer for the command, then take the request away."""
-        with contextlib.suppress(OSError):
-            atomic_write(_answer_path(self.path), orjson.dumps(doc))
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        """Leave the daemon's answer for the command, then take the request away.
+
+        Raises OSError (a state write that failed: the command then waits in vain)."""
+        atomic_write(_answer_path(self.path), orjson.dumps(doc))
+        self.path.unlink(missing_ok=True)
 
 
 def _rewind_path(state_dir: Path, sink: str) -> Path:

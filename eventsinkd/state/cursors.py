@@ -31,6 +31,7 @@ from pathlib import Path
 
 from eventsinkd.config import Config
 from eventsinkd.sinkconfig import SinkConfig
+from eventsinkd.state.errors import StateErrors
 from eventsinkd.wal.position import (
     Checkpointer,
     NoUsableCursor,
@@ -99,9 +100,12 @@ def load_saved(
 
 
 class CursorFiles:
-    def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
+    def __init__(
+        self, cfg: Config, config_path: Path | None = None, errors: StateErrors | None = None
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path  # named in the command that chooses a position
+        self.errors = errors  # failed saves are reported there (problems, metric, readiness)
         self._damaged: dict[str, str] = {}  # sink -> its cursor's problem, while not saved
         self._checkpoints: dict[str, Checkpointer] = {}
         self._legacy_damage: str | None = None  # why position.json cannot be used, if so
@@ -121,6 +125,7 @@ class CursorFiles:
         cp = self._checkpoints.get(sink)
         if cp is None:
             store = PositionStore(self.cfg.state_dir, self.cfg.wal.dir, cursor_file(sink))
+            store.errors = self.errors
             cp = self._checkpoints[sink] = Checkpointer(store, self.cfg.state_save_interval_s)
         return cp
 
@@ -130,11 +135,19 @@ class CursorFiles:
         return store
 
     def store_errors(self) -> list[str]:
+        """Cursors that cannot be saved now (when no StateErrors reports them)."""
+        if self.errors is not None:
+            return []
         return [
             cp.store.last_error
             for cp in self._checkpoints.values()
             if cp.store is not None and cp.store.last_error is not None
         ]
+
+    def on_disk(self, sink: str) -> Position | None:
+        """The position last saved (or loaded) for ``sink``: what a restart resumes from."""
+        cp = self._checkpoints.get(sink)
+        return cp.store.last_saved if cp is not None and cp.store is not None else None
 
     def check(self, sinks: list[SinkConfig]) -> list[str]:
         """Why the daemon must not start (block mode: sinks without a usable cursor), each

@@ -9,28 +9,38 @@ with Python.
 
 Each sink keeps at most ``max_bytes`` of letters (body and ids); past that the
 oldest are evicted, counted and logged.
+
+The store has to fit its volume, which may be small. Its write-ahead log is
+checkpointed and truncated after every batch of writes (``wal_checkpoint(TRUNCATE)``,
+with ``journal_size_limit`` as a bound should a checkpoint be held up), so it never
+grows to SQLite's default 4 MB between automatic checkpoints. Stores made by this
+version use ``auto_vacuum=INCREMENTAL``: pages freed by eviction, replay or purge
+go back to the volume in small steps. Deleting needs free space too (the deletion
+is written to the write-ahead log first), so the store keeps a small reserve file
+beside it that ``purge`` gives up first, and purges in small transactions, each
+checkpointed, that free space for the next.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import contextlib
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from eventsinkd.ratelimit import RateLimitedLog
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+from typing import Any
 
 DB_FILE = "dead-letters.sqlite3"
+RESERVE_FILE = "dead-letters.reserve"
+RESERVE_BYTES = 256 * 1024  # what purge needs to start on a full volume (docs/state-directory.md)
+JOURNAL_LIMIT_BYTES = 1024 * 1024  # the write-ahead log is truncated to this after a checkpoint
+AUTOCHECKPOINT_PAGES = 256  # 1 MB of 4 KB pages, instead of SQLite's default 1000
+VACUUM_STEP_PAGES = 16  # pages given back to the volume per transaction
+PURGE_MAX_CHUNK = 512  # letters deleted per transaction, at most
 OVERHEAD_BYTES = 128  # per letter, beyond its body and ids: times, counts, outcome
 
 _SCHEMA = """
@@ -77,17 +87,82 @@ class DeadLetter:
 class DeadLetterStore:
     """Synchronous access to the database; the daemon uses it through :class:`DeadLetterWriter`."""
 
-    def __init__(self, state_dir: Path, max_bytes: int = 100 * 1024 * 1024) -> None:
+    def __init__(
+        self, state_dir: Path, max_bytes: int = 100 * 1024 * 1024, *, read_only: bool = False
+    ) -> None:
+        """``read_only``: for commands that only read; works on a read-only state directory,
+        and a missing store reads as empty (nothing is created)."""
         self.path = state_dir / DB_FILE
+        self.reserve = state_dir / RESERVE_FILE
         self.max_bytes = max_bytes
-        state_dir.mkdir(parents=True, exist_ok=True)
         # One connection, used from the writer's thread and (at scrape time) the event
         # loop's: every use holds the lock.
         self._lock = threading.RLock()
+        if read_only:
+            self._db = _open_read_only(self.path)
+            return
+        state_dir.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
         self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+        if new:  # on an existing store this writes (and fails on a full volume)
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT_BYTES}")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         self._db.executescript(_SCHEMA)
+
+    def check(self) -> str | None:
+        """What ``PRAGMA quick_check`` finds wrong with the store; None if nothing."""
+        try:
+            rows = self._query("PRAGMA quick_check")
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        found = [str(r[0]) for r in rows if r[0] != "ok"]
+        return "; ".join(found[:3]) if found else None
+
+    def auto_vacuum(self) -> bool:
+        """Whether freed pages go back to the volume (``auto_vacuum=INCREMENTAL``)."""
+        return bool(self._query("PRAGMA auto_vacuum")[0][0] == 2)
+
+    def convert_to_incremental(self) -> None:
+        with self._lock:
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._db.execute("VACUUM")
+            self._checkpoint()
+
+    def keep_reserve(self) -> None:
+        """Make sure the reserve file exists (best effort: not when the volume is full)."""
+        if self.reserve.exists():
+            return
+        try:
+            with self.reserve.open("wb") as fh:
+                fh.write(bytes(RESERVE_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.reserve.unlink()
+
+    def compact(self) -> None:
+        """Give freed pages back to the volume, then empty the write-ahead log.
+
+        Each step is its own small transaction, checkpointed, so on a nearly full
+        volume every step needs only the space the one before freed."""
+        with self._lock:
+            before = None
+            while self.auto_vacuum():
+                free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+                if not free or free == before:  # nothing (more) to give back
+                    break
+                before = free
+                with self._db:
+                    self._db.execute(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})").fetchall()
+                self._checkpoint()
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
         self._db.close()
@@ -139,6 +214,11 @@ class DeadLetterStore:
                 if rows:
                     db.executemany("DELETE FROM letters WHERE seq = ?", [(r[0],) for r in rows])
                     evicted[sink] = [r[1] for r in rows]
+        with contextlib.suppress(sqlite3.Error):  # stored: a checkpoint can wait for the next
+            if evicted:
+                self.compact()
+            else:
+                self._checkpoint()
         return evicted
 
     def letters(self, sink: str | None = None, *, replay_only: bool = False) -> list[DeadLetter]:
@@ -170,6 +250,8 @@ class DeadLetterStore:
     def delivered(self, sink: str, webhook_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM letters WHERE sink = ? AND webhook_id = ?", (sink, webhook_id))
+        with contextlib.suppress(sqlite3.Error):
+            self.compact()
 
     def failed_again(self, sink: str, webhook_id: str, outcome: str) -> None:
         with self._tx() as db:
@@ -180,13 +262,50 @@ class DeadLetterStore:
             )
 
     def purge(self, sink: str | None = None, before: float | None = None) -> int:
-        """Delete letters (of ``sink``, last tried before ``before``); returns how many."""
+        """Delete letters (of ``sink``, last tried before ``before``) held when called;
+        returns how many.
+
+        On a full volume: the reserve file goes first, while this holds the write lock (so
+        the room is this purge's, not a waiting writer's), then small transactions, each
+        giving space back for the next, growing while they succeed."""
         where, args = self._where(sink)
         if before is not None:
             where += " AND last_attempt < ?"
             args.append(before)
-        with self._tx() as db:
-            return db.execute(f"DELETE FROM letters WHERE {where}", args).rowcount
+        last = self._query("SELECT COALESCE(MAX(seq), 0) FROM letters")[0][0]
+        where += " AND seq <= ?"
+        args.append(last)
+        sql = f"DELETE FROM letters WHERE seq IN (SELECT seq FROM letters WHERE {where} LIMIT ?)"
+        purged, chunk = 0, 1
+        while True:
+            try:
+                n = self._delete_step(sql, [*args, chunk])
+            except sqlite3.OperationalError as exc:
+                if chunk == 1 or "full" not in str(exc):
+                    raise
+                chunk = 1
+                continue
+            purged += n
+            with contextlib.suppress(sqlite3.OperationalError):  # a writer took the room
+                self.compact()
+            if n < chunk:
+                break
+            chunk = min(chunk * 2, PURGE_MAX_CHUNK)
+        self.keep_reserve()
+        return purged
+
+    def _delete_step(self, sql: str, args: list[str | float]) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                with contextlib.suppress(OSError):
+                    self.reserve.unlink()
+                n: int = self._db.execute(sql, args).rowcount
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+        return n
 
     @staticmethod
     def _where(sink: str | None, ids: list[str] | None = None) -> tuple[str, list[str | float]]:
@@ -200,66 +319,22 @@ class DeadLetterStore:
         return " AND ".join(clauses), args
 
 
-class DeadLetterWriter:
-    """The daemon's side: letters stored off the event loop, many per transaction.
-
-    :meth:`add` returns once the letter is on disk, so block mode's cursor never
-    passes an event before its letter is safe.
-    """
-
-    def __init__(self, store: DeadLetterStore) -> None:
-        self.store = store
-        self.evicted: dict[str, int] = {}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dead-letters")
-        self._pending: list[tuple[DeadLetter, asyncio.Future[None]]] = []
-        self._flushing: asyncio.Task[None] | None = None
-        self._rlog = RateLimitedLog(log)
-
-    async def add(self, letter: DeadLetter) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((letter, fut))
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush(), name="dead-letters")
-        await fut
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store method on the store's thread (one writer at a time)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    async def _flush(self) -> None:
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """``path`` opened for reading only: ``mode=ro``, or ``immutable`` where SQLite cannot
+    make its shared-memory file (a read-only directory left without one: the daemon closed
+    the store, so its write-ahead log was checkpointed and removed); an in-memory empty
+    store if there is no file."""
+    if not path.exists():
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        db.executescript(_SCHEMA)
+    else:
+        uri = path.resolve().as_uri()
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    evicted = await asyncio.get_running_loop().run_in_executor(
-                        self._pool, self.store.add, [x for x, _ in batch]
-                    )
-                except (sqlite3.Error, OSError) as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
-                for sink, ids in evicted.items():
-                    self.evicted[sink] = self.evicted.get(sink, 0) + len(ids)
-                    self._rlog.log(
-                        logging.WARNING,
-                        f"evicted:{sink}",
-                        "sink %s: dead-letter store full (%g MB): evicted the %d oldest "
-                        "letter(s), %s ... %s (%d in all so far)",
-                        sink,
-                        self.store.max_bytes / (1024 * 1024),
-                        len(ids),
-                        ids[0],
-                        ids[-1],
-                        self.evicted[sink],
-                    )
-        finally:
-            self._flushing = None
-
-    async def close(self) -> None:
-        if self._flushing is not None:
-            await self._flushing
-        self._pool.shutdown(wait=True)
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
+            db.execute("SELECT COUNT(*) FROM letters").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) and "unable to open" not in str(exc):
+                raise
+            db = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+    db.execute("PRAGMA query_only=1")  # a write fails ("readonly"), never lands in memory
+    return db

@@ -54,6 +54,10 @@ def make_transport(cfg: SinkConfig, metrics: Metrics | None = None) -> Transport
 
         return WebhookTransport(cfg)
     if cfg.type == "syslog":
+        if cfg.endpoint.scheme.startswith("syslog+relp"):
+            from eventsinkd.transports.syslog_relp import RelpSyslogTransport
+
+            return RelpSyslogTransport(cfg, metrics)
         from eventsinkd.transports.syslog import SyslogTransport
 
         return SyslogTransport(cfg, metrics)

@@ -25,9 +25,12 @@ Outcomes follow https://opentelemetry.io/docs/specs/otlp/#otlphttp-response:
   last N events of the batch are marked PERMANENT (dead letters) and the rest
   delivered. ``errorMessage`` goes into their detail.
 - 429, 502, 503, 504: RETRY_STATUS, honouring ``Retry-After``.
-- Any other status (other 4xx and 5xx, and 3xx: redirects are not followed):
-  PERMANENT for the whole batch, as the spec says not to retry them.
-- Timeouts and connection errors: retryable as for every transport.
+- Any other status (other 4xx and 5xx, and 3xx: redirects are not followed, the detail
+  says where it pointed): PERMANENT for the whole batch, as the spec says not to retry them.
+- Timeouts, connection errors (a refusing proxy is one) and malformed responses:
+  retryable as for every transport.
+
+Requests go through :mod:`eventsinkd.transports.client`, the client of every HTTP sink.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
 import orjson
 from google.protobuf import (
     descriptor_pb2,
@@ -57,7 +59,8 @@ from eventsinkd.events import ContentMode, Event, parse_go_time_ns
 from eventsinkd.ratelimit import RateLimitedLog
 from eventsinkd.sinkconfig import OtlpSinkConfig
 from eventsinkd.transports import Attempt, all_failed
-from eventsinkd.transports.http import USER_AGENT, HttpSession
+from eventsinkd.transports.client import ProtocolError, Response
+from eventsinkd.transports.http import USER_AGENT, Poster, http_client, status_detail
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,6 @@ ATTRIBUTES = (
     "actor_id",
 )
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})  # the only ones OTLP says to retry
-MAX_RESPONSE_BYTES = 64 * 1024  # a longer response body is not parsed
 MAX_MESSAGE_CHARS = 200  # of a collector's error message, in a detail
 
 
@@ -337,18 +339,6 @@ def shorten(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
-async def read_capped(resp: aiohttp.ClientResponse) -> bytes | None:
-    """The response body, or None if it is longer than :data:`MAX_RESPONSE_BYTES`."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(MAX_RESPONSE_BYTES):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 # -- the transport ----------------------------------------------------------------------
 
 
@@ -361,50 +351,50 @@ class OtlpTransport:
         self._url = cfg.logs_url
         self._encoder = Encoder(cfg.content, cfg.service_name)
         self._encode = self._encoder.json if cfg.encoding == "json" else self._encoder.protobuf
-        self._headers = {
-            "Content-Type": JSON if cfg.encoding == "json" else PROTOBUF,
-            "User-Agent": USER_AGENT,
-            **cfg.resolved_headers,  # may hold credentials: never logged, never in a detail
-        }
-        self._http = HttpSession(cfg)
+        self._headers = [
+            ("Content-Type", JSON if cfg.encoding == "json" else PROTOBUF),
+            ("User-Agent", USER_AGENT),
+            *cfg.resolved_headers.items(),  # may hold credentials: never logged, never in a detail
+        ]
+        self._http: Poster | None = None
         self._rlog = RateLimitedLog(log)
 
     async def open(self) -> None:
-        await self._http.open()
+        self._http = http_client(self.cfg, self._url, self._headers, keep_body=True)
 
     async def close(self) -> None:
-        await self._http.close()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def send(self, events: Sequence[Event]) -> list[Attempt]:
         """One request for ``events``; never raises for trouble with the collector."""
+        assert self._http is not None, "transport not open"
         data = self._encode(events)
         try:
-            async with self._http.session.post(
-                self._url, data=data, headers=self._headers, allow_redirects=False
-            ) as resp:
-                body = await read_capped(resp)
-                return self._outcome(events, resp, body)
+            resp = await self._http.post((), data, self.cfg.timeout_seconds)
         except TimeoutError:
             detail = f"no answer within {self.cfg.timeout_seconds}s"
             return all_failed(events, Attempt(Outcome.TIMEOUT, None, detail))
-        except (aiohttp.ClientError, OSError) as exc:
+        except (OSError, ProtocolError) as exc:
             detail = str(exc) or type(exc).__name__
             return all_failed(events, Attempt(Outcome.CONNECTION, None, detail))
+        return self._outcome(events, resp, resp.body)
 
     def _outcome(
-        self, events: Sequence[Event], resp: aiohttp.ClientResponse, body: bytes | None
+        self, events: Sequence[Event], resp: Response, body: bytes | None
     ) -> list[Attempt]:
         status = resp.status
-        content_type = resp.content_type
+        content_type = (resp.header("Content-Type") or "").partition(";")[0].strip().lower()
         if 200 <= status < 300:
             return self._accepted(events, status, body, content_type)
-        detail = f"HTTP {status}"
+        detail = status_detail(resp)
         if body:
             error = Status()
             if decode(error, body, content_type) and error.message:
                 detail += f": {shorten(error.message)}"
         if status in RETRYABLE_STATUSES:
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            retry_after = parse_retry_after(resp.header("Retry-After"))
             return all_failed(events, Attempt(Outcome.RETRY_STATUS, retry_after, detail))
         return all_failed(events, Attempt(Outcome.PERMANENT, None, detail))
 

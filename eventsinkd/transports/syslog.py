@@ -107,6 +107,22 @@ def utf8_cut(data: bytes, limit: int) -> bytes:
     return data[:cut]
 
 
+def fit_message(
+    cfg: SyslogSinkConfig, message: bytes, head_len: int
+) -> tuple[bytes, bool] | Attempt:
+    """``message`` within ``max_message_bytes`` (and whether it was cut), or the PERMANENT
+    attempt that refuses it (``oversize: refuse``, or a header alone over the limit)."""
+    limit = cfg.max_message_bytes
+    if len(message) <= limit:
+        return message, False
+    if cfg.oversize == "refuse" or head_len > limit:
+        why = f"message of {len(message)} bytes is over max_message_bytes {limit}"
+        if cfg.oversize == "truncate":
+            why += f" (its header alone is {head_len} bytes)"
+        return Attempt(Outcome.PERMANENT, None, why)
+    return utf8_cut(message, limit), True
+
+
 class MessageFormat:
     """Renders events as RFC 5424 messages for one sink's settings.
 
@@ -255,16 +271,10 @@ class SyslogTransport:
 
     def prepare(self, event: Event) -> tuple[bytes, bool] | Attempt:
         """The message for ``event`` (and whether it was cut), or why it cannot be sent."""
-        message, head_len = self.format.message(event)
-        limit = self.cfg.max_message_bytes
-        cut = False
-        if len(message) > limit:
-            if self.cfg.oversize == "refuse" or head_len > limit:
-                why = f"message of {len(message)} bytes is over max_message_bytes {limit}"
-                if self.cfg.oversize == "truncate":
-                    why += f" (its header alone is {head_len} bytes)"
-                return Attempt(Outcome.PERMANENT, None, why)
-            message, cut = utf8_cut(message, limit), True
+        fitted = fit_message(self.cfg, *self.format.message(event))
+        if isinstance(fitted, Attempt):
+            return fitted
+        message, cut = fitted
         if not self.udp and self.cfg.framing == "lf" and b"\n" in message:
             # Cannot happen for eventsinkd's JSON bodies (no raw newlines) and header.
             why = "message contains a line feed, which framing: lf cannot carry"

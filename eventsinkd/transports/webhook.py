@@ -1,7 +1,7 @@
 """``type: webhook``: one HTTP POST per event, signed as Standard Webhooks asks.
 
-The POSTs go through :mod:`eventsinkd.transports.h1`, a keep-alive HTTP/1.1 client
-made for this (its docstring says why not aiohttp).
+The POSTs go through :mod:`eventsinkd.transports.client`, the keep-alive HTTP/1.1
+client of every HTTP sink (its docstring says why not aiohttp).
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ from eventsinkd.delivery.signing import sign
 from eventsinkd.events import Event
 from eventsinkd.sinkconfig import WebhookSinkConfig
 from eventsinkd.transports import Attempt
-from eventsinkd.transports.h1 import H1Pool, ProtocolError
-from eventsinkd.transports.http import USER_AGENT
-from eventsinkd.transports.tls import ssl_context
-
-MAX_RESPONSE_BYTES = 64 * 1024  # read (and discard) at most this much of a response body
+from eventsinkd.transports.client import ProtocolError
+from eventsinkd.transports.http import USER_AGENT, Poster, http_client, status_detail
 
 
 class WebhookTransport:
@@ -26,22 +23,18 @@ class WebhookTransport:
 
     def __init__(self, cfg: WebhookSinkConfig) -> None:
         self.cfg = cfg
-        self._pool: H1Pool | None = None
+        self._pool: Poster | None = None
         self._timeout_s = cfg.timeout_seconds
         self._detail_timeout = f"no answer within {cfg.timeout_seconds}s"
 
     async def open(self) -> None:
         cfg = self.cfg
-        url = str(cfg.url)
         static = [
             ("Content-Type", "application/json"),
             ("User-Agent", USER_AGENT),
             *cfg.headers.items(),
         ]
-        tls = ssl_context(cfg.tls) if cfg.url.scheme == "https" else None
-        self._pool = H1Pool(
-            url, static, ssl_context=tls, max_body=MAX_RESPONSE_BYTES, max_idle=cfg.max_requests
-        )
+        self._pool = http_client(cfg, str(cfg.url), static)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -79,4 +72,4 @@ class WebhookTransport:
         retry_after = None
         if outcome is Outcome.RETRY_STATUS:
             retry_after = parse_retry_after(resp.header("Retry-After"))
-        return Attempt(outcome, retry_after, f"HTTP {resp.status}")
+        return Attempt(outcome, retry_after, status_detail(resp))

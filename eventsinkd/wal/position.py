@@ -22,6 +22,7 @@ import orjson
 from eventsinkd.state.files import atomic_write, keep_previous
 
 if TYPE_CHECKING:
+    from eventsinkd.state.errors import StateErrors
     from eventsinkd.wal.statuses import StatusWatch
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class PositionStore:
         self.path = state_dir / file
         self.previous = state_dir / f"{file}{PREVIOUS_SUFFIX}"
         self.last_error: str | None = None
+        self.errors: StateErrors | None = None  # the daemon's: failed saves are problems there
         self.last_saved: Position | None = None
         # Why the file itself could not be used when the previous copy was loaded instead
         # (or nothing was): until a save replaces it. Set by load() and by CursorFiles.
@@ -231,11 +233,15 @@ class PositionStore:
             atomic_write(self.path, orjson.dumps(doc) + b"\n")
         except OSError as exc:
             msg = f"cannot save position to {self.path}: {exc.strerror or exc}"
-            if msg != self.last_error:
+            if self.errors is not None:
+                self.errors.failed("cursor", str(self.path), msg)
+            elif msg != self.last_error:
                 log.error("%s; will keep retrying", msg)
             self.last_error = msg
             return False
-        if self.last_error is not None:
+        if self.errors is not None:
+            self.errors.ok("cursor", str(self.path))
+        elif self.last_error is not None:
             log.info("position saving works again (%s)", self.path)
         if self.damage is not None:
             log.info("%s saved whole again (%s): the problem at start is over", self.path, pos)
