@@ -133,10 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sink", metavar="NAME", help="only this sink's letters")
 
     rw = sub.add_parser("rewind", help="move a sink's cursor back and deliver again from there")
+    rw.description = (
+        "Move a sink's cursor (daemon running or not): it delivers from there on, again, same "
+        "webhook-ids. A move FORWARD past events the sink has not delivered is refused with how "
+        "many it would skip (the memory entries between the two positions that its filter "
+        "takes), unless --forward. It also chooses the position of a sink whose cursor file "
+        "cannot be used (in block mode the daemon does not start until then)."
+    )
     _add_config_arg(rw)
     rw.add_argument("--sink", required=True, metavar="NAME")
     rw.add_argument(
         "--to", required=True, metavar="WHERE", help="beginning, an RFC 3339 time, or a payload_id"
+    )
+    rw.add_argument(
+        "--forward", action="store_true", help="allow skipping events not delivered yet"
     )
 
     d = sub.add_parser("demo", help="writer, daemon and receiver on this machine, live")
@@ -372,7 +382,14 @@ def cmd_rewind(args: argparse.Namespace) -> int:
 
     setup_logging("warning")
     try:
-        return manage.rewind(load_config(args.config), args.sink, args.to, sys.stdout, sys.stderr)
+        return manage.rewind(
+            load_config(args.config),
+            args.sink,
+            args.to,
+            sys.stdout,
+            sys.stderr,
+            forward=args.forward,
+        )
     except ConfigError as exc:
         return _fail(f"invalid config:\n{exc}")
     except (manage.UsageError, ValueError) as exc:

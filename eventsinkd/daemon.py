@@ -1,9 +1,10 @@
 """``eventsinkd run``: the daemon's lifecycle.
 
 Start-up: the state directory's lock (one daemon per state directory), the
-dead-letter store, every sink's cursor (upgrading the old single position),
-the admin server (a taken port is a start-up failure, exit 3), then one cursor
-per sink reading the WAL. Shutdown, in this order: stop reading, let the sinks
+dead-letter store, every sink's cursor (upgrading the old single position; in
+block mode a sink whose cursor exists but cannot be used is a start-up failure,
+exit 3), the admin server (a taken port is one too), then one cursor per sink
+reading the WAL. Shutdown, in this order: stop reading, let the sinks
 drain within ``events.shutdown_timeout_s``, save every cursor. Signal handlers
 only set state; a second SIGTERM/SIGINT stops at once.
 """
@@ -22,6 +23,7 @@ from eventsinkd import __version__
 from eventsinkd.admin import AdminServer
 from eventsinkd.config import Config
 from eventsinkd.configfile import ConfigError, load_config
+from eventsinkd.delivery import rewinds
 from eventsinkd.delivery.cursor import SinkCursor
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.delivery.replay import Send, replay
@@ -59,7 +61,7 @@ class Daemon:
         self.metrics = Metrics()
         self.notifier = notifier or Notifier()
         self.state_errors = StateErrors()
-        self.cursor_files = CursorFiles(cfg, self.state_errors)
+        self.cursor_files = CursorFiles(cfg, config_path, self.state_errors)
         self.lock = StateLock(cfg.state_dir)
         self.dead_letters: DeadLetterWriter | None = None
         self.reading = SharedReading(
@@ -212,6 +214,11 @@ class Daemon:
             return EXIT_STARTUP
         self.dead_letters = DeadLetterWriter(store, self.state_errors)
         self.cursor_files.migrate(cfg.events.sinks)
+        refusals = self.cursor_files.check(cfg.events.sinks)
+        for refusal in refusals:
+            log.error("%s", refusal)
+        if refusals:
+            return EXIT_STARTUP
         self.engine = Engine(
             cfg.events,
             self.metrics,
@@ -285,22 +292,15 @@ class Daemon:
         while True:
             await asyncio.sleep(REQUESTS_EVERY_S)
             check_writable(self.cfg.state_dir, self.state_errors)
-            for name, to, path in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
-                if name in self.engine.cursors:
-                    await self.engine.rewind(name, to)
-                else:  # not running here: its saved cursor is all there is to move
-                    cp = self.cursor_files.checkpoints(name)
-                    cp.acked = to
-                    cp.flush()
-                    log.info("sink %s (not configured): saved cursor moved to %s", name, to)
+            for request in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
                 try:
-                    path.unlink(missing_ok=True)
+                    await rewinds.serve(request, self.cfg, self.engine, self.cursor_files)
                 except OSError as exc:
                     self.state_errors.failed(
-                        CONTROL, str(path), f"cannot remove the done request {path}: {exc}"
+                        CONTROL, str(request.path), f"cannot answer {request.path}: {exc}"
                     )
                 else:
-                    self.state_errors.ok(CONTROL, str(path))
+                    self.state_errors.ok(CONTROL, str(request.path))
             letters = await writer.run(writer.store.replay_requests)
             if letters:
                 result = await replay(letters, self._send_for, writer.store, writer.run)

@@ -7,7 +7,6 @@ says how the two never act on the same letter or cursor at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 from typing import TextIO
@@ -16,12 +15,21 @@ import orjson
 
 from eventsinkd.config import Config
 from eventsinkd.delivery.replay import ReplayResult, Send, replay
+from eventsinkd.delivery.rewinds import NOT_SAVED, plan, saved_start
 from eventsinkd.events import Event
-from eventsinkd.state.control import StateLock, request_rewind
+from eventsinkd.sinkconfig import SinkConfig
+from eventsinkd.state.control import StateLock, request_rewind, take_answer
+from eventsinkd.state.cursors import in_wal
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
 from eventsinkd.transports import Attempt, make_transport
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.position import Position, PositionFileError, PositionStore, cursor_file
+from eventsinkd.wal.position import (
+    Position,
+    PositionFileError,
+    PositionStore,
+    cursor_file,
+    describe,
+)
 from eventsinkd.wal.seek import Time, parse_target, position_before
 
 EXIT_OK = 0
@@ -184,8 +192,13 @@ def _replay_by_daemon(
 # -- rewind ------------------------------------------------------------------------------
 
 
-def rewind(cfg: Config, sink: str, to: str, out: TextIO, err: TextIO) -> int:
+def rewind(
+    cfg: Config, sink: str, to: str, out: TextIO, err: TextIO, *, forward: bool = False
+) -> int:
+    """Move ``sink``'s cursor to ``to``; a move forward past events it has not delivered
+    only with ``forward`` (see :mod:`eventsinkd.delivery.rewinds`)."""
     _check_sink(cfg, sink)
+    sc = next(s for s in cfg.events.sinks if s.name == sink)
     target = parse_target(to)
     if isinstance(target, Position):
         pos = target
@@ -199,25 +212,58 @@ def rewind(cfg: Config, sink: str, to: str, out: TextIO, err: TextIO) -> int:
     lock = StateLock(cfg.state_dir)
     try:
         if lock.acquire("eventsinkd rewind"):
-            store = PositionStore(cfg.state_dir, cfg.wal.dir, cursor_file(sink))
-            with contextlib.suppress(PositionFileError):
-                store.load()  # what else the cursor file holds (PENDING entries) stays
-            if not store.save(pos):
-                err.write(f"eventsinkd: {store.last_error}\n")
-                return EXIT_FAILED
-            out.write(
-                f"sink {sink}: cursor moved to {pos}; delivery resumes there at the next start\n"
-            )
-            return EXIT_OK
-        path = request_rewind(cfg.state_dir, sink, pos)
-        deadline = time.monotonic() + DAEMON_SILENT_S
-        while path.exists():
-            if time.monotonic() > deadline:
-                path.unlink(missing_ok=True)  # withdrawn: it must not apply later by surprise
-                err.write(f"eventsinkd: the daemon ({lock.holder()}) did not take the request\n")
-                return EXIT_FAILED
-            time.sleep(0.1)
-        out.write(f"sink {sink}: the running daemon moved its cursor to {pos}\n")
-        return EXIT_OK
+            return _rewind_here(cfg, sc, pos, forward, out, err)
+        return _rewind_by_daemon(cfg, lock, sink, pos, forward, out, err)
     finally:
         lock.release()
+
+
+def _rewind_here(
+    cfg: Config, sink: SinkConfig, pos: Position, forward: bool, out: TextIO, err: TextIO
+) -> int:
+    store = PositionStore(cfg.state_dir, cfg.wal.dir, cursor_file(sink.name))
+    unknown = NOT_SAVED
+    try:
+        saved = store.load(in_wal(cfg.wal.dir))  # PENDING entries it holds are kept
+    except PositionFileError as exc:
+        out.write(f"sink {sink.name}: its cursor cannot be used ({exc}): setting it\n")
+        current, unknown = None, "an unusable cursor"
+    else:
+        if store.damage is not None:
+            out.write(f"sink {sink.name}: {store.damage}; its previous copy is where it stands\n")
+        current = saved_start(cfg, sink, saved)
+    move = plan(cfg, sink, current, pos, unknown)
+    if move.skipped and not forward:
+        err.write(f"eventsinkd: {move.refusal()}\n")
+        return EXIT_FAILED
+    if not store.save(pos):
+        err.write(f"eventsinkd: {store.last_error}\n")
+        return EXIT_FAILED
+    out.write(f"{move.done()}; delivery resumes there at the next start\n")
+    return EXIT_OK
+
+
+def _rewind_by_daemon(
+    cfg: Config,
+    lock: StateLock,
+    sink: str,
+    pos: Position,
+    forward: bool,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    path = request_rewind(cfg.state_dir, sink, pos, forward=forward)
+    deadline = time.monotonic() + DAEMON_SILENT_S
+    while path.exists():
+        if time.monotonic() > deadline:
+            path.unlink(missing_ok=True)  # withdrawn: it must not apply later by surprise
+            err.write(f"eventsinkd: the daemon ({lock.holder()}) did not take the request\n")
+            return EXIT_FAILED
+        time.sleep(0.1)
+    answer = take_answer(path) or {}
+    if "refused" in answer:
+        err.write(f"eventsinkd: the running daemon: {answer['refused']}\n")
+        return EXIT_FAILED
+    done = answer.get("moved") or f"sink {sink}: cursor moved to {describe(pos)}"
+    out.write(f"the running daemon moved its cursor. {done}\n")
+    return EXIT_OK

@@ -20,7 +20,7 @@ from eventsinkd.events import (
     event_type,
     status_event_type,
 )
-from eventsinkd.state.cursors import load_saved
+from eventsinkd.state.cursors import in_wal, load_saved
 from eventsinkd.wal.batches import Batch
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
@@ -47,7 +47,7 @@ async def tail(
     store = PositionStore(state_dir, wal_dir) if state_dir is not None else None
     start: Position | StartAt = start_at
     if store is not None:
-        saved = load_saved(store, f"starting at the {start_at}", _warn)
+        saved = load_saved(store, f"starting at the {start_at}", _warn, in_wal(wal_dir))
         if saved is not None:
             start = saved
     checkpoints = Checkpointer(store)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import Daemon, accounting, metric_value, settle, until
+from daemon_harness import Daemon, accounting, metric_value, settle, until, until_status
 from webhook_server import WebhookServer
 
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
@@ -217,20 +217,32 @@ async def test_permissions_taken_away_and_given_back(
 
 
 @pytest.mark.parametrize("file", ["position.json", "cursors/s.json"])  # before and after upgrade
-async def test_corrupt_position_file_is_reported_and_delivery_goes_on(
-    tmp_path: Path, receiver: WebhookServer, file: str
+@pytest.mark.parametrize("overflow", ["block", "drop"])
+async def test_corrupt_position_file_stops_block_mode_and_is_reported_in_drop_mode(
+    tmp_path: Path, receiver: WebhookServer, file: str, overflow: str
 ) -> None:
+    """No usable copy of a cursor (issue 21): block mode does not start (exit 3) and says
+    what to do; drop mode starts at ``start_at``, and says so until the cursor is saved."""
     (tmp_path / "state" / "cursors").mkdir(parents=True)
     (tmp_path / "state" / file).write_text('{"version": 1, "segm')
     name = file.rpartition("/")[2]
-    d = await started(tmp_path, receiver)
+    d = Daemon(tmp_path, [{"name": "s", "url": receiver.url}], overflow=overflow)
+    if overflow == "block":
+        await d.start(wait=False)
+        assert d.proc is not None
+        assert await asyncio.wait_for(d.proc.wait(), 60) == 3
+        log = d.log.read_text()
+        assert f"{name} is corrupt" in log and "eventsinkd rewind -c" in log, log
+        return
+    await d.start()
     w = NexusWriter(d.wal, precreate=False)
     try:
+        status = json.loads(await d.get("/status"))
+        assert any(f"{name} is corrupt" in p for p in status["problems"]), status
+        assert f"{name} is corrupt" in d.log.read_text()
         w.append(20)
         await delivered_exactly(d, receiver, ids(w.expected_data()))
-        status = json.loads(await d.get("/status"))
-        assert any(f"{name} is corrupt" in p for p in status["problems"])
-        assert f"{name} is corrupt" in d.log.read_text()
+        await until_status(d, lambda st: st["problems"] == [], what="saved over")
     finally:
         assert await d.stop() == 0
 

@@ -138,3 +138,43 @@ def test_tail_with_corrupt_state_file_starts_over_and_says_so(tmp_path: Path) ->
     assert PositionStore(state, wal).load() == Position(
         w.active_segment, 3, w.expected_data()[-1].idempotency_key
     )
+
+
+def test_each_save_keeps_the_file_it_replaces_as_the_previous_copy(tmp_path: Path) -> None:
+    store = PositionStore(tmp_path / "state", tmp_path / "wal", "cursors/s.json")
+    first, second = Position("wal-1.jsonl", 4, "k4"), Position("wal-1.jsonl", 9, "k9")
+    assert store.save(first)
+    assert not store.previous.exists()  # nothing was replaced
+    assert store.save(second)
+    assert PositionStore(tmp_path / "state", tmp_path / "wal", "cursors/s.json").load() == second
+    assert json.loads(store.previous.read_bytes())["line"] == 4
+
+
+@pytest.mark.parametrize("content", [b"", b"{trunc", b'{"version":2,"segment":"a","line":1}'])
+def test_a_damaged_file_falls_back_to_the_previous_copy_which_a_save_keeps(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PositionStore(tmp_path / "state", tmp_path / "wal", "cursors/s.json")
+    assert store.save(Position("wal-1.jsonl", 4, "k4"))
+    assert store.save(Position("wal-1.jsonl", 9, "k9"))
+    store.path.write_bytes(content)
+    again = PositionStore(tmp_path / "state", tmp_path / "wal", "cursors/s.json")
+    assert again.load() == Position("wal-1.jsonl", 4, "k4")  # older: duplicates, never loss
+    assert again.damage is not None and str(again.path) in again.damage
+    assert "resuming from the previous copy" in caplog.text
+    # The damaged file is not kept as the previous copy: the good one stays.
+    assert again.save(Position("wal-1.jsonl", 6, "k6"))
+    assert again.damage is None
+    assert json.loads(again.previous.read_bytes())["line"] == 4
+    assert again.save(Position("wal-1.jsonl", 7, "k7"))
+    assert json.loads(again.previous.read_bytes())["line"] == 6
+
+
+def test_both_copies_damaged_is_an_error_naming_both(tmp_path: Path) -> None:
+    store = PositionStore(tmp_path / "state", tmp_path / "wal", "cursors/s.json")
+    assert store.save(Position("wal-1.jsonl", 4))
+    assert store.save(Position("wal-1.jsonl", 9))
+    store.path.write_bytes(b"")
+    store.previous.write_bytes(b"x")
+    with pytest.raises(PositionFileError, match=r"s\.json is corrupt \(empty\).*s\.json\.prev"):
+        PositionStore(tmp_path / "state", tmp_path / "wal", "cursors/s.json").load()

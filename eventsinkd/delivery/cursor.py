@@ -130,6 +130,12 @@ class SinkCursor:
     async def _handle_blocking(self, batch: Batch) -> None:
         tracker = self.tracker
         assert tracker is not None
+        if self.checkpoints.acked is None and self.follower is not None:
+            # Where reading began is finished: saved from the first batch on, a restart
+            # before any event is finished resumes there, not at a later ``start_at: end``.
+            began = self.follower.scanner.began
+            if began is not None:
+                self.checkpoints.ack(began)
         sink = self.sink
         key_of = _key_of(sink)
         events: list[tuple[Event, str | None]] = []

@@ -18,7 +18,7 @@ from eventsinkd.metrics import Metrics
 from eventsinkd.rotation import files_digest
 from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.letterwriter import DeadLetterWriter
-from eventsinkd.wal.position import Checkpointer, Position
+from eventsinkd.wal.position import Checkpointer, NoUsableCursor, Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import StartAt
 
@@ -111,9 +111,10 @@ class Engine:
         drains, and leaves its saved cursor behind: re-adding the same name
         resumes there (a sink re-added while it still drains waits for that, so
         its cursor is final). An added one starts at its saved cursor if it has
-        one, else at its ``start_at``, else at ``wal.start_at``. The keys marked
-        RESTART in the model (``overflow``, ``types``, ``pending_limit``) are fixed for
-        the life of the engine; the caller keeps them unchanged
+        one, else at its ``start_at``, else at ``wal.start_at`` (in block mode one whose
+        saved cursor cannot be used is not added: see :mod:`eventsinkd.state.cursors`).
+        The keys marked RESTART in the model (``overflow``, ``types``, ``pending_limit``)
+        are fixed for the life of the engine; the caller keeps them unchanged
         (:meth:`eventsinkd.config.Config.reloaded`).
         """
         fixed = keys_marked(EventsConfig, RESTART)
@@ -133,7 +134,12 @@ class Engine:
                 draining = self._removing.pop(sc.name, None)
                 if draining is not None:
                     await asyncio.shield(draining)
-                added = self._cursor(sc, cfg)
+                try:
+                    added = self._cursor(sc, cfg)
+                except NoUsableCursor as exc:
+                    log.error("%s", exc)
+                    changes.append(f"sink {sc.name} NOT added (no usable cursor)")
+                    continue
                 await added.sink.start()
                 self.cursors[sc.name] = added
                 if self.reading is not None:

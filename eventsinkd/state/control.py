@@ -8,7 +8,8 @@ for its whole life. A command that sends dead letters or moves a cursor
   work itself and holds the lock meanwhile (a daemon starting then waits);
 * it does not: a daemon runs. The command leaves a request in the state
   directory - a flag on the dead letters, a file in ``requests/`` for a
-  rewind - and waits while the daemon carries it out.
+  rewind - and waits while the daemon carries it out (a rewind's answer, moved
+  or refused, is left beside it as ``rewind-<sink>.json.answer``).
 
 So only one process ever sends a given dead letter or moves a cursor, and the
 admin server, which has no authentication, is not involved. Only someone who
@@ -22,6 +23,7 @@ import errno
 import fcntl
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -31,6 +33,7 @@ from eventsinkd.wal.position import Position
 
 LOCK_FILE = "eventsinkd.lock"
 REQUESTS_DIR = "requests"
+ANSWER_SUFFIX = ".answer"  # after the request's name: never taken for a request
 
 
 class StateLock:
@@ -78,21 +81,59 @@ class StateLock:
             self._fd = -1
 
 
+@dataclass(frozen=True)
+class RewindRequest:
+    sink: str
+    to: Position
+    forward: bool  # the operator allowed moving forward past unfinished events
+    path: Path
+
+    def answer(self, doc: dict[str, object]) -> None:
+        """Leave the daemon's answer for the command, then take the request away.
+
+        Raises OSError (a state write that failed: the command then waits in vain)."""
+        atomic_write(_answer_path(self.path), orjson.dumps(doc))
+        self.path.unlink(missing_ok=True)
+
+
 def _rewind_path(state_dir: Path, sink: str) -> Path:
     return state_dir / REQUESTS_DIR / f"rewind-{sink}.json"
 
 
-def request_rewind(state_dir: Path, sink: str, to: Position) -> Path:
-    """Ask the running daemon to move ``sink``'s cursor to ``to``; the file goes when done."""
+def _answer_path(request: Path) -> Path:
+    return request.with_name(request.name + ANSWER_SUFFIX)
+
+
+def request_rewind(state_dir: Path, sink: str, to: Position, *, forward: bool = False) -> Path:
+    """Ask the running daemon to move ``sink``'s cursor to ``to``; the file goes when done,
+    leaving the daemon's answer (:func:`take_answer`)."""
     path = _rewind_path(state_dir, sink)
-    doc = {"sink": sink, "segment": to.segment, "line": to.line, "last_key": to.last_key}
+    _answer_path(path).unlink(missing_ok=True)
+    doc = {
+        "sink": sink,
+        "segment": to.segment,
+        "line": to.line,
+        "last_key": to.last_key,
+        "forward": forward,
+    }
     atomic_write(path, orjson.dumps(doc))
     return path
 
 
-def pending_rewinds(state_dir: Path) -> list[tuple[str, Position, Path]]:
+def take_answer(request: Path) -> dict[str, object] | None:
+    """The daemon's answer to a request that is gone (None: none was left)."""
+    path = _answer_path(request)
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    path.unlink(missing_ok=True)
+    return doc if isinstance(doc, dict) else None
+
+
+def pending_rewinds(state_dir: Path) -> list[RewindRequest]:
     """Rewind requests waiting in ``state_dir``; unreadable ones are removed."""
-    out: list[tuple[str, Position, Path]] = []
+    out: list[RewindRequest] = []
     folder = state_dir / REQUESTS_DIR
     if not folder.is_dir():
         return out
@@ -100,7 +141,7 @@ def pending_rewinds(state_dir: Path) -> list[tuple[str, Position, Path]]:
         try:
             doc = orjson.loads(path.read_bytes())
             pos = Position(str(doc["segment"]), int(doc["line"]), str(doc["last_key"]))
-            out.append((str(doc["sink"]), pos, path))
+            out.append(RewindRequest(str(doc["sink"]), pos, doc.get("forward") is True, path))
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             with contextlib.suppress(OSError):
                 path.unlink()

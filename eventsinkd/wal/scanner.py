@@ -68,6 +68,7 @@ class WalScanner:
         self.position = start if isinstance(start, Position) else Position("", 0)
         self.error: str | None = None  # why the directory cannot be read, if it cannot
         self.at_end = False  # the last step found nothing to read and no later segment
+        self.began: Position | None = None  # where reading began (``start`` resolved)
         self._start: Position | StartAt | None = start
         self._batch_lines = batch_lines
         self._dedup_window = dedup_window
@@ -150,6 +151,7 @@ class WalScanner:
                 # Ready (``_start`` None) only once begun: the loop reads ``ready`` while the
                 # reader thread begins, and a line appended after "ready" must be read.
                 self._begin(self._start)
+                self.began = self.position
                 self._start = None
                 self.reading.coverage.begin(self, self.position.key())
             if self._cur is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from eventsinkd.events import parse_go_time_ns
+from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.scanner import WalScanner
@@ -74,3 +76,34 @@ def _matches(payload_id: str, timestamp: str, target: Time | str) -> bool:
         return payload_id == target
     ns = parse_go_time_ns(timestamp)
     return ns is not None and ns >= target.ns
+
+
+def count_between(
+    wal_dir: Path,
+    parser: LineParser,
+    start: Position,
+    end: Position,
+    wanted: Callable[[Entry], bool],
+) -> int:
+    """How many entries ``wanted`` takes between ``start`` and ``end``: those a cursor moved
+    from ``start`` to ``end`` would never read. Read with the reader the sinks use (same
+    resume, same rotation-duplicate rules)."""
+    if end.key() <= start.key():
+        return 0
+    scanner = WalScanner(wal_dir, parser, start, batch_lines=4096)
+    n = 0
+    try:
+        while True:
+            batch = scanner.step()
+            if batch is None:
+                if scanner.error is not None:
+                    raise OSError(scanner.error)
+                return n
+            for rec in batch.records:
+                if (rec.segment, rec.line) > end.key():
+                    return n
+                n += wanted(rec.entry)
+            if batch.end.key() >= end.key():
+                return n
+    finally:
+        scanner.close()
