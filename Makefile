@@ -20,6 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check eventsinkd tests bench
 	$(BIN)/ruff format --check eventsinkd tests bench
 	$(BIN)/mypy --strict eventsinkd
+	$(BIN)/lint-imports
 
 demo: $(STAMP)
 	$(BIN)/eventsinkd demo

@@ -46,7 +46,7 @@ from typing import Any, BinaryIO, Protocol
 
 from bench import proc_cpu_s
 from bench.common import CHILD_START_TIMEOUT_S, Receiver, http_get
-from eventsinkd.ports import free_port, server_port
+from eventsinkd.common.ports import free_port, server_port
 
 STATS_PATH = "/__stats"
 NATS_STREAM = "NEXUS"

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from eventsinkd.ports import server_port
+from eventsinkd.common.ports import server_port
 
 if TYPE_CHECKING:
     from aiohttp import web

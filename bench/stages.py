@@ -26,10 +26,10 @@ from typing import Any
 from bench import Row, print_table
 from bench.e2e.common import write_fast
 from eventsinkd.delivery.acks import AckTracker
-from eventsinkd.delivery.outcome import Outcome
-from eventsinkd.delivery.signing import sign
 from eventsinkd.events import MEMORY_WRITTEN, Event
 from eventsinkd.metrics import Metrics, SinkMetrics
+from eventsinkd.transports.contract import Outcome
+from eventsinkd.transports.signing import sign
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, entry_from_json_bytes
 from eventsinkd.wal.position import Position

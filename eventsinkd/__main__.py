@@ -1,3 +1,3 @@
-from eventsinkd.cli import main
+from eventsinkd.cli.main import main
 
 raise SystemExit(main())

@@ -17,7 +17,8 @@ from webhook_server import WebhookServer
 
 from eventsinkd.devtools.child import DaemonDir, command
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.wal.position import Position, PositionStore, cursor_file
+from eventsinkd.state.positions import PositionStore, cursor_file
+from eventsinkd.wal.position import Position
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 

@@ -13,13 +13,14 @@ from typing import Any
 import msgspec
 import orjson
 
-from eventsinkd.config import EventsConfig
+from eventsinkd.config.model import EventsConfig
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.metrics import Metrics
 from eventsinkd.state.letterwriter import DeadLetterWriter
+from eventsinkd.state.positions import Checkpointer
 from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.entry import Entry
-from eventsinkd.wal.position import Checkpointer, Position
+from eventsinkd.wal.position import Position
 from eventsinkd.wal.scanner import StartAt
 
 

@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 import msgpack  # type: ignore[import-untyped]
 import zstandard
 
-from eventsinkd.ports import server_port
+from eventsinkd.common.ports import server_port
 
 Mode = Literal["message", "forward", "packed", "compressed"]
 # What the peer does with the next chunk: ack it; not answer (the connection stays open, and

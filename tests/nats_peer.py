@@ -26,7 +26,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import RawStreamMsg
 
-from eventsinkd.ports import free_port
+from eventsinkd.common.ports import free_port
 
 
 def nats_server_binary() -> str:

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from eventsinkd.ports import listening_port
+from eventsinkd.common.ports import listening_port
 
 
 @dataclass

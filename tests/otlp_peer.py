@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from eventsinkd.ports import listening_port
+from eventsinkd.common.ports import listening_port
 
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"

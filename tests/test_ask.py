@@ -12,7 +12,7 @@ import pytest
 from daemon_harness import Daemon, eventsinkd, until
 from webhook_server import WebhookServer
 
-from eventsinkd.ask import AskError, admin_base, summary
+from eventsinkd.cli.ask import AskError, admin_base, summary
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 

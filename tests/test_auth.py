@@ -35,7 +35,7 @@ from otlp_peer import Request as OtlpRequest
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
-from eventsinkd.configfile import ConfigError, parse_config
+from eventsinkd.config.loading import ConfigError, parse_config
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 
@@ -361,8 +361,8 @@ async def test_rotated_secret_files_take_effect_on_sighup(
 def test_files_digest_sees_secret_and_certificate_files(
     tmp_path: Path, tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eventsinkd.rotation import files_digest
-    from eventsinkd.sinkconfig import WebhookSinkConfig
+    from eventsinkd.config.rotation import files_digest
+    from eventsinkd.config.sinks import WebhookSinkConfig
 
     cert, key = tls_files
     ca = tmp_path / "ca.pem"

@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 
 from engine_harness import Harness, batch, events_cfg
 
-from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.events import Event
-from eventsinkd.transports import Attempt
+from eventsinkd.transports.contract import Attempt, Outcome
 
 OK = Attempt(Outcome.DELIVERED, None, "ok")
 BUSY = Attempt(Outcome.RETRY_STATUS, None, "busy")

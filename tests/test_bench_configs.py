@@ -13,9 +13,9 @@ from pathlib import Path
 
 from bench.e2e.common import write_fast
 from bench.e2e.cursors import NOTHING
+from eventsinkd.config.options import FilterConfig
 from eventsinkd.delivery.filters import EventFilter
 from eventsinkd.events import MEMORY_WRITTEN
-from eventsinkd.sinkbase import FilterConfig
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser
 

@@ -11,8 +11,8 @@ import yaml
 from daemon_harness import run_cli
 from pydantic import BaseModel
 
-from eventsinkd.config import Config, EventsConfig
-from eventsinkd.configfile import ConfigError, parse_config
+from eventsinkd.config.loading import ConfigError, parse_config
+from eventsinkd.config.model import Config, EventsConfig
 
 ROOT = Path(__file__).parent.parent
 GOOD_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -38,7 +38,7 @@ def test_example_config_validates_and_documents_every_key(tmp_path: Path) -> Non
                 walk(sub, node[name], f"{path}{name}.")
 
     walk(Config, doc, "")
-    from eventsinkd.sinkconfig import WebhookSinkConfig
+    from eventsinkd.config.sinks import WebhookSinkConfig
 
     walk(WebhookSinkConfig, doc["events"]["sinks"][0], "events.sinks[0].")
     # Defaults in the example are the model's defaults.

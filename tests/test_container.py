@@ -17,8 +17,8 @@ from daemon_harness import SECRET, expected_ids
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
+from eventsinkd.common.ports import free_port
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.ports import free_port
 
 UID = 10001  # the image's default user (Dockerfile ARG UID)
 

@@ -398,8 +398,8 @@ def test_the_count_is_of_the_entries_the_sinks_filter_takes(
     """What a forward rewind would skip: memory entries between the two positions that the
     sink's filter takes (the writer gives entry n the source n % 3: openclaw for n % 3 == 1),
     read with the sinks' reader across segments."""
+    from eventsinkd.config.sinks import WebhookSinkConfig
     from eventsinkd.delivery.rewinds import wanted_by
-    from eventsinkd.sinkconfig import WebhookSinkConfig
     from eventsinkd.wal.lines import LineParser
     from eventsinkd.wal.seek import count_between
 

@@ -41,8 +41,8 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from webhook_server import WebhookServer
 
+from eventsinkd.common.ports import free_port
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
-from eventsinkd.ports import free_port
 
 BLOCK = "block"
 SHORT_BACKOFF = [0.05, 0.1]

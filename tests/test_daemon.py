@@ -246,7 +246,7 @@ async def test_a_reader_that_dies_makes_the_daemon_exit_1(tmp_path: Path) -> Non
         "def step(self):\n"
         "    raise RuntimeError('a bug in the reader')\n"
         "scanner.WalScanner.step = step\n"
-        "from eventsinkd.cli import main\n"
+        "from eventsinkd.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     with d.log.open("ab") as log:

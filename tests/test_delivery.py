@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
 from eventsinkd.delivery.job import Job
-from eventsinkd.delivery.outcome import Outcome, parse_retry_after
+from eventsinkd.transports.contract import Outcome, parse_retry_after
 from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.position import Position
 

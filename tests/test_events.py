@@ -10,8 +10,9 @@ from conftest import ODD_GO_TIMESTAMPS
 from msgspec.structs import replace
 
 from eventsinkd import events
-from eventsinkd.events import _parse_go_time_ns, parse_go_time_ns
+from eventsinkd.wal import gotime
 from eventsinkd.wal.entry import Entry
+from eventsinkd.wal.gotime import _parse_go_time_ns, parse_go_time_ns
 from eventsinkd.wal.lines import LineParser
 
 
@@ -26,9 +27,9 @@ from eventsinkd.wal.lines import LineParser
     ],
 )
 def test_go_times_of_a_second_already_read_are_exact(stamp: str) -> None:
-    events._seconds.clear()
+    gotime._seconds.clear()
     assert parse_go_time_ns("2026-04-10T12:34:56.9Z") == 1775824496900000000  # exact, kept
-    assert list(events._seconds) == ["2026-04-10T12:34:56"]
+    assert list(gotime._seconds) == ["2026-04-10T12:34:56"]
     assert parse_go_time_ns(stamp) == _parse_go_time_ns(stamp)  # the shortcut, or exact
 
 
@@ -36,7 +37,7 @@ def test_go_times_keep_a_bounded_number_of_seconds() -> None:
     stamps = [f"2026-04-10T12:{m:02d}:{s:02d}.25Z" for m in range(3) for s in range(60)]
     twice = stamps + stamps
     assert [parse_go_time_ns(x) for x in twice] == [_parse_go_time_ns(x) for x in twice]
-    assert len(events._seconds) <= events.SECONDS_KEPT
+    assert len(gotime._seconds) <= gotime.SECONDS_KEPT
 
 
 def test_a_status_event_is_memory_written_with_its_type_and_status() -> None:

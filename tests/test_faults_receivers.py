@@ -20,8 +20,8 @@ from aiohttp import web
 from daemon_harness import Daemon, accounting, expected_ids, metric_value, settle
 from webhook_server import WebhookServer
 
+from eventsinkd.common.ports import server_port
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.ports import server_port
 
 N = 600
 RATE = 300.0

@@ -13,7 +13,7 @@ import pytest
 from raw_http import RawServer, raw_server
 from webhook_server import https_receiver
 
-from eventsinkd.sinkbase import TlsConfig
+from eventsinkd.config.options import TlsConfig
 from eventsinkd.transports.client import HttpClient, ProtocolError
 from eventsinkd.transports.tls import ssl_context
 

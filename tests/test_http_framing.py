@@ -11,10 +11,10 @@ import pytest
 from engine_harness import entry
 from raw_http import Piece, raw_server, raw_server_in_thread
 
-from eventsinkd.delivery.outcome import Outcome, parse_retry_after
+from eventsinkd.config.sinks import OtlpSinkConfig, WebhookSinkConfig
 from eventsinkd.events import Event
-from eventsinkd.sinkconfig import OtlpSinkConfig, WebhookSinkConfig
 from eventsinkd.transports.client import HttpClient, ProtocolError
+from eventsinkd.transports.contract import Outcome, parse_retry_after
 from eventsinkd.transports.otlp import OtlpTransport
 from eventsinkd.transports.webhook import WebhookTransport
 

@@ -15,7 +15,7 @@ from daemon_harness import until
 from engine_harness import batch, events_cfg, run, started
 from webhook_server import https_receiver
 
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.transports.contract import Outcome
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from eventsinkd.config import Config
-from eventsinkd.configfile import ConfigError, parse_config
+from eventsinkd.config.loading import ConfigError, parse_config
+from eventsinkd.config.model import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "deploy" / "kubernetes" / "eventsinkd-sidecar.yaml"

@@ -18,9 +18,9 @@ import yaml
 from conftest import need_tool
 from daemon_harness import Daemon
 
+from eventsinkd.common.ports import free_port
 from eventsinkd.devtools.child import DaemonDir
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"

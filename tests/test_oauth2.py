@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from oauth2_server import TokenServer
 
-from eventsinkd.authconfig import OAuth2Auth
-from eventsinkd.ports import free_port, listening_port
-from eventsinkd.sinkbase import TlsConfig
+from eventsinkd.common.ports import free_port, listening_port
+from eventsinkd.config.auth import OAuth2Auth
+from eventsinkd.config.options import TlsConfig
 from eventsinkd.transports.oauth2 import TokenError, TokenSource
 
 

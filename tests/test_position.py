@@ -11,7 +11,8 @@ from conftest import collect
 from daemon_harness import run_cli
 
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.wal.position import Checkpointer, Position, PositionFileError, PositionStore
+from eventsinkd.state.positions import Checkpointer, PositionFileError, PositionStore
+from eventsinkd.wal.position import Position
 
 
 def test_save_is_atomic_and_round_trips(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from otlp_peer import OtlpPeer
 from tinyproxy import free_port, tinyproxy
 from webhook_server import WebhookServer, https_receiver
 
-from eventsinkd.configfile import ConfigError, parse_config
+from eventsinkd.config.loading import ConfigError, parse_config
+from eventsinkd.config.options import TlsConfig
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.sinkbase import TlsConfig
 from eventsinkd.transports.client import HttpClient
 from eventsinkd.transports.proxy import ProxyError, bypass, choose, parse_proxy_url
 from eventsinkd.transports.tls import ssl_context

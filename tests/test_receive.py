@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from daemon_harness import command
 from standardwebhooks.webhooks import Webhook
 
-from eventsinkd.ports import free_port
+from eventsinkd.common.ports import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"r" * 32).decode()
 OTHER = "whsec_" + base64.b64encode(b"x" * 32).decode()

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written, run_workload
+from eventsinkd.state.positions import Checkpointer, PositionStore
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.position import Checkpointer, Position, PositionStore
+from eventsinkd.wal.position import Position
 
 
 def index_after(expected: list[Written], pos: Position) -> int:

@@ -25,12 +25,12 @@ from daemon_harness import (
 from oauth2_server import TokenServer
 from webhook_server import WebhookServer
 
-from eventsinkd.configfile import ConfigError, parse_config
+from eventsinkd.common.ports import free_port
+from eventsinkd.common.secrets import redact_url
+from eventsinkd.config.loading import ConfigError, parse_config
+from eventsinkd.config.secreturl import SecretUrl
 from eventsinkd.devtools.child import DaemonDir
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.ports import free_port
-from eventsinkd.secrets import redact_url
-from eventsinkd.secreturl import SecretUrl
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventsinkd.delivery.job import SinkStats
-from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.delivery.sink import Sink
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics
-from eventsinkd.transports import Attempt
+from eventsinkd.transports.contract import Attempt, Outcome
 
 OUTCOMES = [
     Attempt(Outcome.DELIVERED, None, "ok"),

@@ -17,14 +17,13 @@ from engine_harness import entry
 
 from eventsinkd.delivery.job import Job, SinkStats
 from eventsinkd.delivery.keyorder import SinkOrder
-from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.delivery.pause import Pause
 from eventsinkd.delivery.policy import GIVE_UP, PAUSE, Action, RetryPolicy
 from eventsinkd.delivery.requests import Requests
 from eventsinkd.delivery.sink.ledger import Ledger
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics, SinkMetrics
-from eventsinkd.transports import Attempt
+from eventsinkd.transports.contract import Attempt, Outcome
 
 OK = Attempt(Outcome.DELIVERED, None, "ok")
 BUSY = Attempt(Outcome.RETRY_STATUS, None, "HTTP 503")

@@ -17,9 +17,10 @@ from standardwebhooks.webhooks import Webhook
 from test_statuses import expected_changes, final_statuses, writer_statuses
 from webhook_server import WebhookServer
 
-from eventsinkd.configfile import ConfigError, parse_config
+from eventsinkd.config.loading import ConfigError, parse_config
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.wal.position import Position, PositionStore, cursor_file
+from eventsinkd.state.positions import PositionStore, cursor_file
+from eventsinkd.wal.position import Position
 
 ALL_TYPES = ["memory_written", "memory_persisted", "memory_write_failed"]
 STATUS_KINDS = ("memory_persisted", "memory_write_failed")

@@ -1,4 +1,4 @@
-"""The per-event sink figures (eventsinkd.tallies) read at scrape time exactly as
+"""The per-event sink figures (eventsinkd.metrics.tallies) read at scrape time exactly as
 prometheus-client's own counters and histograms would show the same updates."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.metrics import LATENCY_BUCKETS, Metrics, SinkMetrics
+from eventsinkd.transports.contract import Outcome
 
 values = st.lists(
     st.one_of(

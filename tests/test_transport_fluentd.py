@@ -35,12 +35,13 @@ from daemon_harness import (
 )
 from fluentd_peer import OTHER_CHUNK, EventTime, FluentdPeer, SpecError, ext_hook, parse, time_ns
 
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.config.sinks import FluentdSinkConfig
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
-from eventsinkd.events import Event, go_json, parse_go_time_ns
-from eventsinkd.sinkconfig import FluentdSinkConfig
-from eventsinkd.transports import Attempt, make_transport
+from eventsinkd.events import Event, go_json
+from eventsinkd.transports import make_transport
+from eventsinkd.transports.contract import Attempt, Outcome
 from eventsinkd.transports.fluentd import FluentdTransport, encode_message, new_chunk_id
+from eventsinkd.wal.gotime import parse_go_time_ns
 
 TS = "2026-04-10T12:34:56.123456789Z"
 

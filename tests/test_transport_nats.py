@@ -39,10 +39,10 @@ from nats.js.api import DiscardPolicy
 from nats_peer import NatsPeer, add_stream, client, nats_peer, stream_count, stream_messages
 from webhook_server import WebhookServer
 
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.config.sinks import NatsSinkConfig
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import MEMORY_WRITTEN, Event
-from eventsinkd.sinkconfig import NatsSinkConfig
+from eventsinkd.transports.contract import Outcome
 from eventsinkd.transports.nats import NatsTransport
 from eventsinkd.transports.nats_subjects import MAX_CACHED_SUBJECTS, SubjectTemplate, subject_token
 

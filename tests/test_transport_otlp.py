@@ -41,12 +41,11 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from otlp_peer import OK, Answer, OtlpPeer, Request, log_record_id, status_protobuf
 
 from eventsinkd import __version__
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.common.ports import free_port, listening_port
+from eventsinkd.config.sinks import OtlpSinkConfig
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.events import ContentMode, Event, event_body, parse_go_time_ns
-from eventsinkd.ports import free_port, listening_port
-from eventsinkd.sinkconfig import OtlpSinkConfig
-from eventsinkd.transports import Attempt
+from eventsinkd.events import ContentMode, Event, event_body
+from eventsinkd.transports.contract import Attempt, Outcome
 from eventsinkd.transports.otlp import (
     ATTRIBUTES,
     Encoder,
@@ -56,6 +55,7 @@ from eventsinkd.transports.otlp import (
     encode_protobuf,
 )
 from eventsinkd.wal.entry import Entry
+from eventsinkd.wal.gotime import parse_go_time_ns
 
 ENCODINGS = ["json", "protobuf"]
 SECRET_HEADER = "Bearer otlp-test-secret-4f9a"

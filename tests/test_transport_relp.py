@@ -28,13 +28,13 @@ from pydantic import ValidationError
 from relp_peer import OK, RelpPeer
 from syslog_peer import Rsyslogd, parse_5424
 
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.common.ports import free_port
+from eventsinkd.config.sinks import SyslogSinkConfig
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics
-from eventsinkd.ports import free_port
-from eventsinkd.sinkconfig import SyslogSinkConfig
 from eventsinkd.transports import make_transport
+from eventsinkd.transports.contract import Outcome
 from eventsinkd.transports.relp_frames import (
     MAX_TXNR,
     Frame,

@@ -41,13 +41,13 @@ from syslog_peer import (
 )
 from webhook_server import WebhookServer
 
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.common.ports import free_port
+from eventsinkd.config.options import TlsConfig
+from eventsinkd.config.sinks import SyslogSinkConfig
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.events import Event, event_body, go_json, parse_go_time_ns
+from eventsinkd.events import Event, event_body, go_json
 from eventsinkd.metrics import Metrics
-from eventsinkd.ports import free_port
-from eventsinkd.sinkbase import TlsConfig
-from eventsinkd.sinkconfig import SyslogSinkConfig
+from eventsinkd.transports.contract import Outcome
 from eventsinkd.transports.syslog import (
     SD_ID,
     SECONDS_KEPT,
@@ -56,6 +56,7 @@ from eventsinkd.transports.syslog import (
     sd_escape,
     utf8_cut,
 )
+from eventsinkd.wal.gotime import parse_go_time_ns
 
 HOST = socket.gethostname()
 
@@ -90,7 +91,7 @@ async def transports() -> AsyncIterator[Callable[[SyslogSinkConfig], SyslogTrans
     made: list[SyslogTransport] = []
 
     def make(c: SyslogSinkConfig) -> SyslogTransport:
-        made.append(SyslogTransport(c, Metrics()))
+        made.append(SyslogTransport(c, Metrics().truncated.labels(c.name)))
         return made[-1]
 
     yield make
@@ -282,7 +283,8 @@ async def test_udp_truncate_cuts_on_a_character_boundary_and_counts(
 ) -> None:
     metrics = Metrics()
     t = SyslogTransport(
-        cfg(udp_peer.url, max_message_bytes=500, oversize="truncate", content="full"), metrics
+        cfg(udp_peer.url, max_message_bytes=500, oversize="truncate", content="full"),
+        metrics.truncated.labels("s"),
     )
     await t.open()
     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from eventsinkd.ports import listening_port
+from eventsinkd.common.ports import listening_port
 
 
 @dataclass

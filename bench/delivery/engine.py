@@ -13,12 +13,13 @@ import msgspec
 import orjson
 
 from bench.common import Capacity, Receiver, receiver_doc
-from eventsinkd.config import EventsConfig
+from eventsinkd.config.model import EventsConfig
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.metrics import Metrics
+from eventsinkd.state.positions import Checkpointer
 from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.entry import Entry
-from eventsinkd.wal.position import Checkpointer, Position
+from eventsinkd.wal.position import Position
 
 BATCH_RECORDS = 500
 MAX_EVENTS = 100_000  # max_inflight of the sink; N never exceeds it, so nothing is dropped

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from bench import Row
 from bench.common import Receiver
 from bench.e2e.common import Daemon, prewrite, stage, wait_for
+from eventsinkd.config.options import DEFAULT_MAX_CONCURRENCY
 from eventsinkd.devtools.sim.entries import EntryMaker
-from eventsinkd.sinkbase import DEFAULT_MAX_CONCURRENCY
 
 if TYPE_CHECKING:
     from bench.e2e import Results

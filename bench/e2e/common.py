@@ -23,11 +23,11 @@ import bench
 from bench import proc_cpu_s, proc_status_kib
 from bench.common import http_get
 from bench.walgen import SEGMENT_BYTES
+from eventsinkd.common.ports import free_port
 from eventsinkd.devtools.child import DaemonDir
 from eventsinkd.devtools.sim.entries import EntryMaker
 from eventsinkd.devtools.sim.group_commit import Committed, GroupCommit, paced_writers
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
-from eventsinkd.ports import free_port
 
 PREWRITE_BATCH = 100  # entries per group commit when writing as fast as the writer can
 CHURN_SEGMENT_BYTES = 1 << 20  # Nexus's smallest max_segment_size_mb, as in its fixtures

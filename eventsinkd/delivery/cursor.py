@@ -23,10 +23,11 @@ from eventsinkd.delivery.acks import AckTracker, Ticket
 from eventsinkd.delivery.sink import Sink
 from eventsinkd.events import MEMORY_WRITTEN, STATUS_EVENTS, Event, event_type, status_event_type
 from eventsinkd.metrics import Lag, lag_seconds
+from eventsinkd.state.positions import Checkpointer
 from eventsinkd.wal.batches import Batch
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.follower import WalFollower
-from eventsinkd.wal.position import Checkpointer, Position
+from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import StartAt
 from eventsinkd.wal.statuses import StatusChange, StatusWatch

@@ -11,14 +11,15 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from eventsinkd.config import RESTART, SINKS, EventsConfig, keys_marked
+from eventsinkd.config.model import RESTART, SINKS, EventsConfig, keys_marked
+from eventsinkd.config.rotation import files_digest
+from eventsinkd.config.sinks import SinkConfig
 from eventsinkd.delivery.cursor import SinkCursor, finish_ticket
 from eventsinkd.delivery.sink import Sink
 from eventsinkd.metrics import Metrics
-from eventsinkd.rotation import files_digest
-from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.letterwriter import DeadLetterWriter
-from eventsinkd.wal.position import Checkpointer, NoUsableCursor, Position
+from eventsinkd.state.positions import Checkpointer, NoUsableCursor
+from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import StartAt
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from fnmatch import translate
 
-from eventsinkd.sinkbase import FilterConfig
+from eventsinkd.config.options import FilterConfig
 from eventsinkd.wal.entry import Entry
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from eventsinkd.delivery.job import Job
-    from eventsinkd.transports import Attempt
+    from eventsinkd.transports.contract import Attempt
 
 
 class Action(Enum):

@@ -12,10 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.events import Event
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
-from eventsinkd.transports import Attempt
+from eventsinkd.transports.contract import Attempt, Outcome
 
 Send = Callable[[Event], Awaitable[Attempt]]
 # Runs a DeadLetterStore method (in the daemon: on the store's own thread).

@@ -18,10 +18,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from eventsinkd.delivery.concurrency import AdaptiveConcurrency
-from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.delivery.pacing import TokenBucket
 from eventsinkd.metrics import SinkMetrics
-from eventsinkd.transports import Attempt, Transport, all_failed
+from eventsinkd.transports.contract import Attempt, Outcome, Transport, all_failed
 
 if TYPE_CHECKING:
     from eventsinkd.events import Event

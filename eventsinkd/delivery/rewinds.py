@@ -21,15 +21,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from eventsinkd.config import Config
+from eventsinkd.config.model import Config
+from eventsinkd.config.options import FilterConfig
+from eventsinkd.config.sinks import SinkConfig
 from eventsinkd.delivery.filters import EventFilter
-from eventsinkd.sinkbase import FilterConfig
-from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.control import RewindRequest
 from eventsinkd.state.cursors import CursorFiles, in_wal
+from eventsinkd.state.positions import PositionFileError
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.position import Position, PositionFileError, describe
+from eventsinkd.wal.position import Position, describe
 from eventsinkd.wal.seek import BEGINNING, count_between
 
 if TYPE_CHECKING:

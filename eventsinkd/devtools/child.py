@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from eventsinkd.ports import free_port
+from eventsinkd.common.ports import free_port
 
 
 def command(*args: str | Path) -> list[str]:

@@ -12,8 +12,8 @@ from typing import TextIO
 import orjson
 from aiohttp import web
 
-from eventsinkd.delivery.signing import verify
-from eventsinkd.ports import listening_port
+from eventsinkd.common.ports import listening_port
+from eventsinkd.transports.signing import verify
 
 
 class Receiver:

@@ -4,7 +4,7 @@ A cursor that cannot be used is never silently replaced by ``start_at`` (with
 ``start_at: end`` that skips everything written while the daemon was stopped):
 
 * a damaged file whose previous copy (``<sink>.json.prev``, see
-  :class:`~eventsinkd.wal.position.PositionStore`) can be used: the sink resumes
+  :class:`~eventsinkd.state.positions.PositionStore`) can be used: the sink resumes
   there (events sent again, none skipped), logged and shown in ``/status`` until
   a save replaces the file;
 * no usable copy of a cursor that exists (damaged, written by a newer version,
@@ -29,18 +29,18 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from eventsinkd.config import Config
-from eventsinkd.sinkconfig import SinkConfig
+from eventsinkd.config.model import Config
+from eventsinkd.config.sinks import SinkConfig
 from eventsinkd.state.errors import StateErrors
-from eventsinkd.wal.position import (
+from eventsinkd.state.positions import (
     Checkpointer,
     NoUsableCursor,
-    Position,
     PositionFileError,
     PositionStore,
     Usable,
     cursor_file,
 )
+from eventsinkd.wal.position import Position
 from eventsinkd.wal.scanner import StartAt
 from eventsinkd.wal.segments import SEGMENT_RE, list_segments
 

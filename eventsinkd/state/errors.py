@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.common.logs import RateLimitedLog
 
 log = logging.getLogger("eventsinkd.state")
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.common.logs import RateLimitedLog
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
 from eventsinkd.state.errors import DEAD_LETTERS, StateErrors
 

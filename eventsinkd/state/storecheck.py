@@ -14,11 +14,11 @@ import os
 import sqlite3
 from pathlib import Path
 
-from eventsinkd.config import Config
+from eventsinkd.config.model import Config
 from eventsinkd.state.deadletters import DB_FILE, RESERVE_FILE, DeadLetterStore
 from eventsinkd.state.errors import CONTROL, StateErrors
 
-log = logging.getLogger("eventsinkd.daemon")
+log = logging.getLogger("eventsinkd.daemon.daemon")
 
 
 def check_writable(state_dir: Path, errors: StateErrors) -> bool:

@@ -10,45 +10,18 @@ an :class:`Attempt` with a retryable or permanent :class:`Outcome`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING
 
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.transports.contract import Tally, Transport
 
 if TYPE_CHECKING:
-    from eventsinkd.events import Event
-    from eventsinkd.metrics import Metrics
-    from eventsinkd.sinkconfig import SinkConfig
+    from eventsinkd.config.sinks import SinkConfig
 
 
-class Attempt(NamedTuple):
-    outcome: Outcome
-    retry_after: float | None  # seconds the receiver asked us to wait (Retry-After)
-    detail: str  # for logs, /status and dead letters: "HTTP 503", "connection refused"...
+def make_transport(cfg: SinkConfig, truncated: Tally | None = None) -> Transport:
+    """The transport for ``cfg.type``; only the chosen one's libraries are imported.
 
-
-class Transport(Protocol):
-    max_batch: int  # at most this many events per send()
-
-    async def open(self) -> None:
-        """Get ready to send (a session, a connection). A receiver that is down is not an error:
-        sending fails until it is back."""
-
-    async def send(self, events: Sequence[Event]) -> Sequence[Attempt]:
-        """Send ``events`` once; one attempt per event, in the same order. Never raises for
-        trouble with the receiver."""
-
-    async def close(self) -> None:
-        """Release what :meth:`open` took; safe to call more than once."""
-
-
-def all_failed(events: Sequence[Event], attempt: Attempt) -> list[Attempt]:
-    """The same attempt for every event of a batch (the request as a whole failed)."""
-    return [attempt] * len(events)
-
-
-def make_transport(cfg: SinkConfig, metrics: Metrics | None = None) -> Transport:
-    """The transport for ``cfg.type``; only the chosen one's libraries are imported."""
+    ``truncated``: counts the messages a syslog sink cut to its ``max_message_bytes``."""
     if cfg.type == "webhook":
         from eventsinkd.transports.webhook import WebhookTransport
 
@@ -57,10 +30,10 @@ def make_transport(cfg: SinkConfig, metrics: Metrics | None = None) -> Transport
         if cfg.endpoint.scheme.startswith("syslog+relp"):
             from eventsinkd.transports.syslog_relp import RelpSyslogTransport
 
-            return RelpSyslogTransport(cfg, metrics)
+            return RelpSyslogTransport(cfg, truncated)
         from eventsinkd.transports.syslog import SyslogTransport
 
-        return SyslogTransport(cfg, metrics)
+        return SyslogTransport(cfg, truncated)
     if cfg.type == "otlp":
         from eventsinkd.transports.otlp import OtlpTransport
 

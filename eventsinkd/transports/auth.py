@@ -9,9 +9,9 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
-from eventsinkd.authconfig import BasicAuth, BearerAuth, OAuth2Auth
-from eventsinkd.secrets import remember, resolve_secret
-from eventsinkd.sinkbase import TlsConfig
+from eventsinkd.common.secrets import remember, resolve_secret
+from eventsinkd.config.auth import BasicAuth, BearerAuth, OAuth2Auth
+from eventsinkd.config.options import TlsConfig
 from eventsinkd.transports.client import HttpClient, Response
 from eventsinkd.transports.oauth2 import TokenError, TokenSource
 

@@ -48,10 +48,9 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 import orjson
 
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.config.sinks import FluentdSinkConfig
 from eventsinkd.events import ContentMode, Event
-from eventsinkd.sinkconfig import FluentdSinkConfig
-from eventsinkd.transports import Attempt, all_failed
+from eventsinkd.transports.contract import Attempt, Outcome, all_failed
 from eventsinkd.transports.tls import ssl_context
 
 EVENT_TIME_EXT = 0  # Forward protocol v1: EventTime is msgpack ext type 0 (fixext 8)

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import TypeAlias
 from urllib.parse import urlsplit
 
-from eventsinkd.secrets import SecretError
-from eventsinkd.sinkbase import proxy_url
-from eventsinkd.sinkconfig import OtlpSinkConfig, WebhookSinkConfig
+from eventsinkd.common.secrets import SecretError
+from eventsinkd.config.options import proxy_url
+from eventsinkd.config.sinks import OtlpSinkConfig, WebhookSinkConfig
 from eventsinkd.transports.auth import AuthPool, authorizer
 from eventsinkd.transports.client import USER_AGENT, HttpClient, Response
 from eventsinkd.transports.proxy import Proxy, ProxyError, choose

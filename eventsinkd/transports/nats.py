@@ -46,11 +46,10 @@ from nats.aio.client import NO_RESPONDERS_STATUS
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
-from eventsinkd.delivery.outcome import Outcome, classify
+from eventsinkd.common.logs import RateLimitedLog
+from eventsinkd.config.sinks import NatsSinkConfig
 from eventsinkd.events import Event
-from eventsinkd.ratelimit import RateLimitedLog
-from eventsinkd.sinkconfig import NatsSinkConfig
-from eventsinkd.transports import Attempt, all_failed
+from eventsinkd.transports.contract import Attempt, Outcome, all_failed, classify
 from eventsinkd.transports.nats_connection import NatsConnection, describe
 from eventsinkd.transports.nats_subjects import SubjectTemplate
 

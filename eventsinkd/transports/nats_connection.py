@@ -37,9 +37,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from eventsinkd.ratelimit import RateLimitedLog
-from eventsinkd.secrets import SecretError, resolve_secret
-from eventsinkd.sinkconfig import NatsSinkConfig
+from eventsinkd.common.logs import RateLimitedLog
+from eventsinkd.common.secrets import SecretError, resolve_secret
+from eventsinkd.config.sinks import NatsSinkConfig
 from eventsinkd.transports.nats_subjects import SubjectTemplate
 from eventsinkd.transports.tls import ssl_context
 

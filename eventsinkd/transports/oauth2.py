@@ -21,9 +21,9 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from eventsinkd.authconfig import OAuth2Auth
-from eventsinkd.secrets import remember, resolve_secret
-from eventsinkd.sinkbase import TlsConfig
+from eventsinkd.common.secrets import remember, resolve_secret
+from eventsinkd.config.auth import OAuth2Auth
+from eventsinkd.config.options import TlsConfig
 from eventsinkd.transports.client import USER_AGENT
 from eventsinkd.transports.tls import ssl_context
 

@@ -54,13 +54,13 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 
 from eventsinkd import __version__
-from eventsinkd.delivery.outcome import Outcome, parse_retry_after
-from eventsinkd.events import ContentMode, Event, parse_go_time_ns
-from eventsinkd.ratelimit import RateLimitedLog
-from eventsinkd.sinkconfig import OtlpSinkConfig
-from eventsinkd.transports import Attempt, all_failed
+from eventsinkd.common.logs import RateLimitedLog
+from eventsinkd.config.sinks import OtlpSinkConfig
+from eventsinkd.events import ContentMode, Event
 from eventsinkd.transports.client import ProtocolError, Response
+from eventsinkd.transports.contract import Attempt, Outcome, all_failed, parse_retry_after
 from eventsinkd.transports.http import USER_AGENT, Poster, http_client, status_detail
+from eventsinkd.wal.gotime import parse_go_time_ns
 
 log = logging.getLogger(__name__)
 

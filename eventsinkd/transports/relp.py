@@ -37,8 +37,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from eventsinkd import __version__
-from eventsinkd.delivery.outcome import Outcome
-from eventsinkd.transports import Attempt
+from eventsinkd.transports.contract import Attempt, Outcome
 from eventsinkd.transports.relp_frames import Frame, FrameParser, RelpError, encode_frame, next_txnr
 
 log = logging.getLogger(__name__)

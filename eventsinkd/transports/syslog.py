@@ -43,20 +43,15 @@ import ssl
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import orjson
 
-from eventsinkd.delivery.outcome import Outcome
-from eventsinkd.events import Event, parse_go_time_ns
-from eventsinkd.sinkconfig import SYSLOG_FACILITIES, SyslogSinkConfig
-from eventsinkd.transports import Attempt
+from eventsinkd.config.sinks import SYSLOG_FACILITIES, SyslogSinkConfig
+from eventsinkd.events import Event
+from eventsinkd.transports.contract import Attempt, Outcome, Tally
 from eventsinkd.transports.tls import ssl_context
-
-if TYPE_CHECKING:
-    from prometheus_client import Counter
-
-    from eventsinkd.metrics import Metrics
+from eventsinkd.wal.gotime import parse_go_time_ns
 
 NILVALUE = "-"
 SEVERITY_INFO = 6
@@ -230,15 +225,13 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 class SyslogTransport:
-    def __init__(self, cfg: SyslogSinkConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, cfg: SyslogSinkConfig, truncated: Tally | None = None) -> None:
         self.cfg = cfg
         self.max_batch = cfg.max_batch
         self.endpoint = cfg.endpoint
         self.udp = self.endpoint.scheme == "syslog"
         self.format = MessageFormat(cfg)
-        self._truncated: Counter | None = (
-            metrics.truncated.labels(cfg.name) if metrics is not None else None
-        )
+        self._truncated = truncated
         self._ssl: ssl.SSLContext | None = None
         self._lock = asyncio.Lock()
         self._reader: asyncio.StreamReader | None = None

@@ -18,24 +18,17 @@ least as large: librelp 1.11 cuts a longer message and still answers 200.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.config.sinks import SyslogSinkConfig
 from eventsinkd.events import Event
-from eventsinkd.sinkconfig import SyslogSinkConfig
-from eventsinkd.transports import Attempt
+from eventsinkd.transports.contract import Attempt, Outcome, Tally
 from eventsinkd.transports.relp import RelpClient
 from eventsinkd.transports.syslog import MessageFormat, fit_message
 from eventsinkd.transports.tls import ssl_context
 
-if TYPE_CHECKING:
-    from prometheus_client import Counter
-
-    from eventsinkd.metrics import Metrics
-
 
 class RelpSyslogTransport:
-    def __init__(self, cfg: SyslogSinkConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, cfg: SyslogSinkConfig, truncated: Tally | None = None) -> None:
         self.cfg = cfg
         self.max_batch = cfg.max_batch
         self.format = MessageFormat(cfg)
@@ -47,9 +40,7 @@ class RelpSyslogTransport:
             timeout_s=cfg.timeout_seconds,
             name=cfg.name,
         )
-        self._truncated: Counter | None = (
-            metrics.truncated.labels(cfg.name) if metrics is not None else None
-        )
+        self._truncated = truncated
 
     async def open(self) -> None:
         """Nothing to reach yet: the first send connects (rsyslog down is no error)."""

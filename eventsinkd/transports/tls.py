@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from eventsinkd.sinkbase import TlsConfig
+from eventsinkd.config.options import TlsConfig
 
 
 def ssl_context(tls: TlsConfig) -> ssl.SSLContext:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from eventsinkd.delivery.outcome import Outcome, classify, parse_retry_after
-from eventsinkd.delivery.signing import sign
+from eventsinkd.config.sinks import WebhookSinkConfig
 from eventsinkd.events import Event
-from eventsinkd.sinkconfig import WebhookSinkConfig
-from eventsinkd.transports import Attempt
 from eventsinkd.transports.client import ProtocolError
+from eventsinkd.transports.contract import Attempt, Outcome, classify, parse_retry_after
 from eventsinkd.transports.http import USER_AGENT, Poster, http_client, status_detail
+from eventsinkd.transports.signing import sign
 
 
 class WebhookTransport:

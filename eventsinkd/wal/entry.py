@@ -8,6 +8,12 @@ import msgspec
 import orjson
 
 DATA = ""  # entry_type of a memory write (absent in v0.1.2 entries)
+# An entry's status (nexus-wal.md): PENDING when appended; Nexus rewrites the line in place
+# with one of the final two once the memory is stored, or given up on.
+PENDING = "PENDING"
+DELIVERED = "DELIVERED"
+PERMANENT_FAILURE = "PERMANENT_FAILURE"
+FINAL_STATUSES = (DELIVERED, PERMANENT_FAILURE)
 NULL = msgspec.Raw(b"null")
 
 

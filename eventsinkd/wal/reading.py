@@ -23,7 +23,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.common.logs import RateLimitedLog
 from eventsinkd.wal.directory import SegmentDirectory
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, Reject

@@ -8,8 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from eventsinkd.events import parse_go_time_ns
 from eventsinkd.wal.entry import Entry
+from eventsinkd.wal.gotime import parse_go_time_ns
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.scanner import WalScanner

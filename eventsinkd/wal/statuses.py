@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from eventsinkd.events import PENDING, STATUS_EVENTS
-from eventsinkd.ratelimit import RateLimitedLog
+from eventsinkd.common.logs import RateLimitedLog
 from eventsinkd.wal.directory import SegmentDirectory
-from eventsinkd.wal.entry import Entry
+from eventsinkd.wal.entry import FINAL_STATUSES, PENDING, Entry
 from eventsinkd.wal.lines import Reject
 from eventsinkd.wal.segments import SegmentFile
 
@@ -106,7 +105,7 @@ class StatusWatch:
             if entry.status == PENDING:
                 if self.wants(entry):
                     self._add(segment, line)
-            elif entry.status in STATUS_EVENTS:
+            elif entry.status in FINAL_STATUSES:
                 self._discard(segment, line)  # read again after a restart or a rewind
                 if self.wants(entry):
                     changes.append(self._changed(entry, segment, line))
@@ -150,7 +149,7 @@ class StatusWatch:
             entry = None if raw is None else parse(raw)
             if not isinstance(entry, Entry) or not entry.is_data:
                 self._forget(seg, line, GONE)
-            elif entry.status in STATUS_EVENTS:
+            elif entry.status in FINAL_STATUSES:
                 seg.lines.discard(line)
                 self.pending -= 1
                 changes.append(self._changed(entry, segment, line))

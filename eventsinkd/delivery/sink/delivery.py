@@ -23,21 +23,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
+from eventsinkd.common.logs import RateLimitedLog
+from eventsinkd.common.secrets import scrub
 from eventsinkd.delivery.job import Job
-from eventsinkd.delivery.outcome import Outcome
 from eventsinkd.delivery.pause import Pause
 from eventsinkd.delivery.policy import Action, RetryPolicy
 from eventsinkd.delivery.requests import Requests
 from eventsinkd.delivery.sink.ledger import Ledger
-from eventsinkd.ratelimit import RateLimitedLog
-from eventsinkd.secrets import scrub
 from eventsinkd.state.deadletters import DeadLetter
 from eventsinkd.state.letterwriter import DeadLetterWriter
-from eventsinkd.transports import Attempt
+from eventsinkd.transports.contract import Attempt, Outcome
 
 if TYPE_CHECKING:
     from eventsinkd.events import Event
-    from eventsinkd.tallies import Tally
+    from eventsinkd.metrics.tallies import Tally
 
 log = logging.getLogger("eventsinkd.delivery.sink")
 

@@ -41,7 +41,9 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from eventsinkd.config import EventsConfig
+from eventsinkd.config.model import EventsConfig
+from eventsinkd.config.options import FilterConfig
+from eventsinkd.config.sinks import SinkConfig
 from eventsinkd.delivery.filters import EventFilter
 from eventsinkd.delivery.job import Job, SinkStats
 from eventsinkd.delivery.keyorder import SinkOrder
@@ -52,10 +54,9 @@ from eventsinkd.delivery.sink.ledger import Ledger
 from eventsinkd.delivery.workers import Workers
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics, SinkMetrics
-from eventsinkd.sinkbase import FilterConfig
-from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.letterwriter import DeadLetterWriter
-from eventsinkd.transports import Attempt, Transport, make_transport
+from eventsinkd.transports import make_transport
+from eventsinkd.transports.contract import Attempt, Transport
 from eventsinkd.wal.entry import Entry
 
 log = logging.getLogger("eventsinkd.delivery.sink")
@@ -108,7 +109,7 @@ class Sink:
         self.workers: Workers  # made below, once what it calls exists
         self.requests = Requests(
             self.name,
-            make_transport(cfg, metrics),
+            make_transport(cfg, metrics.truncated.labels(cfg.name)),
             self.metrics,
             max_requests=cfg.max_requests,
             adaptive=cfg.adaptive,

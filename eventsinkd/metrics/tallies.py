@@ -26,7 +26,7 @@ from prometheus_client import utils
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from eventsinkd.delivery.outcome import Outcome
+from eventsinkd.transports.contract import Outcome
 
 # How prometheus-client writes a bucket's bound ("0.005", "1.0", "+Inf"); untyped there.
 _bound = cast(Callable[[float], str], utils.floatToGoString)

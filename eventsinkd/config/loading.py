@@ -12,10 +12,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from eventsinkd.authconfig import AUTH_TYPES
-from eventsinkd.config import Config
-from eventsinkd.secrets import remember, remember_url, scrub
-from eventsinkd.sinkconfig import SINK_TYPES
+from eventsinkd.common.secrets import remember, remember_url, scrub
+from eventsinkd.config.auth import AUTH_TYPES
+from eventsinkd.config.model import Config
+from eventsinkd.config.sinks import SINK_TYPES
 
 DEFAULT_PATH = Path("/etc/eventsinkd/config.yaml")
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import AnyHttpUrl, GetCoreSchemaHandler, TypeAdapter, ValidationError
 from pydantic_core import core_schema
 
-from eventsinkd.secrets import (
+from eventsinkd.common.secrets import (
     SecretError,
     is_reference,
     redact_url,

@@ -13,23 +13,19 @@ from typing import TextIO
 
 import orjson
 
-from eventsinkd.config import Config
+from eventsinkd.config.model import Config
+from eventsinkd.config.sinks import SinkConfig
 from eventsinkd.delivery.replay import ReplayResult, Send, replay
 from eventsinkd.delivery.rewinds import NOT_SAVED, plan, saved_start
 from eventsinkd.events import Event
-from eventsinkd.sinkconfig import SinkConfig
 from eventsinkd.state.control import StateLock, request_rewind, take_answer
 from eventsinkd.state.cursors import in_wal
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
-from eventsinkd.transports import Attempt, make_transport
+from eventsinkd.state.positions import PositionFileError, PositionStore, cursor_file
+from eventsinkd.transports import make_transport
+from eventsinkd.transports.contract import Attempt
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.position import (
-    Position,
-    PositionFileError,
-    PositionStore,
-    cursor_file,
-    describe,
-)
+from eventsinkd.wal.position import Position, describe
 from eventsinkd.wal.seek import Time, parse_target, position_before
 
 EXIT_OK = 0

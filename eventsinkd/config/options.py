@@ -1,7 +1,7 @@
 """What every sink's configuration shares: the base model, filters, TLS, secret references,
 the keys every sink has (:class:`SinkBase`), batching (:class:`Batched`) and endpoints.
 
-Each ``type``'s own model is in :mod:`eventsinkd.sinkconfig`.
+Each ``type``'s own model is in :mod:`eventsinkd.config.sinks`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,15 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from eventsinkd.common.secrets import (
+    SecretError,
+    is_reference,
+    redact_url,
+    remember_url,
+    resolve_secret,
+)
+from eventsinkd.config.proxy import parse_proxy_url
 from eventsinkd.events import EventType
-from eventsinkd.secrets import SecretError, is_reference, redact_url, remember_url, resolve_secret
 
 _SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_CONCURRENCY = 1024
@@ -83,8 +90,6 @@ def check_proxy(value: str | None) -> str | None:
     file:/path): an HTTP sink's ``proxy``."""
     if value is None or value.strip().lower() == "none":
         return value
-    from eventsinkd.transports.proxy import parse_proxy_url
-
     try:
         url = proxy_url(value)
     except SecretError as exc:

@@ -3,7 +3,7 @@
 Keys that Nexus's own ``[daemon.events]`` sink configuration has keep Nexus's
 names, meanings and defaults (max_inflight 1000, retry_backoff_seconds
 [1, 5, 30, 300], timeout_seconds 5, max_retries 3, content "summary"). The
-sinks' own models are in :mod:`eventsinkd.sinkconfig`.
+sinks' own models are in :mod:`eventsinkd.config.sinks`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
+from eventsinkd.common.paths import is_inside
+from eventsinkd.common.secrets import resolve_secret
+from eventsinkd.config.options import Model, SecretRef
+from eventsinkd.config.sinks import SinkConfig
 from eventsinkd.events import MEMORY_WRITTEN, EventType
-from eventsinkd.secrets import resolve_secret
-from eventsinkd.sinkbase import Model, SecretRef
-from eventsinkd.sinkconfig import SinkConfig
 
 # What a reload (SIGHUP) does with a key, marked on its field: by default it applies;
 # RESTART keys keep their running value until the daemon restarts; SINKS keys apply by
@@ -200,8 +201,6 @@ class Config(Model):
     @field_validator("state_dir")
     @classmethod
     def _state_outside_wal(cls, v: Path, info: ValidationInfo) -> Path:
-        from eventsinkd.wal.position import is_inside
-
         wal = info.data.get("wal")  # validated first: it is declared first
         if wal is not None and is_inside(v, wal.dir):
             raise ValueError("must not be inside wal.dir: eventsinkd never writes there")

@@ -12,8 +12,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from eventsinkd.common.ports import listening_port
 from eventsinkd.metrics import DaemonView
-from eventsinkd.ports import listening_port
 
 
 class AdminServer:

@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator
 
-from eventsinkd.secreturl import SecretUrl
-from eventsinkd.sinkbase import Model, check_secret_ref
+from eventsinkd.config.options import Model, check_secret_ref
+from eventsinkd.config.secreturl import SecretUrl
 
 AUTH_TYPES = ("basic", "bearer", "oauth2")
 # Form fields eventsinkd sets itself; `params` may not override them.

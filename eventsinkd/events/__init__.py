@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 
-from eventsinkd.wal.entry import Entry
+from eventsinkd.wal.entry import DELIVERED, PERMANENT_FAILURE, Entry
+from eventsinkd.wal.gotime import parse_go_time, parse_go_time_ns
 
 MEMORY_WRITTEN = "memory_written"
 MEMORY_PERSISTED = "memory_persisted"  # opt-in: the entry's status became DELIVERED
 MEMORY_WRITE_FAILED = "memory_write_failed"  # opt-in: it became PERMANENT_FAILURE
 EVENT_TYPES = (MEMORY_WRITTEN, MEMORY_PERSISTED, MEMORY_WRITE_FAILED)
 EventType = Literal["memory_written", "memory_persisted", "memory_write_failed"]
-PENDING = "PENDING"  # an entry's status when appended (nexus-wal.md)
 # The status an entry's line is rewritten with -> the event that reports it.
-STATUS_EVENTS = {"DELIVERED": MEMORY_PERSISTED, "PERMANENT_FAILURE": MEMORY_WRITE_FAILED}
+STATUS_EVENTS = {DELIVERED: MEMORY_PERSISTED, PERMANENT_FAILURE: MEMORY_WRITE_FAILED}
 ContentMode = Literal["summary", "full"]
 
 # Go's encoding/json (which Nexus's notifier uses) escapes these inside strings.
@@ -31,7 +29,6 @@ _GO_ESCAPES = (
     ("\u2028".encode(), b"\\u2028"),
     ("\u2029".encode(), b"\\u2029"),
 )
-_GO_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
 
 
 def go_json(obj: Any) -> bytes:
@@ -45,47 +42,6 @@ def go_json(obj: Any) -> bytes:
     # orjson's result keeps the buffer it was built in (4 KiB for a small body): a
     # sink holding 1,000 events would hold 4 MiB. A copy is exactly the body's size.
     return out if escaped_any else memoryview(out).tobytes()
-
-
-def parse_go_time(value: str) -> float | None:
-    """Unix seconds of a Go RFC 3339 timestamp (up to 9 fraction digits); None if malformed."""
-    ns = parse_go_time_ns(value)
-    return None if ns is None else ns / 1e9
-
-
-# Go writes UTC as YYYY-MM-DDTHH:MM:SS[.F{1,9}]Z. Once the exact parser has read a
-# timestamp of a second, the others of that second are its Unix time plus their
-# fraction: no date parsing per event (a WAL's entries come a few thousand per second).
-_GO_UTC = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z", re.ASCII)
-SECONDS_KEPT = 64
-_seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" the exact parser read -> Unix seconds
-
-
-def parse_go_time_ns(value: str) -> int | None:
-    """Unix nanoseconds of a Go RFC 3339 timestamp, exactly; None if malformed."""
-    m = _GO_UTC.fullmatch(value)
-    if m is not None:
-        seconds = _seconds.get(m[1])
-        if seconds is not None:
-            return seconds * 1_000_000_000 + int((m[2] or "0").ljust(9, "0"))
-    ns = _parse_go_time_ns(value)
-    if m is not None and ns is not None:
-        if len(_seconds) >= SECONDS_KEPT:
-            _seconds.clear()
-        _seconds[m[1]] = ns // 1_000_000_000
-    return ns
-
-
-def _parse_go_time_ns(value: str) -> int | None:
-    m = _GO_TIME.fullmatch(value)
-    if m is None:
-        return None
-    base, frac, zone = m.groups()
-    try:
-        dt = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
-    except ValueError:
-        return None
-    return int(dt.timestamp()) * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
 
 
 def event_type(entry: Entry) -> str | None:

@@ -1,6 +1,6 @@
 """Each sink ``type``'s own settings, and ``events.sinks`` as a discriminated union on
-``type`` (``webhook`` when absent). What they share is in :mod:`eventsinkd.sinkbase`;
-:mod:`eventsinkd.config` holds the rest of the file's model.
+``type`` (``webhook`` when absent). What they share is in :mod:`eventsinkd.config.options`;
+:mod:`eventsinkd.config.model` holds the rest of the file's model.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from pydantic import (
     model_validator,
 )
 
-from eventsinkd.authconfig import AuthConfig, auth_clash
-from eventsinkd.secrets import SecretError, redact_url, remember, resolve_secret
-from eventsinkd.secreturl import SecretUrl
-from eventsinkd.sinkbase import (
+from eventsinkd.common.secrets import SecretError, redact_url, remember, resolve_secret
+from eventsinkd.config.auth import AuthConfig, auth_clash
+from eventsinkd.config.options import (
     Batched,
     Endpoint,
     ProxySetting,
@@ -34,6 +33,7 @@ from eventsinkd.sinkbase import (
     check_secret_ref,
     parse_endpoint,
 )
+from eventsinkd.config.secreturl import SecretUrl
 
 WHSEC_PREFIX = "whsec_"
 RESERVED_HEADERS = frozenset(

@@ -21,10 +21,11 @@ from eventsinkd.events import (
     status_event_type,
 )
 from eventsinkd.state.cursors import in_wal, load_saved
+from eventsinkd.state.positions import Checkpointer, PositionStore
 from eventsinkd.wal.batches import Batch
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
-from eventsinkd.wal.position import Checkpointer, Position, PositionStore
+from eventsinkd.wal.position import Position
 from eventsinkd.wal.scanner import StartAt
 from eventsinkd.wal.statuses import StatusWatch
 

@@ -20,27 +20,27 @@ from pathlib import Path
 from typing import Any
 
 from eventsinkd import __version__
-from eventsinkd.admin import AdminServer
-from eventsinkd.config import Config
-from eventsinkd.configfile import ConfigError, load_config
+from eventsinkd.admin.server import AdminServer
+from eventsinkd.admin.status import status_document
+from eventsinkd.common.logs import setup_logging
+from eventsinkd.config.loading import ConfigError, load_config
+from eventsinkd.config.model import Config
+from eventsinkd.daemon.systemd import Notifier
 from eventsinkd.delivery import rewinds
 from eventsinkd.delivery.cursor import SinkCursor
 from eventsinkd.delivery.engine import Engine
 from eventsinkd.delivery.replay import Send, replay
-from eventsinkd.logs import setup_logging
 from eventsinkd.metrics import DaemonCollector, Lag, Metrics
 from eventsinkd.state.control import StateLock, pending_rewinds
 from eventsinkd.state.cursors import CursorFiles
 from eventsinkd.state.errors import CONTROL, DEAD_LETTERS, StateErrors
 from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.state.storecheck import check_writable, open_store
-from eventsinkd.status import status_document
-from eventsinkd.systemd import Notifier
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.reading import ReaderStats, SharedReading
 from eventsinkd.wal.statuses import StatusWatch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eventsinkd.daemon")  # its name before the move
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the reader died of an unexpected error: let systemd restart us

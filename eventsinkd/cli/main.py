@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 from eventsinkd import __version__
-from eventsinkd.ask import AskError, admin_base, get, status, summary
-from eventsinkd.authconfig import describe_auth
-from eventsinkd.configfile import DEFAULT_PATH, ConfigError, load_config
+from eventsinkd.cli.ask import AskError, admin_base, get, status, summary
+from eventsinkd.common.logs import setup_logging
+from eventsinkd.common.secrets import SecretError, resolve_secret
+from eventsinkd.config.auth import describe_auth
+from eventsinkd.config.loading import DEFAULT_PATH, ConfigError, load_config
 from eventsinkd.events import EVENT_TYPES, MEMORY_WRITTEN
-from eventsinkd.logs import setup_logging
-from eventsinkd.secrets import SecretError, resolve_secret
 from eventsinkd.wal.lines import LineParser
 
 EXIT_CONFIG = 2
@@ -186,8 +186,8 @@ def _wal_parser(args: argparse.Namespace) -> LineParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from eventsinkd.daemon import Daemon
-    from eventsinkd.runtime import run_loop, tune_gc
+    from eventsinkd.daemon.daemon import Daemon
+    from eventsinkd.daemon.runtime import run_loop, tune_gc
 
     try:
         cfg = load_config(args.config)
@@ -261,7 +261,7 @@ def _event_types(value: str) -> list[str]:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from eventsinkd.tail import tail
+    from eventsinkd.cli.tail import tail
 
     setup_logging(args.log_level)
     try:
@@ -290,7 +290,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from eventsinkd.wal.verify import verify
+    from eventsinkd.cli.verify import verify
 
     setup_logging("error")
     try:
@@ -326,8 +326,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
+    from eventsinkd.config.sinks import decode_whsec
     from eventsinkd.devtools.receiver import Receiver
-    from eventsinkd.sinkconfig import decode_whsec
 
     try:
         keys = [decode_whsec(resolve_secret(s)) for s in args.secret]
@@ -358,7 +358,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from eventsinkd import manage
+    from eventsinkd.cli import manage
 
     try:
         cfg = load_config(args.config)
@@ -378,7 +378,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_rewind(args: argparse.Namespace) -> int:
-    from eventsinkd import manage
+    from eventsinkd.cli import manage
 
     setup_logging("warning")
     try:

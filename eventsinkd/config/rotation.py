@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from eventsinkd.secreturl import SecretUrl
+from eventsinkd.config.secreturl import SecretUrl
 
 
 def files_digest(model: BaseModel) -> str:

@@ -15,7 +15,7 @@ from eventsinkd.metrics import DaemonView
 from eventsinkd.wal.position import Position
 
 if TYPE_CHECKING:
-    from eventsinkd.config import Config
+    from eventsinkd.config.model import Config
     from eventsinkd.delivery.cursor import SinkCursor
     from eventsinkd.wal.reading import SharedReading
 

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from eventsinkd.events import parse_go_time
-from eventsinkd.tallies import SinkTallies, TallyCollector
+from eventsinkd.metrics.tallies import SinkTallies, TallyCollector
+from eventsinkd.wal.gotime import parse_go_time
 from eventsinkd.wal.lines import Reject
 from eventsinkd.wal.reading import ReaderStats
 from eventsinkd.wal.statuses import GONE, LIMIT, StatusWatch
@@ -79,7 +79,7 @@ class Metrics:
 
 
 class SinkMetrics:
-    """One sink's per-event figures (:mod:`eventsinkd.tallies`), looked up once by name."""
+    """One sink's per-event figures (:mod:`eventsinkd.metrics.tallies`), looked up once by name."""
 
     def __init__(self, m: Metrics, sink: str) -> None:
         self._m, self._sink = m, sink
