@@ -14,9 +14,10 @@ from aiohttp import web
 from oauth2_server import TokenServer
 
 from eventsinkd.common.ports import free_port, listening_port
+from eventsinkd.common.secrets import scrub
 from eventsinkd.config.auth import OAuth2Auth
 from eventsinkd.config.options import TlsConfig
-from eventsinkd.transports.oauth2 import TokenError, TokenSource
+from eventsinkd.transports.oauth2 import TOKENS_SCRUBBED, TokenError, TokenSource
 
 
 def source(url: str, secret: str = "sec-ret", **kw: object) -> TokenSource:
@@ -119,3 +120,21 @@ async def test_wrong_client_secret_names_the_rfc_error() -> None:
             await tokens.close()
     assert [r.client_auth for r in server.requests] == ["basic", "post"]
     await server.stop()
+
+
+async def test_only_the_last_few_tokens_are_kept_for_scrubbing() -> None:
+    """Every token is blanked out of logs while it may still show; a long run of short-lived
+    tokens does not pile up in the set of secrets every log line is scrubbed against."""
+    server = await TokenServer("c", "sec-ret", lifetime_s=60).start()
+    tokens = source(server.url)
+    issued = []
+    try:
+        for _ in range(TOKENS_SCRUBBED + 3):
+            issued.append(await tokens.token())
+            tokens.drop(issued[-1])  # refused: the next call fetches a new one
+    finally:
+        await tokens.close()
+        await server.stop()
+    kept = issued[-TOKENS_SCRUBBED:]
+    assert all(scrub(f"Bearer {t}") == "Bearer ***" for t in kept)
+    assert all(scrub(f"Bearer {t}") == f"Bearer {t}" for t in issued[:-TOKENS_SCRUBBED])

@@ -42,6 +42,13 @@ def remember(value: str | None) -> None:
             _known.add(value)
 
 
+def forget(value: str) -> None:
+    """Stop scrubbing ``value`` (a short-lived secret, such as an OAuth2 token, long replaced:
+    remembering every one would grow without bound)."""
+    with _known_lock:
+        _known.discard(value)
+
+
 def scrub(text: str) -> str:
     """``text`` with every remembered secret replaced by ``***``, longest first."""
     if not _known:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections import deque
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from eventsinkd.common.secrets import remember, resolve_secret
+from eventsinkd.common.secrets import forget, remember, resolve_secret
 from eventsinkd.config.auth import OAuth2Auth
 from eventsinkd.config.options import TlsConfig
 from eventsinkd.transports.client import USER_AGENT
@@ -30,6 +31,9 @@ from eventsinkd.transports.tls import ssl_context
 RENEW_MARGIN_S = 30.0  # renew this long before expiry...
 RENEW_FRACTION = 0.2  # ...or this share of the lifetime before it, whichever is shorter
 MAX_TOKEN_RESPONSE = 64 * 1024
+# Tokens kept out of logs: the current one and the few before it (a request may still
+# carry one); older ones are forgotten, or a long run of short-lived tokens would pile up.
+TOKENS_SCRUBBED = 4
 
 
 class TokenError(ConnectionError):
@@ -49,6 +53,7 @@ class TokenSource:
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0  # token requests made (for tests and logs)
+        self._issued: deque[str] = deque()  # tokens remembered for scrubbing, oldest first
 
     def _valid(self) -> str | None:
         if self._token is not None and time.monotonic() < self._renew_at:
@@ -138,6 +143,9 @@ class TokenSource:
         if not isinstance(kind, str) or kind.lower() != "bearer":
             raise TokenError(f"{self._where()} gave a token of a type other than Bearer")
         remember(token)
+        self._issued.append(token)
+        if len(self._issued) > TOKENS_SCRUBBED:  # an old token no longer shows anywhere
+            forget(self._issued.popleft())
         lifetime = _seconds(doc.get("expires_in") if doc else None)
         if lifetime is None:  # no expiry given: kept until the receiver refuses it (401)
             self._renew_at = float("inf")
