@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from eventsinkd.wal.batches import Record
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.gotime import parse_go_time_ns
 from eventsinkd.wal.lines import LineParser
@@ -50,25 +52,17 @@ def parse_target(value: str) -> Position | Time | str:
 def position_before(wal_dir: Path, parser: LineParser, target: Time | str) -> Position | None:
     """The position just before the first data entry at or after time ``target``, or with
     payload_id ``target``; None when there is none. Reads the WAL from the beginning."""
-    scanner = WalScanner(wal_dir, parser, "beginning", batch_lines=4096)
-    try:
-        prev = BEGINNING
-        while True:
-            batch = scanner.step()
-            if batch is None:
-                if scanner.error is not None:
-                    raise OSError(scanner.error)
-                return None
-            for rec in batch.records:
-                entry = rec.entry
-                if entry.is_data and _matches(entry.payload_id, entry.timestamp, target):
-                    # Resume after the line before it: its key if it was the previous record.
-                    before = rec.line - 1
-                    key = prev.last_key if prev.key() == (rec.segment, before) else ""
-                    return Position(rec.segment, before, key)
-                prev = rec.position
-    finally:
-        scanner.close()
+    prev = BEGINNING
+    with contextlib.closing(_records(wal_dir, parser, BEGINNING)) as records:
+        for rec in records:
+            entry = rec.entry
+            if entry.is_data and _matches(entry.payload_id, entry.timestamp, target):
+                # Resume after the line before it: its key if it was the previous record.
+                before = rec.line - 1
+                key = prev.last_key if prev.key() == (rec.segment, before) else ""
+                return Position(rec.segment, before, key)
+            prev = rec.position
+    return None
 
 
 def _matches(payload_id: str, timestamp: str, target: Time | str) -> bool:
@@ -86,24 +80,26 @@ def count_between(
     wanted: Callable[[Entry], bool],
 ) -> int:
     """How many entries ``wanted`` takes between ``start`` and ``end``: those a cursor moved
-    from ``start`` to ``end`` would never read. Read with the reader the sinks use (same
-    resume, same rotation-duplicate rules)."""
+    from ``start`` to ``end`` would never read."""
     if end.key() <= start.key():
         return 0
-    scanner = WalScanner(wal_dir, parser, start, batch_lines=4096)
     n = 0
+    with contextlib.closing(_records(wal_dir, parser, start)) as records:
+        for rec in records:
+            if (rec.segment, rec.line) > end.key():
+                break
+            n += wanted(rec.entry)
+    return n
+
+
+def _records(wal_dir: Path, parser: LineParser, start: Position) -> Generator[Record, None, None]:
+    """Every record from ``start`` to the end of the WAL as it is now, read with the reader
+    the sinks use (same resume, same rotation-duplicate rules); OSError if it cannot be read."""
+    scanner = WalScanner(wal_dir, parser, start, batch_lines=4096)
     try:
-        while True:
-            batch = scanner.step()
-            if batch is None:
-                if scanner.error is not None:
-                    raise OSError(scanner.error)
-                return n
-            for rec in batch.records:
-                if (rec.segment, rec.line) > end.key():
-                    return n
-                n += wanted(rec.entry)
-            if batch.end.key() >= end.key():
-                return n
+        while (batch := scanner.step()) is not None:
+            yield from batch.records
+        if scanner.error is not None:
+            raise OSError(scanner.error)
     finally:
         scanner.close()
