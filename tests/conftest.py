@@ -90,7 +90,7 @@ async def new_daemon(tmp_path: Path) -> AsyncIterator[Callable[..., Daemon]]:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[WebhookServer]:
-    """A webhook receiver on 127.0.0.1 (tests/webhook_server.py)."""
+    """A webhook receiver on 127.0.0.1 (tests/support/webhook_server.py)."""
     async with webhook_receiver() as srv:
         yield srv
 

@@ -46,7 +46,7 @@ STR_FIELDS = (
     "entry_type",
 )
 KNOWN_FIELDS = frozenset((*STR_FIELDS, "version", "payload", "monotonic_seq"))
-FIXTURES = Path(__file__).parent / "fixtures" / "nexus-wal"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "nexus-wal"
 
 # deadline=None: CI is a loaded 2-core machine; example counts keep the file around 10 s.
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

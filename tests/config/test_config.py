@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from eventsinkd.config.loading import ConfigError, parse_config
 from eventsinkd.config.model import Config, EventsConfig
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GOOD_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 

@@ -1,7 +1,8 @@
 """HTTP sinks through a proxy (issue 22): the environment read as curl reads it, a sink's
-``proxy:``, and webhook and OTLP sinks delivering through a real tinyproxy (tests/tinyproxy.py)
-on 127.0.0.1: https through CONNECT (TLS verified against the origin), http in absolute form,
-NO_PROXY going around it, and a proxy that refuses pausing the sink."""
+``proxy:``, and webhook and OTLP sinks delivering through a real tinyproxy
+(tests/support/tinyproxy.py) on 127.0.0.1: https through CONNECT (TLS verified against the
+origin), http in absolute form, NO_PROXY going around it, and a proxy that refuses pausing the
+sink."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The encoders are checked against the official opentelemetry-proto definitions;
 the transport against a real OTLP/HTTP receiver on 127.0.0.1
-(tests/otlp_peer.py), which decodes every request strictly and fails the test
+(tests/support/otlp_peer.py), which decodes every request strictly and fails the test
 on a body that is not valid OTLP; the whole path through a real
 `eventsinkd run` subprocess reading a WAL written by NexusWriter. Nothing is
 mocked.

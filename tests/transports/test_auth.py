@@ -1,8 +1,8 @@
 """``auth:`` of HTTP sinks against real servers on 127.0.0.1: basic and bearer headers, OAuth2
-client credentials against the RFC 6749 token endpoint of tests/oauth2_server.py (tokens that
-expire every 2 s, a receiver that answers 401 to an expired one), a token endpoint in trouble
-pausing the sink, and secrets rotated in their files taking effect on SIGHUP. The real daemon
-runs as a subprocess; nothing is mocked."""
+client credentials against the RFC 6749 token endpoint of tests/support/oauth2_server.py (tokens
+that expire every 2 s, a receiver that answers 401 to an expired one), a token endpoint in
+trouble pausing the sink, and secrets rotated in their files taking effect on SIGHUP. The real
+daemon runs as a subprocess; nothing is mocked."""
 
 from __future__ import annotations
 

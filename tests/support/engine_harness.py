@@ -1,6 +1,6 @@
 """The delivery engine driven in-process: batches handed to every sink's cursor, no WAL.
 
-Acknowledged positions are recorded per sink; receivers are real (tests/webhook_server.py).
+Acknowledged positions are recorded per sink; receivers are real (tests/support/webhook_server.py).
 """
 
 from __future__ import annotations

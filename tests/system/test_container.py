@@ -1,4 +1,4 @@
-"""The image, built and run for real with podman (tests/container_harness.py): a WAL mounted
+"""The image, built and run for real with podman (tests/support/container_harness.py): a WAL mounted
 read-only and a config mounted in; every event arrives signed, the health check follows
 admin.listen to a non-default port, /wal cannot be written, and podman stop drains and
 gives exit 0. Needs root (rootful podman), as .ci/run runs."""

@@ -1,8 +1,8 @@
-"""``type: nats``: JetStream publishing against a real nats-server (tests/nats_peer.py).
+"""``type: nats``: JetStream publishing against a real nats-server (tests/support/nats_peer.py).
 
 In-process tests drive NatsTransport directly (connection in the background,
 pipelined batches, duplicate acks, stream errors, how each reply on the inbox is
-read); the rest run the real daemon (tests/daemon_harness.py) over a NexusWriter
+read); the rest run the real daemon (tests/support/daemon_harness.py) over a NexusWriter
 WAL and read the stream back by sequence. Nothing is mocked but one Event
 subclass that proves the default subject needs no body parsing; where a reply a
 real stream never gives is needed (late, garbage, a chosen error), a core

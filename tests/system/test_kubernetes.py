@@ -14,7 +14,7 @@ import yaml
 from eventsinkd.config.loading import ConfigError, parse_config
 from eventsinkd.config.model import Config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "kubernetes" / "eventsinkd-sidecar.yaml"
 SECRET_VALUE = "whsec_" + base64.b64encode(b"k" * 32).decode()
 

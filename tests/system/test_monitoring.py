@@ -22,7 +22,7 @@ from eventsinkd.common.ports import free_port
 from eventsinkd.devtools.child import DaemonDir
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "eventsinkd.json"
 # Series Prometheus makes itself, not the daemon.

@@ -1,7 +1,7 @@
 """The HTTP/1.1 client of the HTTP sinks (eventsinkd/transports/client.py, h1.py) against
-real servers on 127.0.0.1: raw ones that answer exactly as scripted (tests/raw_http.py:
+real servers on 127.0.0.1: raw ones that answer exactly as scripted (tests/support/raw_http.py:
 framing, keep-alive, closes), an aiohttp one over TLS. The misbehaving receivers of issue 22
-are in tests/test_http_framing.py."""
+are in tests/transports/test_http_framing.py."""
 
 from __future__ import annotations
 

@@ -170,7 +170,7 @@ async def accounting(d: Daemon, sink: str) -> tuple[int, int, int]:
     )
 
 
-# -- added with tests/test_cursors.py ----------------------------------------------------
+# -- added with tests/state/test_cursors.py ----------------------------------------------
 
 
 async def status(d: Daemon) -> dict[str, Any]:
@@ -246,7 +246,7 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-# -- added with tests/test_dead_letters.py and tests/test_rewind.py ---------------------
+# -- added with tests/state/test_dead_letters.py and tests/state/test_rewind.py ---------
 
 
 def webhook_ids(w: NexusWriter) -> list[str]:

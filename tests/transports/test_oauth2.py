@@ -1,5 +1,5 @@
 """The OAuth2 token source on its own, against the RFC 6749 token endpoint of
-tests/oauth2_server.py and raw aiohttp servers that answer wrongly (all real, on 127.0.0.1):
+tests/support/oauth2_server.py and raw aiohttp servers that answer wrongly (all real, on 127.0.0.1):
 caching and early renewal, one token request at a time, and every failure a TokenError that
 names the endpoint and holds no secret."""
 

@@ -15,7 +15,7 @@ from conftest import need_tool
 
 from eventsinkd.devtools.child import DaemonDir
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "eventsinkd.service"
 
 

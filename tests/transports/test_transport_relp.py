@@ -2,7 +2,7 @@
 
 Framing, sessions and delivery are checked against a real rsyslogd with imrelp (Debian's
 rsyslog-relp); what imrelp cannot be made to do (answer 500, hold its answers, reset a
-session mid-stream, take a TXNR past 999,999,999) against tests/relp_peer.py, a RELP server
+session mid-stream, take a TXNR past 999,999,999) against tests/support/relp_peer.py, a RELP server
 written from the specification. Through the real daemon: every event into rsyslogd's file,
 and kill -9 of rsyslogd twice during a live stream losing nothing.
 """

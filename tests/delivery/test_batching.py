@@ -4,7 +4,7 @@ The transport here is a stand-in that answers from a script (the one thing mocke
 what is under test is the sink around it - how it fills batches, retries only the
 events that failed, counts a failed request once towards a pause, turns a refused
 event into a failure and survives a transport that raises. Each real transport has
-its own tests against a real server (tests/test_transport_*.py).
+its own tests against a real server (tests/transports/test_transport_*.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Issue 22's misbehaving receivers against the HTTP sinks' client (transports/client.py and
-h1.py): each a raw asyncio socket server on 127.0.0.1 (tests/raw_http.py) that answers the
+h1.py): each a raw asyncio socket server on 127.0.0.1 (tests/support/raw_http.py) that answers the
 way the rule under test is about. "Delivered" must only ever mean a 2xx to *that* request."""
 
 from __future__ import annotations

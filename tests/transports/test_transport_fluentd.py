@@ -1,7 +1,7 @@
 """``type: fluentd``: Forward protocol v1 with acks, against a spec-following receiver.
 
 No Fluentd or Fluent Bit package exists for this machine, so the collector is
-tests/fluentd_peer.py, a receiver written from the Forward protocol v1 spec (stream
+tests/support/fluentd_peer.py, a receiver written from the Forward protocol v1 spec (stream
 unpacker, Message/Forward/PackedForward/CompressedPackedForward, ``chunk`` -> ``ack``),
 on 127.0.0.1. The transport tests drive it in-process; the daemon tests run `eventsinkd run`
 as a real subprocess reading a WAL written by NexusWriter.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from conftest import need_tool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/debian-python:bookworm"
 IMAGE = "localhost/eventsinkd:test"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

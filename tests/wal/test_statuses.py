@@ -1,5 +1,5 @@
 """Status events from the reader: every entry's final status once, through rewrites,
-rotation, restarts and crashes (the daemon around it: tests/test_status_events.py)."""
+rotation, restarts and crashes (the daemon around it: tests/wal/test_status_events.py)."""
 
 from __future__ import annotations
 
