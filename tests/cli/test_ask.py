@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import Daemon, eventsinkd, until
-from webhook_server import WebhookServer
 
 from eventsinkd.cli.ask import AskError, admin_base, summary
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 

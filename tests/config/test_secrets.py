@@ -23,13 +23,13 @@ from daemon_harness import (
     until_status,
 )
 from oauth2_server import TokenServer
-from webhook_server import WebhookServer
 
 from eventsinkd.common.ports import free_port
 from eventsinkd.common.secrets import redact_url
 from eventsinkd.config.loading import ConfigError, parse_config
 from eventsinkd.config.secreturl import SecretUrl
 from eventsinkd.devtools.child import DaemonDir
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 

@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 from daemon_harness import until
 from engine_harness import Harness, batch, events_cfg
-from webhook_server import WebhookServer
 
 from eventsinkd.delivery.concurrency import (
     DECREASE_RATIO,
@@ -21,6 +20,7 @@ from eventsinkd.delivery.concurrency import (
     AdaptiveConcurrency,
     Ewma,
 )
+from eventsinkd.devtools.peers.webhook import WebhookServer
 
 MAX = 64
 

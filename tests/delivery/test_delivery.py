@@ -17,9 +17,9 @@ from aiohttp import web
 from daemon_harness import until
 from engine_harness import Harness, batch, entry, events_cfg, run
 from standardwebhooks.webhooks import Webhook
-from webhook_server import WebhookServer
 
 from eventsinkd.delivery.job import Job
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.transports.contract import Outcome, parse_retry_after
 from eventsinkd.wal.batches import Batch, Record
 from eventsinkd.wal.position import Position

@@ -8,8 +8,8 @@ from pathlib import Path
 from aiohttp import web
 from daemon_harness import until
 from engine_harness import Harness, events_cfg
-from webhook_server import WebhookServer
 
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position

@@ -17,11 +17,11 @@ import pytest
 from aiohttp import web
 from daemon_harness import Daemon, kill9, metric_value, sink_status, until
 from engine_harness import Harness, entry, events_cfg
-from otlp_peer import Answer, OtlpPeer, Request, log_record_id
-from webhook_server import WebhookServer
 
 from eventsinkd.delivery.job import Job
 from eventsinkd.delivery.keyorder import KeyOrder
+from eventsinkd.devtools.peers.otlp import Answer, OtlpPeer, Request, log_record_id
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import Event
 from eventsinkd.wal.batches import Batch, Record

@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 from daemon_harness import until
 from engine_harness import batch, events_cfg, started
-from webhook_server import WebhookServer
+
+from eventsinkd.devtools.peers.webhook import WebhookServer
 
 
 class Outage:

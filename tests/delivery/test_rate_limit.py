@@ -11,9 +11,9 @@ from engine_harness import Harness, batch, events_cfg
 from hypothesis import given
 from hypothesis import strategies as st
 from test_batching import Scripted
-from webhook_server import WebhookServer
 
 from eventsinkd.delivery.pacing import TokenBucket
+from eventsinkd.devtools.peers.webhook import WebhookServer
 
 
 def test_the_burst_goes_at_once_then_each_event_waits_its_turn() -> None:

@@ -40,8 +40,8 @@ from daemon_harness import (
     webhook_ids,
 )
 from test_rewind import in_utc_plus_2
-from webhook_server import WebhookServer
 
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.position import Position
 

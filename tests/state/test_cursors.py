@@ -39,9 +39,9 @@ from daemon_harness import (
 )
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
-from webhook_server import WebhookServer
 
 from eventsinkd.common.ports import free_port
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
 
 BLOCK = "block"

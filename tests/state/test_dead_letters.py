@@ -32,8 +32,8 @@ from daemon_harness import (
     webhook_ids,
 )
 from standardwebhooks.webhooks import Webhook
-from webhook_server import Behaviour, WebhookServer
 
+from eventsinkd.devtools.peers.webhook import Behaviour, WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
 

@@ -24,8 +24,8 @@ from daemon_harness import (
     wait_cursor_at_end,
     webhook_ids,
 )
-from webhook_server import WebhookServer
 
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 APPENDS, PER_APPEND = 6, 5  # before the split, and again after it

@@ -38,9 +38,9 @@ from daemon_harness import (
     wait_cursor_at_end,
     webhook_ids,
 )
-from webhook_server import WebhookServer
 
 from eventsinkd.devtools.child import DaemonDir
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.state.deadletters import _SCHEMA, DB_FILE, DeadLetter, DeadLetterStore
 

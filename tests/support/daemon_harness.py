@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from webhook_server import WebhookServer
 
 from eventsinkd.devtools.child import DaemonDir, command
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.state.positions import PositionStore, cursor_file
 from eventsinkd.wal.position import Position

@@ -1,6 +1,7 @@
 """The delivery engine driven in-process: batches handed to every sink's cursor, no WAL.
 
-Acknowledged positions are recorded per sink; receivers are real (tests/support/webhook_server.py).
+Acknowledged positions are recorded per sink; receivers are real
+(eventsinkd/devtools/peers/webhook.py).
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ import yaml
 from container_harness import IMAGE, Podman
 from daemon_harness import SECRET, expected_ids
 from standardwebhooks.webhooks import Webhook
-from webhook_server import WebhookServer
 
 from eventsinkd.common.ports import free_port
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 UID = 10001  # the image's default user (Dockerfile ARG UID)

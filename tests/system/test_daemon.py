@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from daemon_harness import SECRET, Daemon, cli, expected_ids, until
 from standardwebhooks.webhooks import Webhook
-from webhook_server import WebhookServer
 
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 

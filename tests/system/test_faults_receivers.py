@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp import web
 from daemon_harness import Daemon, accounting, expected_ids, metric_value, settle
-from webhook_server import WebhookServer
 
 from eventsinkd.common.ports import server_port
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 N = 600

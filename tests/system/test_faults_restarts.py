@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import Daemon, accounting, metric_value, settle, until
-from webhook_server import WebhookServer
 
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
 from eventsinkd.wal.position import Position
 

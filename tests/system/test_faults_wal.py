@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import Daemon, accounting, metric_value, settle, until, until_status
-from webhook_server import WebhookServer
 
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
 
 

@@ -13,8 +13,8 @@ import pytest
 from daemon_harness import Daemon, accounting, daemons, expected_ids, until_metric
 from raw_http import Piece, raw_server
 from tinyproxy import tinyproxy
-from webhook_server import https_receiver
 
+from eventsinkd.devtools.peers.webhook import https_receiver
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 EVENTS = 300

@@ -30,12 +30,12 @@ from daemon_harness import (
     until_status,
 )
 from oauth2_server import TokenServer
-from otlp_peer import OK, Answer, OtlpPeer
-from otlp_peer import Request as OtlpRequest
 from standardwebhooks.webhooks import Webhook
-from webhook_server import WebhookServer
 
 from eventsinkd.config.loading import ConfigError, parse_config
+from eventsinkd.devtools.peers.otlp import OK, Answer, OtlpPeer
+from eventsinkd.devtools.peers.otlp import Request as OtlpRequest
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from raw_http import RawServer, raw_server
-from webhook_server import https_receiver
 
 from eventsinkd.config.options import TlsConfig
+from eventsinkd.devtools.peers.webhook import https_receiver
 from eventsinkd.transports.client import HttpClient, ProtocolError
 from eventsinkd.transports.tls import ssl_context
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import self_signed
 from daemon_harness import until
 from engine_harness import batch, events_cfg, run, started
-from webhook_server import https_receiver
 
+from eventsinkd.devtools.peers.webhook import https_receiver
 from eventsinkd.transports.contract import Outcome
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from daemon_harness import Daemon, daemons, sink_status, until_status
 from engine_harness import batch, events_cfg, run
-from otlp_peer import OtlpPeer
 from tinyproxy import free_port, tinyproxy
-from webhook_server import WebhookServer, https_receiver
 
 from eventsinkd.config.loading import ConfigError, parse_config
 from eventsinkd.config.options import TlsConfig
+from eventsinkd.devtools.peers.otlp import OtlpPeer
+from eventsinkd.devtools.peers.webhook import WebhookServer, https_receiver
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.transports.client import HttpClient
 from eventsinkd.transports.proxy import ProxyError, bypass, choose, parse_proxy_url

@@ -1,7 +1,7 @@
 """``type: fluentd``: Forward protocol v1 with acks, against a spec-following receiver.
 
 No Fluentd or Fluent Bit package exists for this machine, so the collector is
-tests/support/fluentd_peer.py, a receiver written from the Forward protocol v1 spec (stream
+eventsinkd/devtools/peers/fluentd.py, a receiver written from the Forward protocol v1 spec (stream
 unpacker, Message/Forward/PackedForward/CompressedPackedForward, ``chunk`` -> ``ack``),
 on 127.0.0.1. The transport tests drive it in-process; the daemon tests run `eventsinkd run`
 as a real subprocess reading a WAL written by NexusWriter.
@@ -33,9 +33,17 @@ from daemon_harness import (
     until,
     until_status,
 )
-from fluentd_peer import OTHER_CHUNK, EventTime, FluentdPeer, SpecError, ext_hook, parse, time_ns
 
 from eventsinkd.config.sinks import FluentdSinkConfig
+from eventsinkd.devtools.peers.fluentd import (
+    OTHER_CHUNK,
+    EventTime,
+    FluentdPeer,
+    SpecError,
+    ext_hook,
+    parse,
+    time_ns,
+)
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
 from eventsinkd.events import Event, go_json
 from eventsinkd.transports import make_transport

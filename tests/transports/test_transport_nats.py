@@ -1,4 +1,5 @@
-"""``type: nats``: JetStream publishing against a real nats-server (tests/support/nats_peer.py).
+"""``type: nats``: JetStream publishing against a real nats-server
+(eventsinkd/devtools/peers/nats.py).
 
 In-process tests drive NatsTransport directly (connection in the background,
 pipelined batches, duplicate acks, stream errors, how each reply on the inbox is
@@ -36,10 +37,17 @@ from daemon_harness import (
 from engine_harness import entry
 from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy
-from nats_peer import NatsPeer, add_stream, client, nats_peer, stream_count, stream_messages
-from webhook_server import WebhookServer
 
 from eventsinkd.config.sinks import NatsSinkConfig
+from eventsinkd.devtools.peers.nats import (
+    NatsPeer,
+    add_stream,
+    client,
+    nats_peer,
+    stream_count,
+    stream_messages,
+)
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import MEMORY_WRITTEN, Event
 from eventsinkd.transports.contract import Outcome

@@ -2,7 +2,7 @@
 
 The encoders are checked against the official opentelemetry-proto definitions;
 the transport against a real OTLP/HTTP receiver on 127.0.0.1
-(tests/support/otlp_peer.py), which decodes every request strictly and fails the test
+(eventsinkd/devtools/peers/otlp.py), which decodes every request strictly and fails the test
 on a body that is not valid OTLP; the whole path through a real
 `eventsinkd run` subprocess reading a WAL written by NexusWriter. Nothing is
 mocked.
@@ -38,11 +38,18 @@ from daemon_harness import (
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from otlp_peer import OK, Answer, OtlpPeer, Request, log_record_id, status_protobuf
 
 from eventsinkd import __version__
 from eventsinkd.common.ports import free_port, listening_port
 from eventsinkd.config.sinks import OtlpSinkConfig
+from eventsinkd.devtools.peers.otlp import (
+    OK,
+    Answer,
+    OtlpPeer,
+    Request,
+    log_record_id,
+    status_protobuf,
+)
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import ContentMode, Event, event_body
 from eventsinkd.transports.contract import Attempt, Outcome

@@ -26,10 +26,11 @@ from daemon_harness import Daemon, accounting, settle, until, webhook_ids
 from engine_harness import entry
 from pydantic import ValidationError
 from relp_peer import OK, RelpPeer
-from syslog_peer import Rsyslogd, parse_5424
 
 from eventsinkd.common.ports import free_port
 from eventsinkd.config.sinks import SyslogSinkConfig
+from eventsinkd.devtools.peers.rsyslogd import FieldsRsyslogd
+from eventsinkd.devtools.peers.syslog import parse_5424
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import Event
 from eventsinkd.metrics import Metrics
@@ -64,14 +65,14 @@ def need_imrelp() -> None:
         pytest.skip(f"{why}; .ci/run installs it on CI")
 
 
-def relp_rsyslogd(root: Path, tls: tuple[Path, Path] | None = None) -> Rsyslogd:
+def relp_rsyslogd(root: Path, tls: tuple[Path, Path] | None = None) -> FieldsRsyslogd:
     exe = need_tool("rsyslogd", "rsyslog")
     need_imrelp()
     udp = free_port(kind=socket.SOCK_DGRAM)
-    return Rsyslogd(exe, root, free_port(), udp, relp_port=free_port(), relp_tls=tls)
+    return FieldsRsyslogd(exe, root, free_port(), udp, relp_port=free_port(), relp_tls=tls)
 
 
-def relp_url(r: Rsyslogd) -> str:
+def relp_url(r: FieldsRsyslogd) -> str:
     return f"syslog+relp://127.0.0.1:{r.relp_port}"
 
 
@@ -80,7 +81,7 @@ def ids_in(records: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.fixture
-async def rsyslogd(tmp_path: Path) -> AsyncIterator[Rsyslogd]:
+async def rsyslogd(tmp_path: Path) -> AsyncIterator[FieldsRsyslogd]:
     r = relp_rsyslogd(tmp_path / "rsyslog")
     await r.start()
     yield r
@@ -162,7 +163,7 @@ def test_the_parser_refuses_what_is_not_relp(junk: bytes) -> None:
 
 
 async def test_every_message_is_answered_and_written_once_by_rsyslogd(
-    rsyslogd: Rsyslogd, transports: Callable[[SyslogSinkConfig], RelpSyslogTransport]
+    rsyslogd: FieldsRsyslogd, transports: Callable[[SyslogSinkConfig], RelpSyslogTransport]
 ) -> None:
     t = transports(cfg(relp_url(rsyslogd), relp_window=16, content="full"))
     events = [event(i) for i in range(1, 301)]
@@ -178,7 +179,7 @@ async def test_every_message_is_answered_and_written_once_by_rsyslogd(
 
 
 async def test_a_restarted_rsyslogd_gets_a_new_session(
-    rsyslogd: Rsyslogd, transports: Callable[[SyslogSinkConfig], RelpSyslogTransport]
+    rsyslogd: FieldsRsyslogd, transports: Callable[[SyslogSinkConfig], RelpSyslogTransport]
 ) -> None:
     t = transports(cfg(relp_url(rsyslogd), timeout_seconds=2))
     assert {a.outcome for a in await t.send([event(1)])} == {Outcome.DELIVERED}
@@ -340,7 +341,7 @@ async def test_nothing_listening_is_a_connection_failure(
 
 
 async def test_every_event_arrives_in_rsyslogd_over_relp(
-    new_daemon: Callable[..., Daemon], rsyslogd: Rsyslogd
+    new_daemon: Callable[..., Daemon], rsyslogd: FieldsRsyslogd
 ) -> None:
     sink = {"name": "relp", "type": "syslog", "url": relp_url(rsyslogd), "tag": "nexus-relp"}
     d = new_daemon([sink])
@@ -368,7 +369,7 @@ def unread_bytes(port: int) -> int:
     return total
 
 
-async def kill_with_messages_in_flight(r: Rsyslogd) -> None:
+async def kill_with_messages_in_flight(r: FieldsRsyslogd) -> None:
     """SIGSTOP rsyslogd, wait until messages reach it that it will never read (the stream
     keeps the sink sending), then kill -9: some messages are certainly written and not
     answered when it dies, maybe others handled and not answered."""

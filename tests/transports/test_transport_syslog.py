@@ -32,18 +32,18 @@ from daemon_harness import (
     webhook_ids,
 )
 from engine_harness import entry
-from syslog_peer import (
-    Rsyslogd,
+
+from eventsinkd.common.ports import free_port
+from eventsinkd.config.options import TlsConfig
+from eventsinkd.config.sinks import SyslogSinkConfig
+from eventsinkd.devtools.peers.rsyslogd import FieldsRsyslogd
+from eventsinkd.devtools.peers.syslog import (
     SyslogPeer,
     UdpPeer,
     parse_5424,
     server_context,
 )
-from webhook_server import WebhookServer
-
-from eventsinkd.common.ports import free_port
-from eventsinkd.config.options import TlsConfig
-from eventsinkd.config.sinks import SyslogSinkConfig
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.events import Event, event_body, go_json
 from eventsinkd.metrics import Metrics
@@ -114,8 +114,8 @@ async def udp_peer() -> AsyncIterator[UdpPeer]:
 
 
 @pytest.fixture
-async def rsyslogd(tmp_path: Path) -> AsyncIterator[Rsyslogd]:
-    r = Rsyslogd(
+async def rsyslogd(tmp_path: Path) -> AsyncIterator[FieldsRsyslogd]:
+    r = FieldsRsyslogd(
         need_tool("rsyslogd", "rsyslog"), tmp_path / "rsyslog", free_port(), free_udp_port()
     )
     await r.start()
@@ -479,7 +479,7 @@ async def test_tls_rfc5425(
 
 
 async def test_every_event_arrives_once_as_rfc5424_over_tcp_lf_and_udp(
-    new_daemon: Callable[..., Daemon], rsyslogd: Rsyslogd, receiver: WebhookServer
+    new_daemon: Callable[..., Daemon], rsyslogd: FieldsRsyslogd, receiver: WebhookServer
 ) -> None:
     sinks = [
         {"name": "hook", "url": receiver.url, "content": "full"},
@@ -553,7 +553,7 @@ async def test_every_event_arrives_once_as_rfc5424_over_tcp_lf_and_udp(
 async def test_collector_down_pauses_the_sink_and_back_resumes_losing_nothing(
     new_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    r = Rsyslogd(
+    r = FieldsRsyslogd(
         need_tool("rsyslogd", "rsyslog"), tmp_path / "rsyslog", free_port(), free_udp_port()
     )
     sink = {"name": "s", "type": "syslog", "url": r.tcp_url, "max_retries": 1}
@@ -618,7 +618,7 @@ async def test_a_connection_reset_mid_batch_sends_the_whole_batch_again(
 
 
 async def test_udp_oversize_refused_is_a_dead_letter_truncated_is_counted(
-    new_daemon: Callable[..., Daemon], rsyslogd: Rsyslogd
+    new_daemon: Callable[..., Daemon], rsyslogd: FieldsRsyslogd
 ) -> None:
     base = {"type": "syslog", "url": rsyslogd.udp_url, "content": "full", "max_message_bytes": 480}
     sinks = [

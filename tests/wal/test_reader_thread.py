@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from daemon_harness import Daemon, settle, until, until_status
-from webhook_server import WebhookServer
 
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.wal.thread import ReaderThread
 

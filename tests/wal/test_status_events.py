@@ -15,9 +15,9 @@ from conftest import FIXTURE_SETS, FIXTURES, fixture_mac_key, mac_key_args
 from daemon_harness import SECRET, Daemon, accounting, run_cli, settle, until, until_status
 from standardwebhooks.webhooks import Webhook
 from test_statuses import expected_changes, final_statuses, writer_statuses
-from webhook_server import WebhookServer
 
 from eventsinkd.config.loading import ConfigError, parse_config
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.state.positions import PositionStore, cursor_file
 from eventsinkd.wal.position import Position

@@ -21,8 +21,8 @@ from test_follower import Reader, expected_ids, ids
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify as RealRustNotify
 from watchfiles._rust_notify import WatchfilesRustInternalError
-from webhook_server import WebhookServer
 
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.group_commit import GroupCommit, paced_writers
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
 from eventsinkd.wal import directory as directory_module

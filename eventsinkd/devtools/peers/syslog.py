@@ -1,10 +1,6 @@
-"""Syslog receivers for tests: a real rsyslogd, a small RFC 6587 TCP/TLS peer, a UDP peer, and
-a strict RFC 5424 parser.
+"""Syslog receivers for tests: a small RFC 6587 TCP/TLS peer, a UDP peer, and a strict
+RFC 5424 parser (a real rsyslogd: :mod:`eventsinkd.devtools.peers.rsyslogd`).
 
-- :class:`Rsyslogd` runs Debian's rsyslogd in the foreground with its own config, work
-  directory and pid file: no system socket (imuxsock is not loaded), imtcp and imudp (and
-  optionally imrelp) on 127.0.0.1, and one omfile action per input kind that writes, per
-  message, the raw message and rsyslog's own parse of it (JSON lines).
 - :class:`SyslogPeer` is a TCP (or TLS) receiver that follows RFC 6587 (octet counting, or LF
   framing) and can reset a connection (SO_LINGER 0) after reading part of a stream - rsyslog
   cannot be made to do that.
@@ -14,14 +10,10 @@ a strict RFC 5424 parser.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import re
-import signal
 import socket
 import ssl
 import struct
-import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,156 +90,6 @@ def parse_5424(raw: bytes) -> Syslog5424:
         sd=sd,
         msg=rest[1:],
     )
-
-
-# -- rsyslogd -------------------------------------------------------------------------------
-
-_TEMPLATE_FIELDS = {
-    "raw": "rawmsg",
-    "version": "protocol-version",
-    "pri": "pri",
-    "app": "app-name",
-    "msgid": "msgid",
-    "sd": "structured-data",
-    "msg": "msg",
-    "input": "inputname",
-}
-
-
-class Rsyslogd:
-    """rsyslogd -n with imtcp on ``tcp_port`` and imudp on ``udp_port`` (127.0.0.1 only).
-
-    With ``relp_port``, imrelp too, into its own ruleset and file (:attr:`relp_out`). That
-    ruleset's queue is ``Direct``: imrelp answers a message once it is in the ruleset's queue,
-    so only a Direct queue makes "answered" mean "written to the file" - what a test that
-    kills rsyslogd and counts the file needs. (Behind the main in-memory queue, a kill -9
-    loses what was answered and not written yet.)
-    """
-
-    def __init__(
-        self,
-        exe: str,
-        root: Path,
-        tcp_port: int,
-        udp_port: int,
-        relp_port: int | None = None,
-        relp_tls: tuple[Path, Path] | None = None,  # certificate and key: imrelp over TLS
-    ) -> None:
-        self.exe = exe
-        self.root = root
-        self.tcp_port = tcp_port
-        self.udp_port = udp_port
-        self.relp_port = relp_port
-        self.out = root / "received.jsonl"
-        self.relp_out = root / "relp.jsonl"
-        self.log = root / "rsyslogd.log"
-        self.proc: asyncio.subprocess.Process | None = None
-        (root / "work").mkdir(parents=True, exist_ok=True)
-        self.conf = root / "rsyslog.conf"
-        props = "\n".join(
-            f'  property(outname="{k}" name="{v}" format="jsonf")'
-            for k, v in _TEMPLATE_FIELDS.items()
-        )
-        tls = ""
-        if relp_tls is not None:  # the certificate is its own CA; clients need one it signed
-            cert, key = relp_tls
-            tls = (
-                f' tls="on" tls.cacert="{cert}" tls.mycert="{cert}" tls.myprivkey="{key}"'
-                ' tls.authmode="certvalid"'
-            )
-        relp = (
-            'module(load="imrelp")\n'
-            'ruleset(name="relp" queue.type="Direct") {\n'
-            f'  action(type="omfile" file="{self.relp_out}" template="fields")\n'
-            "}\n"
-            f'input(type="imrelp" address="127.0.0.1" port="{relp_port}" ruleset="relp"{tls})\n'
-        )
-        self.conf.write_text(
-            f'global(workDirectory="{root / "work"}" maxMessageSize="64k")\n'
-            'module(load="imtcp")\n'
-            'module(load="imudp")\n'
-            f'template(name="fields" type="list" option.jsonf="on") {{\n{props}\n}}\n'
-            'ruleset(name="in") {\n'
-            f'  action(type="omfile" file="{self.out}" template="fields")\n'
-            "}\n"
-            f'input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="in")\n'
-            f'input(type="imudp" address="127.0.0.1" port="{udp_port}" ruleset="in")\n'
-            + (relp if relp_port is not None else "")
-        )
-
-    @property
-    def tcp_url(self) -> str:
-        return f"syslog+tcp://127.0.0.1:{self.tcp_port}"
-
-    @property
-    def udp_url(self) -> str:
-        return f"syslog://127.0.0.1:{self.udp_port}"
-
-    async def start(self, timeout_s: float = 30) -> None:
-        argv = [self.exe, "-n", "-f", str(self.conf), "-i", str(self.root / "rsyslogd.pid")]
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not (
-            await tcp_listening(self.tcp_port)
-            and udp_bound(self.udp_port)
-            and (self.relp_port is None or await tcp_listening(self.relp_port))
-        ):
-            assert self.proc.returncode is None, f"rsyslogd exited:\n{self.log.read_text()}"
-            assert loop.time() < deadline, f"rsyslogd not listening:\n{self.log.read_text()}"
-            await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-    async def kill(self) -> None:
-        """SIGKILL: no serverclose, no flush, connections reset by the kernel."""
-        proc, self.proc = self.proc, None
-        assert proc is not None and proc.returncode is None
-        proc.kill()
-        await proc.wait()
-        (self.root / "rsyslogd.pid").unlink(missing_ok=True)  # left behind by the kill
-
-    def records(self, out: Path | None = None) -> list[dict[str, Any]]:
-        """Every message written so far (to ``out``, by default the imtcp/imudp file):
-        the raw message and rsyslog's parse of it."""
-        out = self.out if out is None else out
-        if not out.exists():
-            return []
-        lines = out.read_bytes().split(b"\n")
-        return [json.loads(line) for line in lines[:-1]]  # the last one may be incomplete
-
-    def relp_records(self) -> list[dict[str, Any]]:
-        return self.records(self.relp_out)
-
-
-async def tcp_listening(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-def udp_bound(port: int) -> bool:
-    """True once something has a UDP socket bound to 127.0.0.1:``port`` (/proc/net/udp)."""
-    want = f"0100007F:{port:04X}"
-    lines = Path("/proc/net/udp").read_text().splitlines()[1:]
-    return any(line.split()[1] == want for line in lines)
 
 
 # -- an RFC 6587 peer ---------------------------------------------------------------------

@@ -1,5 +1,8 @@
-"""A Fluentd Forward protocol v1 receiver on 127.0.0.1, for tests (no Fluentd on this machine).
+"""Fluentd Forward protocol v1 receivers on 127.0.0.1 (no Fluentd on this machine):
+:class:`FluentdPeer` for the tests, strict, and :func:`start_counting` for the transports
+benchmark.
 
+The tests' peer
 It follows https://github.com/fluent/fluentd/wiki/Forward-Protocol-Specification-v1 as
 ``in_forward`` does: a msgpack unpacker over each connection's stream; every message one of
 
@@ -13,6 +16,10 @@ big-endian). A message whose ``option`` has a ``chunk`` is answered ``{"ack": ch
 recorded - unless the test's :attr:`FluentdPeer.plan` says otherwise for that chunk. Anything
 that breaks the spec is recorded in :attr:`FluentdPeer.errors` and closes the connection, as
 Fluent Bit does.
+
+The benchmark's is an asyncio protocol with a ``msgpack.Unpacker`` per connection; it counts
+the events of each Forward, PackedForward or Message mode message and answers
+``{"ack": <chunk>}`` to every message whose option has one.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import msgpack  # type: ignore[import-untyped]
 import zstandard
 
 from eventsinkd.common.ports import server_port
+from eventsinkd.devtools.peers.serving import CountingPeer, Counts, serve_app, stats_app
 
 Mode = Literal["message", "forward", "packed", "compressed"]
 # What the peer does with the next chunk: ack it; not answer (the connection stays open, and
@@ -332,3 +340,80 @@ class FluentdPeer:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         return True
+
+
+# -- the benchmark's: counting only ---------------------------------------------------
+
+
+def _forward_events(message: Any) -> tuple[int, str | None]:
+    """(events in a Forward protocol message, its option's chunk or None)."""
+    if not isinstance(message, list) or len(message) < 2:
+        raise ValueError("not a Forward protocol message")
+    option = message[-1] if isinstance(message[-1], dict) else {}
+    entries = message[1]
+    if isinstance(entries, list):  # Forward mode
+        n = len(entries)
+    elif isinstance(entries, bytes | str):  # PackedForward: a msgpack stream of entries
+        if option.get("compressed"):
+            raise ValueError("CompressedPackedForward is not counted by this peer")
+        raw = entries.encode("utf-8", "surrogateescape") if isinstance(entries, str) else entries
+        n = sum(1 for _ in _unpack_all(raw))
+    else:  # Message mode: [tag, time, record(, option)]
+        n = 1
+    chunk = option.get("chunk")
+    if isinstance(chunk, bytes):
+        chunk = chunk.decode("utf-8", "surrogateescape")
+    return n, chunk if isinstance(chunk, str) else None
+
+
+def _unpack_all(raw: bytes) -> Any:
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(raw)
+    return iter(unpacker)
+
+
+class ForwardCounter(asyncio.Protocol):
+    """One connection: msgpack messages in, ``{"ack": chunk}`` out for each with a chunk."""
+
+    def __init__(self, counts: Counts) -> None:
+        self.counts = counts
+        self.transport: asyncio.Transport | None = None
+        self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
+        self.packb = msgpack.packb
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.unpacker.feed(data)
+        out = []
+        try:
+            for message in self.unpacker:
+                n, chunk = _forward_events(message)
+                self.counts.arrived(n)
+                if chunk is not None:
+                    out.append(self.packb({"ack": chunk}, use_bin_type=True))
+        except Exception:  # not the Forward protocol: counted, connection closed
+            self.counts.errors += 1
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+
+async def start_counting(counts: Counts) -> CountingPeer:
+    """Forward on a TCP port, ``GET /__stats`` on another."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: ForwardCounter(counts), "127.0.0.1", 0, backlog=1024)
+    port = server_port(server)
+    stats_port, close_stats = await serve_app(stats_app(counts))
+
+    async def close() -> None:
+        server.close()
+        await close_stats()
+
+    return port, stats_port, close
