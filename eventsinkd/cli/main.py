@@ -327,7 +327,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     from eventsinkd.config.sinks import decode_whsec
-    from eventsinkd.devtools.receiver import Receiver
+    from eventsinkd.devtools.peers.webhook import Receiver
 
     try:
         keys = [decode_whsec(resolve_secret(s)) for s in args.secret]

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from eventsinkd.devtools.child import DaemonDir
-from eventsinkd.devtools.receiver import Receiver
+from eventsinkd.devtools.peers.webhook import Receiver
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
 
 SETTLE_TIMEOUT_S = 60.0  # after the last write, how long to wait for the last deliveries
