@@ -345,8 +345,7 @@ class Daemon:
             )
         log.info(
             "stopped; %s%s",
-            "; ".join(f"sink {n} at {_in_words(pos)}" for n, pos in on_disk.items())
-            or "no sinks",
+            "; ".join(f"sink {n} at {_in_words(pos)}" for n, pos in on_disk.items()) or "no sinks",
             " (the positions on disk; some cursors could not be saved)" if unsaved else "",
         )
         return not unsaved
