@@ -53,7 +53,10 @@ def test_example_config_validates_and_documents_every_key(tmp_path: Path) -> Non
         ("wal: {dir: /w}\nbogus: 1\n", "bogus (line 2): unknown key"),
         ("wal: {}\n", "wal.dir (line 1): required key is missing"),
         ("state_dir: /s\n", "wal: required key is missing"),
-        ("wal: {dir: /w, poll_interval_s: fast}\n", "wal.poll_interval_s (line 1): must be a number"),
+        (
+            "wal: {dir: /w, poll_interval_s: fast}\n",
+            "wal.poll_interval_s (line 1): must be a number",
+        ),
         (
             "wal: {dir: /w}\nevents:\n  sinks:\n    - {name: a, url: 'http://x/'}\n"
             "    - {name: a, url: 'http://y/'}\n",
