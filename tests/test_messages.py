@@ -245,7 +245,9 @@ async def test_the_stop_log_line_tells_each_cursor_in_words(
         await asyncio.sleep(0.1)
     assert await d.stop() == 0
     log = d.log.read_text()
-    assert f"stopped; sink hook at segment {w.segments[0]} after line 3" in log, log[-2000:]
+    assert (
+        f"stopped at these positions: sink hook at segment {w.segments[0]} after line 3" in log
+    ), log[-2000:]
     assert " None" not in log
 
 

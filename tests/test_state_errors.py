@@ -271,7 +271,10 @@ async def test_a_full_volume_fails_cursor_saves_and_sigterm_says_what_is_on_disk
         assert await asyncio.wait_for(d.proc.wait(), 30) == 1
         log = d.log.read_text()
         assert f"the cursor file holds {describe(before)}" in log
-        assert f"stopped; sink s at {describe(before)} (the positions on disk" in log
+        assert (
+            f"stopped at these positions: sink s at {describe(before)} (the positions on disk"
+            in log
+        )
         assert d.saved_cursor("s") == before
 
         filler.unlink()

@@ -344,7 +344,7 @@ class Daemon:
                 _in_words(on_disk[name]),
             )
         log.info(
-            "stopped; %s%s",
+            "stopped at these positions: %s%s",
             "; ".join(f"sink {n} at {_in_words(pos)}" for n, pos in on_disk.items()) or "no sinks",
             " (the positions on disk; some cursors could not be saved)" if unsaved else "",
         )
