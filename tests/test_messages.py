@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -285,3 +286,36 @@ def test_tail_that_prints_nothing_says_why(tmp_path: Path) -> None:
     res = run_cli("tail", empty, "--from", "beginning", "--no-follow")
     assert res.returncode == 0 and res.stdout == ""
     assert f"nothing printed: no memory_written event in {empty}" in res.stderr
+
+
+def test_status_with_a_url_that_is_not_one(tmp_path: Path) -> None:
+    res = run_cli("status", "--url", "localhost-9464")
+    assert res.returncode == 1
+    assert "localhost-9464/status is not a URL: give http://host:port" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_an_admin_port_in_use_says_what_to_do(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        (tmp_path / "wal").mkdir()
+        cfg = write(
+            tmp_path / "c.yaml",
+            {
+                "wal": {"dir": str(tmp_path / "wal")},
+                "state_dir": str(tmp_path / "state"),
+                "admin": {"listen": f"127.0.0.1:{port}"},
+                "log": {"format": "text"},
+            },
+        )
+        res = run_cli("run", "-c", cfg)
+    finally:
+        taken.close()
+    assert res.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port} for metrics and health (admin.listen)" in (
+        res.stderr
+    )
+    assert "Another program (another eventsinkd?) has that port" in res.stderr, res.stderr

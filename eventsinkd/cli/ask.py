@@ -55,6 +55,8 @@ def get(url: str, timeout_s: float) -> tuple[int, str]:
             return resp.status, resp.read(1 << 20).decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(4096).decode(errors="replace")
+    except ValueError:  # urllib: "unknown url type"
+        raise AskError(f"{url} is not a URL: give http://host:port") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, ConnectionRefusedError):

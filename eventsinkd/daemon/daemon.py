@@ -12,6 +12,7 @@ only set state; a second SIGTERM/SIGINT stops at once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import sqlite3
@@ -234,7 +235,15 @@ class Daemon:
         try:
             await self.admin.start()
         except OSError as exc:
-            log.error("cannot listen on %s for metrics and health: %s", cfg.admin.listen, exc)
+            log.error(
+                "cannot listen on %s for metrics and health (admin.listen): %s. %s",
+                cfg.admin.listen,
+                exc.strerror or exc,
+                "Another program (another eventsinkd?) has that port: stop it, or give "
+                "admin.listen another port"
+                if exc.errno == errno.EADDRINUSE
+                else "Give admin.listen an address of this host",
+            )
             return EXIT_STARTUP
         await self.engine.start()
         if not cfg.wal.force_polling:
