@@ -51,7 +51,9 @@ def add_commands(sub: Any) -> None:
         formatter_class=HelpFormatter,
     )
     dl_purge.add_argument(
-        "--before", metavar="TIME", help="only those last tried before this RFC 3339 time"
+        "--before",
+        metavar="TIME",
+        help="only those last tried before this RFC 3339 time; default: all",
     )
     for p in (dl_list, dl_replay, dl_purge):
         add_config_arg(p)

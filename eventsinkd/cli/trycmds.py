@@ -69,7 +69,8 @@ def add_commands(sub: Any) -> None:
         action="append",
         default=[],
         metavar="WHSEC",
-        help="whsec_... (literal, env:VAR or file:/path); repeat for rotation",
+        help="whsec_... (literal, env:VAR or file:/path); repeat for rotation; "
+        "without: signatures are not checked",
     )
     rc.set_defaults(func=cmd_receive)
 

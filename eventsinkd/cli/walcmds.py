@@ -95,7 +95,8 @@ def add_commands(sub: Any) -> None:
     t.add_argument(
         "--state-dir",
         type=Path,
-        help="save the position here and resume from it (never inside WAL_DIR)",
+        help="save the position here and resume from it (never inside WAL_DIR); "
+        "without: nothing is saved",
     )
     t.add_argument(
         "--poll-interval",
