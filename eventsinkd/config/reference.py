@@ -151,7 +151,7 @@ def _table(
 
 
 def _section(title: str, model: type[BaseModel], prefix: str, reload: Reload, **kw: Any) -> str:
-    doc = (model.__doc__ or "").strip()
+    doc = (model.__doc__ or "").strip().replace("``", "`")
     intro = f"{doc}\n\n" if doc and not doc.startswith(model.__name__ + "(") else ""
     return f"\n## {title}\n\n{intro}{_table(model, prefix, reload, **kw)}"
 
