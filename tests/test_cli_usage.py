@@ -155,3 +155,49 @@ def test_help_runs_for_every_command() -> None:
     for name, _ in parsers():
         res = run_cli(*name.split()[1:], "--help")
         assert res.returncode == 0 and "usage: eventsinkd" in res.stdout, (name, res.stderr)
+
+
+# -- shell completion --------------------------------------------------------------------
+
+
+def complete(script: Path, cwd: Path, *words: str) -> list[str]:
+    """What bash's completion offers for the command line ``words`` (the last being typed),
+    by the script that `eventsinkd completion bash` printed, run in a real bash."""
+    quoted = " ".join(f"'{w}'" for w in words)
+    res = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"source {script}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; "
+            f'COMP_LINE="${{COMP_WORDS[*]}}"; COMP_POINT=${{#COMP_LINE}}; '
+            '_shtab_eventsinkd; printf "%s\\n" "${COMPREPLY[@]}"',
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return res.stdout.split()
+
+
+def test_bash_completion_offers_commands_options_values_and_files(tmp_path: Path) -> None:
+    res = run_cli("completion", "bash")
+    assert res.returncode == 0, res.stderr
+    script = tmp_path / "eventsinkd.bash"
+    script.write_text(res.stdout)
+    (tmp_path / "config.yaml").write_text("wal: {dir: /w}\n")
+    (tmp_path / "wal").mkdir()
+    assert complete(script, tmp_path, "eventsinkd", "ch") == ["check-config"]
+    assert set(complete(script, tmp_path, "eventsinkd", "s")) == {
+        "secret",
+        "sample-wal",
+        "status",
+    }
+    assert complete(script, tmp_path, "eventsinkd", "tail", "--fr") == ["--from"]
+    assert complete(script, tmp_path, "eventsinkd", "tail", "--from", "") == ["beginning", "end"]
+    assert complete(script, tmp_path, "eventsinkd", "run", "-c", "con") == ["config.yaml"]
+    assert "wal" in complete(script, tmp_path, "eventsinkd", "verify", "w")
+    for shell in ("zsh", "tcsh"):
+        res = run_cli("completion", shell)
+        assert res.returncode == 0 and "eventsinkd" in res.stdout

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import shtab
+
 from eventsinkd.config.loading import DEFAULT_PATH, ConfigError, load_config
 from eventsinkd.config.model import Config
 
@@ -34,14 +36,21 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def add_config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=DEFAULT_PATH,
-        metavar="PATH",
-        help="the YAML config file",
+    complete_path(
+        p.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=DEFAULT_PATH,
+            metavar="PATH",
+            help="the YAML config file",
+        )
     )
+
+
+def complete_path(action: argparse.Action, *, directory: bool = False) -> None:
+    """Shell completion (``eventsinkd completion``) offers files (or directories) here."""
+    action.complete = shtab.DIRECTORY if directory else shtab.FILE  # type: ignore[attr-defined]
 
 
 def fail(msg: str, code: int = EXIT_CONFIG) -> int:

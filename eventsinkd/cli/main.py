@@ -11,6 +11,8 @@ import os
 import signal
 import sys
 
+import shtab
+
 from eventsinkd import __version__
 from eventsinkd.cli import askcmds, daemoncmds, statecmds, trycmds, walcmds
 from eventsinkd.cli.common import HelpFormatter
@@ -35,7 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     askcmds.add_commands(sub)
     statecmds.add_commands(sub)
     trycmds.add_commands(sub)
+    comp = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or tcsh)",
+        description="Print the completion script of a shell, made by shtab from this "
+        "command line. Bash: eventsinkd completion bash | sudo tee "
+        "/etc/bash_completion.d/eventsinkd; zsh: eventsinkd completion zsh > "
+        '"${fpath[1]}/_eventsinkd".',
+        formatter_class=HelpFormatter,
+    )
+    comp.add_argument("shell", choices=shtab.SUPPORTED_SHELLS, help="the shell")
+    comp.set_defaults(func=lambda args: _completion(ap, args.shell))
     return ap
+
+
+def _completion(ap: argparse.ArgumentParser, shell: str) -> int:
+    print(shtab.complete(ap, shell=shell))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

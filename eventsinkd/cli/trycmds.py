@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from eventsinkd.cli.common import HelpFormatter, fail
+from eventsinkd.cli.common import HelpFormatter, complete_path, fail
 from eventsinkd.common.secrets import SecretError, resolve_secret
 
 SECRET_BYTES = 32  # Standard Webhooks: whsec_ + base64 of 24 to 64 random bytes
@@ -41,7 +41,10 @@ def add_commands(sub: Any) -> None:
         "127.0.0.1 (block mode, from the beginning). See docs/try-it.md.",
         formatter_class=HelpFormatter,
     )
-    sw.add_argument("dir", type=Path, metavar="DIR", help="a new (or empty) directory")
+    complete_path(
+        sw.add_argument("dir", type=Path, metavar="DIR", help="a new (or empty) directory"),
+        directory=True,
+    )
     sw.add_argument("--events", type=int, default=20, help="memory writes to put in the WAL")
     sw.add_argument(
         "--secret",

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, cast
 import yaml
 from pydantic import ValidationError
 
-from eventsinkd.cli.common import HelpFormatter, fail, missing_default
+from eventsinkd.cli.common import HelpFormatter, complete_path, fail, missing_default
 from eventsinkd.common.logs import setup_logging
 from eventsinkd.common.secrets import SecretError, resolve_secret
 from eventsinkd.config.model import WalConfig
@@ -29,20 +29,22 @@ class UsageError(Exception):
 
 
 def _add_wal_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    wal_dir = p.add_argument(
         "wal_dir",
         type=Path,
         nargs="?",
         metavar="WAL_DIR",
         help="the Nexus WAL directory (default: the config's wal.dir, with -c)",
     )
-    p.add_argument(
+    config = p.add_argument(
         "-c",
         "--config",
         type=Path,
         metavar="PATH",
         help="take WAL_DIR and the HMAC key from this config's wal section",
     )
+    complete_path(wal_dir, directory=True)
+    complete_path(config)
     p.add_argument(
         "--mac-key",
         metavar="REF",
@@ -92,12 +94,13 @@ def add_commands(sub: Any) -> None:
         help="keep waiting for new entries, or stop at the end (--no-follow)",
     )
     t.add_argument("--full", action="store_true", help="include the memory content")
-    t.add_argument(
+    state_dir = t.add_argument(
         "--state-dir",
         type=Path,
         help="save the position here and resume from it (never inside WAL_DIR); "
         "without: nothing is saved",
     )
+    complete_path(state_dir, directory=True)
     t.add_argument(
         "--poll-interval",
         type=float,
