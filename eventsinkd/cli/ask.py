@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from eventsinkd.cli.common import missing_default
 from eventsinkd.config.model import AdminConfig
 
 WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
@@ -29,6 +30,9 @@ class AskError(Exception):
 
 def admin_base(config: Path) -> str:
     """``http://host:port`` of the daemon that ``config`` describes."""
+    hint = missing_default(config)
+    if hint is not None:
+        raise AskError(f"{config}: {hint}, or --url")
     try:
         doc = yaml.safe_load(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -51,8 +55,21 @@ def get(url: str, timeout_s: float) -> tuple[int, str]:
             return resp.status, resp.read(1 << 20).decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(4096).decode(errors="replace")
+    except ValueError:  # urllib: "unknown url type"
+        raise AskError(f"{url} is not a URL: give http://host:port") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise AskError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ConnectionRefusedError):
+            raise AskError(
+                f"{url}: nothing answers there (connection refused). Is the daemon running? "
+                "Is admin.listen right (the config given with -c, or --url)?"
+            ) from None
+        if isinstance(reason, TimeoutError):
+            raise AskError(
+                f"{url}: no answer within {timeout_s:g}s. Is something else listening at "
+                "admin.listen? A longer --timeout gives a busy daemon more time."
+            ) from None
+        raise AskError(f"{url}: {reason}") from None
 
 
 # -- eventsinkd status -------------------------------------------------------------------

@@ -32,6 +32,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 DAEMON_SILENT_S = 60.0  # a running daemon that makes no progress on a request for this long
+TO_FORMS = (
+    "beginning, an RFC 3339 time (2026-04-10T12:00:00Z, or with an offset like +02:00), "
+    "or the payload_id of a memory entry"
+)
 
 
 class UsageError(Exception):
@@ -201,8 +205,11 @@ def rewind(
     else:
         found = position_before(cfg.wal.dir, LineParser(cfg.wal.mac_key_bytes), target)
         if found is None:
-            what = "at or after that time" if isinstance(target, Time) else "with that payload_id"
-            err.write(f"eventsinkd: no memory_written entry {what} in {cfg.wal.dir}\n")
+            if isinstance(target, Time):
+                what = f"at or after {to} in {cfg.wal.dir}: the WAL ends before that time"
+            else:
+                what = f"with that payload_id ({to!r}) in {cfg.wal.dir}. --to takes {TO_FORMS}"
+            err.write(f"eventsinkd: no memory_written entry {what}\n")
             return EXIT_FAILED
         pos = found
     lock = StateLock(cfg.state_dir)

@@ -30,8 +30,8 @@ Secret = Annotated[str, AfterValidator(_required_secret)]
 
 class BasicAuth(Model):
     type: Literal["basic"]
-    user: str = Field(min_length=1)
-    password: Secret = Field(repr=False)
+    user: str = Field(min_length=1, description="no colon (RFC 7617)")
+    password: Secret = Field(repr=False, description="a secret: literal, env:VAR or file:/path")
 
     @field_validator("user")
     @classmethod
@@ -43,16 +43,18 @@ class BasicAuth(Model):
 
 class BearerAuth(Model):
     type: Literal["bearer"]
-    token: Secret = Field(repr=False)
+    token: Secret = Field(repr=False, description="a secret: literal, env:VAR or file:/path")
 
 
 class OAuth2Auth(Model):
     type: Literal["oauth2"]
-    token_url: SecretUrl
-    client_id: str = Field(min_length=1)
-    client_secret: Secret = Field(repr=False)
-    scope: str | list[str] | None = None
-    audience: str | None = None
+    token_url: SecretUrl = Field(description="the authorization server's token endpoint")
+    client_id: str = Field(min_length=1, description="this client's id")
+    client_secret: Secret = Field(
+        repr=False, description="a secret: literal, env:VAR or file:/path"
+    )
+    scope: str | list[str] | None = Field(default=None, description="a string or a list")
+    audience: str | None = Field(default=None, description="sent when set (Auth0 and others)")
     params: dict[str, str] = Field(
         default_factory=dict, description="extra form fields of the token request", repr=False
     )

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from eventsinkd.common.secrets import remember, remember_url, scrub
 from eventsinkd.config.auth import AUTH_TYPES
+from eventsinkd.config.messages import plain
 from eventsinkd.config.model import Config
 from eventsinkd.config.sinks import SINK_TYPES
 
@@ -78,17 +79,6 @@ def _config_loc(err: Any) -> Loc:
     return tuple(out)
 
 
-def _message(err: Any) -> str:
-    msg = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(prefix)
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    if err["type"] == "missing":
-        return "required key is missing"
-    return msg
-
-
 def parse_config(text: str, path: Path) -> Config:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -113,7 +103,7 @@ def parse_config(text: str, path: Path) -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         found = [
-            (_config_loc(err), scrub(_message(err)))  # a message may echo a value
+            (_config_loc(err), scrub(plain(err)))  # a message may echo a value
             for err in exc.errors(include_input=False, include_url=False)
         ]
         raise ConfigError(path, _located(found, lines)) from None

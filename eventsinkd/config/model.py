@@ -56,19 +56,35 @@ class EventsConfig(Model):
     max_inflight: int = Field(
         default=1000, ge=1, description="queue size per sink", json_schema_extra=SINKS
     )
-    overflow: Literal["drop", "block"] = Field(default="drop", json_schema_extra=RESTART)
-    retry_backoff_seconds: list[float] = Field(
-        default_factory=lambda: [1.0, 5.0, 30.0, 300.0], json_schema_extra=SINKS
+    overflow: Literal["drop", "block"] = Field(
+        default="drop",
+        description="drop: a full queue drops events (counted), and what was queued at a "
+        "stop is lost; block: nothing is dropped, the cursor waits (at-least-once)",
+        json_schema_extra=RESTART,
     )
-    retry_after_max_seconds: float = Field(default=300.0, ge=0, json_schema_extra=SINKS)
+    retry_backoff_seconds: list[float] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0, 300.0],
+        description="the k-th retry waits the k-th value (the last repeats), +-20% jitter",
+        json_schema_extra=SINKS,
+    )
+    retry_after_max_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="a receiver's Retry-After sets the wait, up to this many seconds",
+        json_schema_extra=SINKS,
+    )
     pause_after_failures: int = Field(
         default=5,
         ge=1,
         description="retryable failures in a row that pause a sink",
         json_schema_extra=SINKS,
     )
-    shutdown_timeout_s: float = Field(default=10.0, ge=0)
-    sinks: list[SinkConfig] = Field(default_factory=list)
+    shutdown_timeout_s: float = Field(
+        default=10.0, ge=0, description="on SIGTERM, how long the sinks may drain before exit"
+    )
+    sinks: list[SinkConfig] = Field(
+        default_factory=list, description="where events go; each reads the WAL on its own"
+    )
 
     @field_validator("types")
     @classmethod
@@ -120,15 +136,28 @@ class EventsConfig(Model):
 
 
 class WalConfig(Model):
-    dir: Path
+    dir: Path = Field(
+        description="the Nexus WAL directory (<Nexus config dir>/wal); only read, never written"
+    )
     mac_key: SecretRef = Field(
         default=None,
         description="Nexus's mac_key_file: env:VAR, file:/path or a literal",
         repr=False,
     )
-    start_at: Literal["beginning", "end"] = "end"
-    poll_interval_s: float = Field(default=0.5, gt=0, le=60)
-    force_polling: bool = False
+    start_at: Literal["beginning", "end"] = Field(
+        default="end",
+        description="where a sink without a saved cursor starts: only new writes (end), or "
+        "all the WAL holds (beginning)",
+    )
+    poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="how often the directory is checked without a change notification",
+    )
+    force_polling: bool = Field(
+        default=False, description="do not use inotify (NFS and other network filesystems)"
+    )
 
     @cached_property
     def mac_key_bytes(self) -> bytes | None:
@@ -136,7 +165,11 @@ class WalConfig(Model):
 
 
 class AdminConfig(Model):
-    listen: str = Field(default="127.0.0.1:9464", description="host:port for metrics and health")
+    listen: str = Field(
+        default="127.0.0.1:9464",
+        description="host:port for metrics and health; no authentication: keep it on "
+        "loopback or a private interface",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -164,21 +197,45 @@ class DeadLettersConfig(Model):
 
 
 class LogConfig(Model):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="the least severe messages logged"
+    )
     # auto: text when stderr is a terminal (a person watching), JSON lines otherwise.
-    format: Literal["auto", "json", "text"] = "auto"
+    format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="auto: text on a terminal, else JSON lines; json: one object a line; text",
+    )
 
 
 class Config(Model):
-    wal: WalConfig = Field(json_schema_extra=RESTART)
-    state_dir: Path = Field(default=Path("/var/lib/eventsinkd"), json_schema_extra=RESTART)
-    state_save_interval_s: float = Field(default=1.0, gt=0, le=3600, json_schema_extra=RESTART)
-    events: EventsConfig = Field(default_factory=EventsConfig)
-    dead_letters: DeadLettersConfig = Field(
-        default_factory=DeadLettersConfig, json_schema_extra=RESTART
+    wal: WalConfig = Field(description="the Nexus WAL to read", json_schema_extra=RESTART)
+    state_dir: Path = Field(
+        default=Path("/var/lib/eventsinkd"),
+        description="eventsinkd's own state: each sink's cursor, the dead letters, a lock; "
+        "never inside wal.dir",
+        json_schema_extra=RESTART,
     )
-    admin: AdminConfig = Field(default_factory=AdminConfig, json_schema_extra=RESTART)
-    log: LogConfig = Field(default_factory=LogConfig)
+    state_save_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="how often each sink's delivered position is saved (and at a stop)",
+        json_schema_extra=RESTART,
+    )
+    events: EventsConfig = Field(
+        default_factory=EventsConfig, description="what is produced and where it goes"
+    )
+    dead_letters: DeadLettersConfig = Field(
+        default_factory=DeadLettersConfig,
+        description="events the sinks gave up on (eventsinkd dead-letters)",
+        json_schema_extra=RESTART,
+    )
+    admin: AdminConfig = Field(
+        default_factory=AdminConfig,
+        description="the HTTP server of /metrics, /healthz, /readyz and /status",
+        json_schema_extra=RESTART,
+    )
+    log: LogConfig = Field(default_factory=LogConfig, description="log lines on stderr")
 
     def restart_only_changes(self, new: Config) -> list[str]:
         """The keys ``new`` changes that a reload does not apply (dotted key paths)."""

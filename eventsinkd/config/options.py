@@ -41,7 +41,9 @@ class Model(BaseModel):
 class FilterConfig(Model):
     """Which events a sink receives; an empty list matches everything."""
 
-    event_types: list[EventType] = Field(default_factory=list)
+    event_types: list[EventType] = Field(
+        default_factory=list, description="among events.types, e.g. [memory_persisted]"
+    )
     source: list[str] = Field(default_factory=list, description="glob patterns")
     subject: list[str] = Field(default_factory=list, description="glob patterns")
     destination: list[str] = Field(default_factory=list, description="glob patterns")
@@ -49,10 +51,12 @@ class FilterConfig(Model):
 
 
 class TlsConfig(Model):
-    verify: bool = True
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    verify: bool = Field(default=True, description="verify the server's certificate")
+    ca_file: Path | None = Field(default=None, description="an extra CA bundle (PEM)")
+    cert_file: Path | None = Field(
+        default=None, description="a client certificate (PEM) for mutual TLS"
+    )
+    key_file: Path | None = Field(default=None, description="its key, if not in cert_file")
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> TlsConfig:
@@ -114,12 +118,16 @@ class SinkBase(Model):
     """What every sink has, whatever carries its events (``type``)."""
 
     name: Annotated[str, Field(description="unique; the sink label of every metric")]
-    timeout_seconds: float = Field(default=5.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
+    timeout_seconds: float = Field(default=5.0, gt=0, description="per request")
+    max_retries: int = Field(
+        default=3, ge=0, description="retries after the first attempt; then a dead letter"
+    )
     retry_backoff_seconds: list[float] | None = Field(
         default=None, description="overrides events.retry_backoff_seconds"
     )
-    content: Literal["summary", "full"] = "summary"
+    content: Literal["summary", "full"] = Field(
+        default="summary", description="full adds the memory itself as content"
+    )
     concurrency: int | Literal["auto"] = Field(
         default="auto",
         description="requests (batches) in flight: auto (adaptive), or a number that pins it",
@@ -138,8 +146,10 @@ class SinkBase(Model):
         default=None,
         description="where a sink without a saved cursor starts; default wal.start_at",
     )
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    tls: TlsConfig = Field(default_factory=TlsConfig)
+    filter: FilterConfig = Field(
+        default_factory=FilterConfig, description="which events this sink receives"
+    )
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="for https and TLS schemes")
 
     @field_validator("name")
     @classmethod

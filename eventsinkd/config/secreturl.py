@@ -29,6 +29,21 @@ _HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def _in_words(kind: str, msg: str, raw: str) -> str:
+    """pydantic's complaint about a URL, as what to write instead (never the URL itself)."""
+    if kind == "url_scheme":
+        return (
+            "must start with https:// or http:// (syslog://, fluentd:// and nats:// "
+            "URLs go with a sink of that type: set its type)"
+        )
+    if kind == "url_parsing" and "://" not in raw:
+        return "has no scheme: write it as https://host/path (or http://host:port/path)"
+    if kind == "url_parsing":
+        reason = msg.partition(", ")[2] or "cannot be read as a URL"
+        return f"is not a valid URL ({reason}): write it as https://host/path"
+    return msg.replace("Input should be", "must be")
+
+
 class SecretUrl:
     __slots__ = ("_parts", "ref", "value")
 
@@ -54,9 +69,9 @@ class SecretUrl:
         try:
             url = _HTTP_URL.validate_python(raw)
         except ValidationError as exc:
-            why = exc.errors(include_input=False, include_url=False)[0]["msg"]
+            err = exc.errors(include_input=False, include_url=False)[0]
             where = f"{ref.strip()} holds no http(s) URL: " if is_reference(ref) else ""
-            raise ValueError(f"{where}{why}") from None
+            raise ValueError(f"{where}{_in_words(err['type'], err['msg'], raw)}") from None
         return cls(ref.strip(), str(url))
 
     @classmethod

@@ -68,13 +68,19 @@ def _check_secret(ref: str) -> str:
 class WebhookSinkConfig(SinkBase):
     type: Literal["webhook"] = "webhook"
     url: Annotated[SecretUrl, Field(description="http(s) URL, or env:VAR / file:/path holding it")]
-    auth: AuthConfig | None = None
+    auth: AuthConfig | None = Field(
+        default=None, description="an Authorization header: basic, bearer or oauth2"
+    )
     secrets: list[Annotated[str, AfterValidator(_check_secret)]] = Field(
         default_factory=list,
         description="whsec_... secrets (literal, env:VAR or file:/path); several = rotation",
         repr=False,
     )
-    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="static extra headers (never shown); for credentials use auth",
+        repr=False,
+    )
     proxy: ProxySetting = None
 
     @model_validator(mode="before")
@@ -255,8 +261,12 @@ class SyslogSinkConfig(Batched):
 class OtlpSinkConfig(Batched):
     type: Literal["otlp"]
     url: Annotated[SecretUrl, Field(description="the collector; records go to {url}/v1/logs")]
-    auth: AuthConfig | None = None
-    encoding: Literal["json", "protobuf"] = "json"
+    auth: AuthConfig | None = Field(
+        default=None, description="an Authorization header: basic, bearer or oauth2"
+    )
+    encoding: Literal["json", "protobuf"] = Field(
+        default="json", description="OTLP/HTTP body: JSON or binary protobuf"
+    )
     headers: dict[str, Annotated[str, AfterValidator(check_secret_ref)]] = Field(
         default_factory=dict,
         description="values: literal, env:VAR or file:/path (e.g. an Authorization token)",
@@ -292,7 +302,7 @@ FLUENTD_SCHEMES = {"fluentd": 24224, "fluentd+tls": 24224}
 class FluentdSinkConfig(Batched):
     type: Literal["fluentd"]
     url: Annotated[str, Field(description="fluentd://host:port or fluentd+tls://host:port")]
-    tag: str = Field(default="nexus.events", min_length=1)
+    tag: str = Field(default="nexus.events", min_length=1, description="the fluentd tag")
 
     @field_validator("url")
     @classmethod
@@ -319,10 +329,10 @@ class NatsSinkConfig(Batched):
         default="nexus.events.{event_type}",
         description="template; fields: " + ", ".join(sorted(NATS_SUBJECT_FIELDS)),
     )
-    creds_file: Path | None = None
-    token: SecretRef = Field(default=None, repr=False)
-    user: str | None = None
-    password: SecretRef = Field(default=None, repr=False)
+    creds_file: Path | None = Field(default=None, description="a NATS .creds file (JWT, NKey)")
+    token: SecretRef = Field(default=None, repr=False, description="a token (a secret)")
+    user: str | None = Field(default=None, description="with password")
+    password: SecretRef = Field(default=None, repr=False, description="with user (a secret)")
 
     @field_validator("url", mode="before")
     @classmethod

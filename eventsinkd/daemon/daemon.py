@@ -12,6 +12,7 @@ only set state; a second SIGTERM/SIGINT stops at once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import sqlite3
@@ -37,6 +38,7 @@ from eventsinkd.state.errors import CONTROL, DEAD_LETTERS, StateErrors
 from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.state.storecheck import check_writable, open_store
 from eventsinkd.wal.lines import LineParser
+from eventsinkd.wal.position import Position, describe
 from eventsinkd.wal.reading import ReaderStats, SharedReading
 from eventsinkd.wal.statuses import StatusWatch
 
@@ -233,7 +235,15 @@ class Daemon:
         try:
             await self.admin.start()
         except OSError as exc:
-            log.error("cannot listen on %s for metrics and health: %s", cfg.admin.listen, exc)
+            log.error(
+                "cannot listen on %s for metrics and health (admin.listen): %s. %s",
+                cfg.admin.listen,
+                exc.strerror or exc,
+                "Another program (another eventsinkd?) has that port: stop it, or give "
+                "admin.listen another port"
+                if exc.errno == errno.EADDRINUSE
+                else "Give admin.listen an address of this host",
+            )
             return EXIT_STARTUP
         await self.engine.start()
         if not cfg.wal.force_polling:
@@ -338,13 +348,13 @@ class Daemon:
                 "sink %s: its final cursor %s was not saved (%s); the cursor file holds %s: "
                 "after a restart delivery resumes there and sends again what followed",
                 name,
-                self.cursors[name].checkpoints.acked,
+                _in_words(self.cursors[name].checkpoints.acked),
                 error,
-                on_disk[name] or "nothing (the sink starts at its start_at)",
+                _in_words(on_disk[name]),
             )
         log.info(
-            "stopped at %s%s",
-            ", ".join(f"{n} {pos or '-'}" for n, pos in on_disk.items()) or "-",
+            "stopped at these positions: %s%s",
+            "; ".join(f"sink {n} at {_in_words(pos)}" for n, pos in on_disk.items()) or "no sinks",
             " (the positions on disk; some cursors could not be saved)" if unsaved else "",
         )
         return not unsaved
@@ -393,3 +403,8 @@ class Daemon:
 
     def _delivered_total(self) -> int:
         return sum(s.stats.delivered for s in self.engine.sinks.values()) if self.engine else 0
+
+
+def _in_words(pos: Position | None) -> str:
+    """A saved cursor in a log line: segment and line, or that there is none."""
+    return describe(pos) if pos is not None else "nothing saved (the sink starts at its start_at)"

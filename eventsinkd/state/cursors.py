@@ -40,7 +40,7 @@ from eventsinkd.state.positions import (
     Usable,
     cursor_file,
 )
-from eventsinkd.wal.position import Position
+from eventsinkd.wal.position import Position, describe
 from eventsinkd.wal.scanner import StartAt
 from eventsinkd.wal.segments import SEGMENT_RE, list_segments
 
@@ -226,7 +226,7 @@ class CursorFiles:
             cp = self.checkpoints(sink.name)
             cp.ack(old)
             saved_all = cp.flush() and saved_all
-            log.info("sink %s: cursor taken from %s: %s", sink.name, legacy.path, old)
+            log.info("sink %s: cursor taken from %s: %s", sink.name, legacy.path, describe(old))
         if not saved_all:
             return  # tried again at the next start
         try:

@@ -34,7 +34,7 @@ from eventsinkd.wal.batches import Batch, Batcher, RecentKeys
 from eventsinkd.wal.directory import Scan
 from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.lines import LineParser, Reject
-from eventsinkd.wal.position import Position
+from eventsinkd.wal.position import Position, describe
 from eventsinkd.wal.reading import ReaderStats, SharedReading
 from eventsinkd.wal.segments import SegmentFile
 from eventsinkd.wal.statuses import StatusChange, StatusWatch, signature
@@ -317,7 +317,7 @@ class WalScanner:
             seg = SegmentFile(self.wal_dir, last)
             self._set_cur(seg)
             self._skip_to(seg, None, learn=True)
-            log.info("starting at the end of the WAL: %s", self.position)
+            log.info("starting at the end of the WAL: %s", describe(self.position))
             return
         assert isinstance(start, Position)
         self._learn_tail_before(start.segment)
@@ -333,7 +333,7 @@ class WalScanner:
         self._skip_to(seg, start.line, learn=True)
         if start.last_key and self.position.last_key != start.last_key:
             self._relocate(seg, start)
-        log.info("resuming at %s", self.position)
+        log.info("resuming at %s", describe(self.position))
 
     def _relocate(self, seg: SegmentFile, start: Position) -> None:
         """The saved line no longer holds the saved key: find the key in the segment."""

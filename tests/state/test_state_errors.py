@@ -43,6 +43,7 @@ from eventsinkd.devtools.child import DaemonDir
 from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter
 from eventsinkd.state.deadletters import _SCHEMA, DB_FILE, DeadLetter, DeadLetterStore
+from eventsinkd.wal.position import describe
 
 PAGE = 4096
 
@@ -269,8 +270,11 @@ async def test_a_full_volume_fails_cursor_saves_and_sigterm_says_what_is_on_disk
         assert d.proc is not None
         assert await asyncio.wait_for(d.proc.wait(), 30) == 1
         log = d.log.read_text()
-        assert f"the cursor file holds {before}" in log
-        assert f"stopped at s {before} (the positions on disk" in log
+        assert f"the cursor file holds {describe(before)}" in log
+        assert (
+            f"stopped at these positions: sink s at {describe(before)} (the positions on disk"
+            in log
+        )
         assert d.saved_cursor("s") == before
 
         filler.unlink()

@@ -23,7 +23,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     analyze = need_tool("systemd-analyze", "systemd")
     exe = shutil.which("eventsinkd") or str(Path(sys.executable).parent / "eventsinkd")
     unit = tmp_path / "eventsinkd.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/eventsinkd", exe))
+    unit.write_text(UNIT.read_text().replace("/opt/eventsinkd/bin/eventsinkd", exe))
     res = subprocess.run(
         [analyze, "verify", str(unit)],
         capture_output=True,

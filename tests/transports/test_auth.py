@@ -79,7 +79,7 @@ def refusal(auth: str, url: str = "http://x/") -> list[str]:
         ),
         (
             "{type: oauth2, token_url: 'ftp://u:hunter2-x@t/', client_id: c, client_secret: s}",
-            "events.sinks[0].auth.token_url (line 6): URL scheme should be 'http' or 'https'",
+            "events.sinks[0].auth.token_url (line 6): must start with https:// or http://",
         ),
         (
             "{type: oauth2, token_url: 'http://t/', client_id: c, client_secret: s, "

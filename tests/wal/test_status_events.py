@@ -216,7 +216,7 @@ def test_config_refuses_a_filter_on_a_type_not_produced(tmp_path: Path) -> None:
     for bad, problem in (
         ("[]", "must list at least one event type"),
         ("[memory_written, memory_written]", "lists an event type twice"),
-        ("[memory_stored]", "Input should be 'memory_written'"),
+        ("[memory_stored]", "must be 'memory_written'"),
     ):
         with pytest.raises(ConfigError) as err:
             parse_config(f"wal: {{dir: /w}}\nevents: {{types: {bad}}}\n", Path("c.yaml"))
