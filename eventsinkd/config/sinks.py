@@ -10,7 +10,6 @@ import binascii
 import re
 from functools import cached_property
 from pathlib import Path
-from string import Formatter
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -24,6 +23,7 @@ from pydantic import (
 
 from eventsinkd.common.secrets import SecretError, redact_url, remember, resolve_secret
 from eventsinkd.config.auth import AuthConfig, auth_clash
+from eventsinkd.config.cloudevents import CloudEventsConfig, Format
 from eventsinkd.config.options import (
     Batched,
     Endpoint,
@@ -34,6 +34,8 @@ from eventsinkd.config.options import (
     parse_endpoint,
 )
 from eventsinkd.config.secreturl import SecretUrl
+from eventsinkd.config.urltemplate import TemplatedUrl
+from eventsinkd.events.templates import template_fields
 
 WHSEC_PREFIX = "whsec_"
 RESERVED_HEADERS = frozenset(
@@ -65,9 +67,40 @@ def _check_secret(ref: str) -> str:
     return ref
 
 
+_DEFAULTS = {"max_batch": 200, "linger_ms": 5.0}
+
+
+def _format_keys(sink: WebhookSinkConfig | NatsSinkConfig) -> None:
+    """``cloudevents:`` options other than the defaults go with ``format: cloudevents``."""
+    if sink.cloudevents != CloudEventsConfig() and sink.format != "cloudevents":
+        raise ValueError("cloudevents options are for format: cloudevents (add it, or remove them)")
+
+
 class WebhookSinkConfig(SinkBase):
     type: Literal["webhook"] = "webhook"
-    url: Annotated[SecretUrl, Field(description="http(s) URL, or env:VAR / file:/path holding it")]
+    url: Annotated[
+        TemplatedUrl,
+        Field(
+            description="http(s) URL, or env:VAR / file:/path holding it; {field} templates "
+            "in its path and query"
+        ),
+    ]
+    format: Format = Field(
+        default="standard-webhooks", description="standard-webhooks (Nexus's body) or cloudevents"
+    )
+    cloudevents: CloudEventsConfig = Field(default_factory=CloudEventsConfig)
+    max_batch: int = Field(
+        default=_DEFAULTS["max_batch"],
+        ge=1,
+        le=10_000,
+        description="events per request (cloudevents batched only)",
+    )
+    linger_ms: float = Field(
+        default=_DEFAULTS["linger_ms"],
+        ge=0,
+        le=1000,
+        description="how long a batch waits to fill (batched only)",
+    )
     auth: AuthConfig | None = None
     secrets: list[Annotated[str, AfterValidator(_check_secret)]] = Field(
         default_factory=list,
@@ -101,12 +134,47 @@ class WebhookSinkConfig(SinkBase):
             if any(c in value for c in "\r\n\0"):
                 raise ValueError(f"header {name}: a value cannot hold a line break or NUL")
             remember(value)  # header values may be credentials: never shown
+            try:
+                template_fields(value)
+            except ValueError as exc:
+                raise ValueError(f"header {name}: {exc}") from None
         return v
 
     @model_validator(mode="after")
     def _one_authorization(self) -> WebhookSinkConfig:
         auth_clash(self.auth, self.url, self.headers)
         return self
+
+    @model_validator(mode="after")
+    def _shaping(self) -> WebhookSinkConfig:
+        _format_keys(self)
+        batched = self.batched
+        # Their defaults may be written out (config.example.yaml does).
+        given = {n for n in ("max_batch", "linger_ms") if getattr(self, n) != _DEFAULTS[n]}
+        if given and not batched:
+            raise ValueError(
+                f"{' and '.join(sorted(given))}: a webhook sink sends one event per request "
+                "unless format: cloudevents has cloudevents.mode: batched"
+            )
+        templated = self.url.templated or any(template_fields(v) for v in self.headers.values())
+        if batched and templated:
+            raise ValueError(
+                "a templated url or header is filled per event, and a batch holds many: use "
+                "cloudevents.mode binary or structured (one event per request)"
+            )
+        return self
+
+    @property
+    def batched(self) -> bool:
+        return self.format == "cloudevents" and self.cloudevents.mode == "batched"
+
+    @property
+    def batch_size(self) -> int:
+        return self.max_batch if self.batched else 1
+
+    @property
+    def linger_s(self) -> float:
+        return self.linger_ms / 1000 if self.batched else 0.0
 
     @cached_property
     def signing_keys(self) -> list[bytes]:
@@ -319,6 +387,11 @@ class NatsSinkConfig(Batched):
         default="nexus.events.{event_type}",
         description="template; fields: " + ", ".join(sorted(NATS_SUBJECT_FIELDS)),
     )
+    format: Format = Field(
+        default="standard-webhooks",
+        description="standard-webhooks (Nexus's body) or cloudevents (structured)",
+    )
+    cloudevents: CloudEventsConfig = Field(default_factory=CloudEventsConfig)
     creds_file: Path | None = None
     token: SecretRef = Field(default=None, repr=False)
     user: str | None = None
@@ -341,16 +414,7 @@ class NatsSinkConfig(Batched):
     @field_validator("subject")
     @classmethod
     def _subject(cls, v: str) -> str:
-        try:
-            fields = {f for _, f, _, _ in Formatter().parse(v) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"not a valid template: {exc}") from None
-        unknown = sorted(fields - NATS_SUBJECT_FIELDS)
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {', '.join(unknown)}; use "
-                + ", ".join(sorted(NATS_SUBJECT_FIELDS))
-            )
+        template_fields(v, NATS_SUBJECT_FIELDS)
         probe = v.format(**dict.fromkeys(NATS_SUBJECT_FIELDS, "x"))
         if not probe or any(not t or _BAD_SUBJECT_CHARS.search(t) for t in probe.split(".")):
             raise ValueError(
@@ -364,6 +428,16 @@ class NatsSinkConfig(Batched):
         if v is not None and not v.is_file():
             raise ValueError(f"{v} is not a readable file")
         return v
+
+    @model_validator(mode="after")
+    def _structured(self) -> NatsSinkConfig:
+        _format_keys(self)
+        if self.cloudevents.mode != "structured":
+            raise ValueError(
+                "a nats sink carries CloudEvents in structured mode (the event in the "
+                "message): leave cloudevents.mode out"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_credential(self) -> NatsSinkConfig:

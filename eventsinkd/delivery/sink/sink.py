@@ -53,10 +53,11 @@ from eventsinkd.delivery.sink.delivery import Delivery
 from eventsinkd.delivery.sink.ledger import Ledger
 from eventsinkd.delivery.workers import Workers
 from eventsinkd.events import Event
+from eventsinkd.events.transform import TransformError
 from eventsinkd.metrics import Metrics, SinkMetrics
 from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.transports import make_transport
-from eventsinkd.transports.contract import Attempt, Transport
+from eventsinkd.transports.contract import Attempt, Outcome, Transport
 from eventsinkd.wal.entry import Entry
 
 log = logging.getLogger("eventsinkd.delivery.sink")
@@ -132,6 +133,8 @@ class Sink:
             draining=self.draining,
         )
         self.pause = self.delivery.pause
+        self._transform = cfg.transformer
+        self.delivery.shaping = self._transform is not None
         self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish
         bucket = self.requests.bucket
@@ -294,7 +297,9 @@ class Sink:
             self.drop()
             return False
         self.ledger.offered()
-        self.ledger.adopt(Job(event, key))
+        job = Job(event, key)
+        if self._transform is None or self._shape(job):
+            self.ledger.adopt(job)
         return True
 
     def drop(self) -> None:
@@ -331,8 +336,40 @@ class Sink:
         if self.paused or not self.has_room:
             return False
         self.ledger.offered()  # counted once it is held
-        self.ledger.adopt(Job(event, key))
+        job = Job(event, key)
+        if self._transform is None or self._shape(job):
+            self.ledger.adopt(job)
         return True
+
+    def _shape(self, job: Job) -> bool:
+        """Apply the sink's transform to ``job``'s event as it is taken: False when it says
+        not to send it (counted as filtered and finished, so block mode's cursor moves past
+        it). A program that fails on it leaves the job a ``problem``: the delivery makes it a
+        dead letter, never a crash of the reader."""
+        event = job.event
+        shaped = self._apply(event)
+        if isinstance(shaped, str):
+            job.problem = shaped
+            return True
+        if shaped is None:
+            self.ledger.filtered()
+            if self._on_finish is not None:
+                self._on_finish(event)
+            return False
+        event.shaped = shaped
+        return True
+
+    def _apply(self, event: Event) -> bytes | str | None:
+        """The transform's body, None (filtered) or why it failed."""
+        assert self._transform is not None
+        try:
+            return self._transform.apply(
+                event.original_body(self.cfg.content), event.id, event.type, event.wal_time
+            )
+        except TransformError as exc:
+            return str(exc)
+        except Exception as exc:  # libjq's binding may raise more than it says
+            return f"the transform failed: {type(exc).__name__}: {exc}"
 
     def finish(self, job: Job, outcome: Literal["delivered", "failed"]) -> None:
         """``job`` is done with: delivered, or given up on (and kept as a dead letter)."""
@@ -341,5 +378,13 @@ class Sink:
             self._on_finish(job.event)
 
     async def send_one(self, event: Event) -> Attempt:
-        """One attempt for one event, beside the workers (a dead letter's replay)."""
+        """One attempt for one event, beside the workers (a dead letter's replay, through
+        the sink's current transform: one that filters it out counts as delivered)."""
+        if self._transform is not None:
+            shaped = self._apply(event)
+            if isinstance(shaped, str):
+                return Attempt(Outcome.PERMANENT, None, shaped)
+            if shaped is None:
+                return Attempt(Outcome.DELIVERED, None, "the transform filters it out: not sent")
+            event.shaped = shaped
         return await self.delivery.send_one(event)
