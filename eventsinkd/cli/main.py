@@ -59,13 +59,32 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "tail", help="print the events the daemon would send, one JSON body per line"
     )
-    _add_wal_args(t)
+    t.add_argument(
+        "wal_dir",
+        type=Path,
+        nargs="?",
+        metavar="WAL_DIR",
+        help="the Nexus WAL directory (with --sink: default the config's wal.dir)",
+    )
+    t.add_argument(
+        "--mac-key",
+        metavar="REF",
+        help="HMAC key as Nexus's mac_key_file: env:VAR, file:/path or a literal",
+    )
+    t.add_argument(
+        "--sink",
+        metavar="NAME",
+        help="print what this sink of the config (-c) would send: its filter, format, "
+        "templates and transform applied",
+    )
+    _add_config_arg(t)
     t.add_argument(
         "--types",
         type=_event_types,
-        default=[MEMORY_WRITTEN],
+        default=None,
         metavar="TYPE[,TYPE...]",
-        help=f"event types to print, among {', '.join(EVENT_TYPES)} (default {MEMORY_WRITTEN})",
+        help=f"event types to print, among {', '.join(EVENT_TYPES)} (default {MEMORY_WRITTEN}; "
+        "with --sink the config's events.types)",
     )
     t.add_argument("--from", dest="start_at", choices=["beginning", "end"], default="end")
     t.add_argument(
@@ -261,9 +280,31 @@ def _event_types(value: str) -> list[str]:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from eventsinkd.cli.tail import tail
+    from eventsinkd.cli.tail import Render, tail
 
     setup_logging(args.log_level)
+    types = args.types or [MEMORY_WRITTEN]
+    render: Render | None = None
+    if args.sink is not None:
+        from eventsinkd.cli.preview import SinkPreview
+
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
+        sinks = {s.name: s for s in cfg.events.sinks}
+        if args.sink not in sinks:
+            known = ", ".join(sinks) or "none"
+            return _fail(f"{args.config} has no sink {args.sink!r} (its sinks: {known})")
+        render = SinkPreview(sinks[args.sink]).line
+        if args.wal_dir is None:
+            args.wal_dir = cfg.wal.dir
+        if args.mac_key is None:
+            args.mac_key = cfg.wal.mac_key
+        types = args.types or cfg.events.types
+    elif args.wal_dir is None:
+        return _fail("give the WAL directory (or --sink NAME and -c CONFIG)")
     try:
         parser = _wal_parser(args)
     except SecretError as exc:
@@ -276,7 +317,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 start_at=args.start_at,
                 follow=args.follow,
                 content="full" if args.full else "summary",
-                types=frozenset(args.types),
+                types=frozenset(types),
+                render=render,
                 state_dir=args.state_dir,
                 poll_interval_s=args.poll_interval,
                 force_polling=args.force_polling,

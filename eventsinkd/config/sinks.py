@@ -67,7 +67,9 @@ def _check_secret(ref: str) -> str:
     return ref
 
 
-_DEFAULTS = {"max_batch": 200, "linger_ms": 5.0}
+DEFAULT_MAX_BATCH = 200
+DEFAULT_LINGER_MS = 5.0
+_DEFAULTS: dict[str, float] = {"max_batch": DEFAULT_MAX_BATCH, "linger_ms": DEFAULT_LINGER_MS}
 
 
 def _format_keys(sink: WebhookSinkConfig | NatsSinkConfig) -> None:
@@ -90,13 +92,13 @@ class WebhookSinkConfig(SinkBase):
     )
     cloudevents: CloudEventsConfig = Field(default_factory=CloudEventsConfig)
     max_batch: int = Field(
-        default=_DEFAULTS["max_batch"],
+        default=DEFAULT_MAX_BATCH,
         ge=1,
         le=10_000,
         description="events per request (cloudevents batched only)",
     )
     linger_ms: float = Field(
-        default=_DEFAULTS["linger_ms"],
+        default=DEFAULT_LINGER_MS,
         ge=0,
         le=1000,
         description="how long a batch waits to fill (batched only)",
