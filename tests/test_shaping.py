@@ -29,6 +29,7 @@ from daemon_harness import (
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
+from eventsinkd.config.loading import ConfigError, parse_config
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
 from eventsinkd.wal.gotime import parse_go_time
 
@@ -268,3 +269,51 @@ async def test_tail_shows_what_a_sink_would_send(tmp_path: Path) -> None:
     assert "s3cr3t" not in res.stdout + res.stderr
     missing = await eventsinkd("tail", "--sink", "nope", "-c", cfg, "--no-follow")
     assert missing.returncode == 2 and "no sink 'nope'" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("sink", "expected"),
+    [
+        (
+            "      url: http://h/x\n      cloudevents: {mode: binary}\n",
+            "events.sinks[0] (line 4): cloudevents options are for format: cloudevents",
+        ),
+        (
+            "      url: http://h/x\n      max_batch: 10\n",
+            "events.sinks[0] (line 4): max_batch: a webhook sink sends one event per request",
+        ),
+        (
+            "      url: http://h/{subject}\n      format: cloudevents\n"
+            "      cloudevents: {mode: batched}\n",
+            "events.sinks[0] (line 4): a templated url or header is filled per event",
+        ),
+        (
+            "      url: http://h/x\n      headers: {X-A: '{subjects}'}\n",
+            "events.sinks[0].headers (line 6): header X-A: unknown field(s) subjects",
+        ),
+        (
+            "      url: http://h/x\n      format: cloudevents\n"
+            "      cloudevents: {source: '/{host}/{nope}'}\n",
+            "events.sinks[0].cloudevents.source (line 7): unknown field(s) nope",
+        ),
+        (
+            "      url: http://h/x\n      format: cloudevents\n"
+            "      cloudevents: {type_prefix: 'not reverse dns'}\n",
+            "events.sinks[0].cloudevents.type_prefix (line 7): use a reverse-DNS name",
+        ),
+        (
+            "      type: nats\n      url: nats://h\n      format: cloudevents\n"
+            "      cloudevents: {mode: batched}\n",
+            "events.sinks[0] (line 4): a nats sink carries CloudEvents in structured mode",
+        ),
+        (
+            "      type: syslog\n      url: syslog://h\n      transform: '.a |'\n",
+            "events.sinks[0].transform (line 7): the jq program does not compile: jq: error:",
+        ),
+    ],
+)
+def test_shaping_keys_are_checked_with_the_key_and_line(sink: str, expected: str) -> None:
+    text = "wal: {dir: /w}\nevents:\n  sinks:\n    - name: s\n" + sink
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, Path("c.yaml"))
+    assert any(expected in p for p in info.value.problems), info.value.problems

@@ -13,6 +13,7 @@ attributes and indexes are refused, so a template is only literals and fields.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping
 from string import Formatter
 from typing import Any
@@ -88,10 +89,16 @@ def query_value(value: object) -> str:
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
 
+_HEADER_AS_IS = re.compile(r"[!#$&-~]*")  # _HEADER_SAFE as a pattern: most values are
+
+
 def header_value(value: object) -> str:
     """``value`` in an HTTP header, as the CloudEvents HTTP binding writes ce- headers: space,
     ``"``, ``%`` and everything outside printable ASCII percent-encoded (UTF-8)."""
-    return quote(_str(value), safe=_HEADER_SAFE)
+    text = _str(value)
+    if _HEADER_AS_IS.fullmatch(text):  # (a third of quote()'s cost)
+        return text
+    return quote(text, safe=_HEADER_SAFE)
 
 
 class Template:

@@ -16,7 +16,8 @@ is a :class:`TransformError` carrying jq's message.
 
 The per-event variables reach the program through its input, not by compiling it again
 for every event (libjq binds ``--arg`` values when it compiles): the program runs as
-``.[1] as $webhook_id | ... | .[0] | (PROGRAM)`` over ``[body, id, type, time, sink]``.
+``.[1] as $webhook_id | ... | .[0] | (PROGRAM)`` over ``[body, id, type, time, sink]``;
+a program without a ``$`` gets the body alone.
 """
 
 from __future__ import annotations
@@ -55,28 +56,36 @@ class Transform:
         if problem is not None:
             raise ValueError(problem)
         self.program = program
-        binds = " | ".join(f".[{i + 1}] as ${name}" for i, name in enumerate(VARIABLES))
-        # Newlines around the program: a trailing comment in it must not swallow the ")".
-        self._jq = jq.compile(f"{binds} | .[0] | (\n{program}\n)")
+        # A program that names no variable gets the body alone: a third less per event.
+        self._plain = "$" not in program
+        if self._plain:
+            self._jq = jq.compile(program)
+        else:
+            binds = " | ".join(f".[{i + 1}] as ${name}" for i, name in enumerate(VARIABLES))
+            # Newlines around the program: a trailing comment in it must not swallow the ")".
+            self._jq = jq.compile(f"{binds} | .[0] | (\n{program}\n)")
         self._tail = b"," + orjson.dumps(sink) + b"]"
 
     def apply(
         self, body: bytes, webhook_id: str, kind: str, wal_time: float | None
     ) -> bytes | None:
         """The new body, or :data:`FILTERED`; raises :class:`TransformError`."""
-        text = b"".join(
-            (
-                b"[",
-                body,
-                b",",
-                orjson.dumps(webhook_id),
-                b",",
-                orjson.dumps(kind),
-                b",",
-                orjson.dumps(wal_time),
-                self._tail,
+        if self._plain:
+            text = body
+        else:
+            text = b"".join(
+                (
+                    b"[",
+                    body,
+                    b",",
+                    orjson.dumps(webhook_id),
+                    b",",
+                    orjson.dumps(kind),
+                    b",",
+                    orjson.dumps(wal_time),
+                    self._tail,
+                )
             )
-        )
         try:
             results: list[Any] = self._jq.input_text(text.decode()).all()
         except ValueError as exc:
