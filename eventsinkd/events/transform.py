@@ -12,7 +12,10 @@ and these variables:
 
 It must give one JSON object (the new body); ``empty`` or ``null`` means "do not send this
 event" (:data:`FILTERED`). Anything else - several results, a string, a run-time error -
-is a :class:`TransformError` carrying jq's message.
+is a :class:`TransformError` carrying jq's message. libjq has no time limit: a program must
+end (one that loops for ever without output would hold the daemon's event loop; try a
+program with ``eventsinkd tail --sink`` first). One that generates without end is refused
+at its second result.
 
 The per-event variables reach the program through its input, not by compiling it again
 for every event (libjq binds ``--arg`` values when it compiles): the program runs as
@@ -31,6 +34,7 @@ from eventsinkd.events import go_json
 
 VARIABLES = ("webhook_id", "event_type", "wal_time", "sink")
 FILTERED: Final = None  # what :meth:`Transform.apply` gives for an event not to be sent
+_NOTHING: Final = object()
 
 
 class TransformError(Exception):
@@ -86,18 +90,20 @@ class Transform:
                     self._tail,
                 )
             )
+        # At most two results are asked for: a program that generates without end
+        # (repeat, range(1e9)) is told apart from one object without running it out.
         try:
-            results: list[Any] = self._jq.input_text(text.decode()).all()
+            results = iter(self._jq.input_text(text.decode()))
+            result: Any = next(results, _NOTHING)
+            if result is _NOTHING:
+                return FILTERED
+            if next(results, _NOTHING) is not _NOTHING:
+                raise TransformError(
+                    "the transform gave more than one result; it must give one object "
+                    "(or empty or null, not to send the event)"
+                )
         except ValueError as exc:
             raise TransformError(f"jq: {exc}") from None
-        if not results:
-            return FILTERED
-        if len(results) > 1:
-            raise TransformError(
-                f"the transform gave {len(results)} results; it must give one object "
-                "(or empty or null, not to send the event)"
-            )
-        result = results[0]
         if result is None:
             return FILTERED
         if not isinstance(result, dict):
