@@ -157,12 +157,19 @@ async def test_a_transform_renames_filters_and_dead_letters_end_to_end(tmp_path:
         status = await sink_status(d)
         metrics = await d.get("/metrics")
         res = await eventsinkd("dead-letters", "list", "-c", d.config, "--json")
+        assert await d.stop() == 0
+        first = list(receiver.requests)
+        # A program that no longer fails: the replay (by the command, no daemon running)
+        # sends the dead letters through it.
+        d.write_config([{**sink, "transform": RENAME}])
+        replayed = await eventsinkd("dead-letters", "replay", "-c", d.config)
+        listed = await eventsinkd("dead-letters", "list", "-c", d.config, "--json")
     finally:
         await d.stop()
         await receiver.stop()
-    assert sorted(receiver.ids) == sorted(sent)  # the others were never sent
+    assert sorted(r.headers["webhook-id"] for r in first) == sorted(sent)  # no others sent
     hook = Webhook(SECRET)
-    for r in receiver.requests:
+    for r in first:
         hook.verify(r.body, r.headers)  # the transformed body is the one signed
         x = sent[r.headers["webhook-id"]]
         assert json.loads(r.body) == {
@@ -188,6 +195,22 @@ async def test_a_transform_renames_filters_and_dead_letters_end_to_end(tmp_path:
         assert x["last_outcome"] == f"jq: no shape for {pid}"
         assert x["event"]["payload_id"] == pid  # the event as Nexus's body, to replay
         assert x["event"]["subject"] == "bad"
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert (listed.returncode, listed.stdout) == (0, "")
+    again = receiver.requests[len(first) :]
+    assert sorted(r.headers["webhook-id"] for r in again) == sorted(
+        f"memory_written:{p}" for p in bad
+    )
+    for r in again:
+        hook.verify(r.body, r.headers)
+        body = json.loads(r.body)
+        x = bad[body["memory"]]
+        assert body == {
+            "memory": x.payload_id,
+            "who": x.fields["actor_id"],
+            "kind": "memory_written",
+            "at": pytest.approx(parse_go_time(x.timestamp)),
+        }
 
 
 def config_text(tmp_path: Path, receiver: WebhookServer, transform: str) -> str:
@@ -317,3 +340,33 @@ def test_shaping_keys_are_checked_with_the_key_and_line(sink: str, expected: str
     with pytest.raises(ConfigError) as info:
         parse_config(text, Path("c.yaml"))
     assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+async def test_a_templated_secret_url_delivers_and_never_shows_its_secrets(
+    tmp_path: Path,
+) -> None:
+    receiver = await WebhookServer(any_path=True).start()
+    url = f"http://127.0.0.1:{receiver.port}/T0SECRETPATH/{{subject}}?token=s3cr3tq&s={{source}}"
+    d = Daemon(tmp_path, [{"name": "s", "url": "env:HOOK_URL", "max_retries": 0}])
+    try:
+        await d.start(env={**os.environ, "HOOK_URL": url})
+        w = NexusWriter(d.wal)
+        written = await asyncio.to_thread(w.append, 3, subject="a b/c")
+        await receiver.wait_for(3)
+        receiver.behaviour = refuse  # then a failure, logged, and a dead letter
+        await asyncio.to_thread(w.append, 1, subject="x")
+        await until_metric(d, "bubblefish_events_failed_total", 1, sink="s")
+        shown = await d.get("/status") + await d.get("/metrics")
+        listed = await eventsinkd("dead-letters", "list", "-c", d.config, "--json")
+    finally:
+        await d.stop()
+        await receiver.stop()
+    for r, x in zip(receiver.requests, written, strict=False):
+        assert r.target == f"/T0SECRETPATH/a%20b%2Fc?token=s3cr3tq&s={x.fields['source']}"
+    seen = shown + d.log.read_text() + listed.stdout + listed.stderr
+    assert "env:HOOK_URL (127.0.0.1)" in shown
+    assert "T0SECRETPATH" not in seen and "s3cr3tq" not in seen
+
+
+async def refuse(_n: int, _req: web.Request) -> web.StreamResponse:
+    return web.Response(status=422)

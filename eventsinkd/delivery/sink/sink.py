@@ -48,16 +48,16 @@ from eventsinkd.delivery.filters import EventFilter
 from eventsinkd.delivery.job import Job, SinkStats
 from eventsinkd.delivery.keyorder import SinkOrder
 from eventsinkd.delivery.policy import RetryPolicy
+from eventsinkd.delivery.replay import apply_transform, shape_for_replay
 from eventsinkd.delivery.requests import Requests
 from eventsinkd.delivery.sink.delivery import Delivery
 from eventsinkd.delivery.sink.ledger import Ledger
 from eventsinkd.delivery.workers import Workers
 from eventsinkd.events import Event
-from eventsinkd.events.transform import TransformError
 from eventsinkd.metrics import Metrics, SinkMetrics
 from eventsinkd.state.letterwriter import DeadLetterWriter
 from eventsinkd.transports import make_transport
-from eventsinkd.transports.contract import Attempt, Outcome, Transport
+from eventsinkd.transports.contract import Attempt, Transport
 from eventsinkd.wal.entry import Entry
 
 log = logging.getLogger("eventsinkd.delivery.sink")
@@ -347,7 +347,8 @@ class Sink:
         it). A program that fails on it leaves the job a ``problem``: the delivery makes it a
         dead letter, never a crash of the reader."""
         event = job.event
-        shaped = self._apply(event)
+        assert self._transform is not None
+        shaped = apply_transform(self._transform, self.cfg.content, event)
         if isinstance(shaped, str):
             job.problem = shaped
             return True
@@ -359,18 +360,6 @@ class Sink:
         event.shaped = shaped
         return True
 
-    def _apply(self, event: Event) -> bytes | str | None:
-        """The transform's body, None (filtered) or why it failed."""
-        assert self._transform is not None
-        try:
-            return self._transform.apply(
-                event.original_body(self.cfg.content), event.id, event.type, event.wal_time
-            )
-        except TransformError as exc:
-            return str(exc)
-        except Exception as exc:  # libjq's binding may raise more than it says
-            return f"the transform failed: {type(exc).__name__}: {exc}"
-
     def finish(self, job: Job, outcome: Literal["delivered", "failed"]) -> None:
         """``job`` is done with: delivered, or given up on (and kept as a dead letter)."""
         self.ledger.finish(job, outcome)
@@ -380,11 +369,7 @@ class Sink:
     async def send_one(self, event: Event) -> Attempt:
         """One attempt for one event, beside the workers (a dead letter's replay, through
         the sink's current transform: one that filters it out counts as delivered)."""
-        if self._transform is not None:
-            shaped = self._apply(event)
-            if isinstance(shaped, str):
-                return Attempt(Outcome.PERMANENT, None, shaped)
-            if shaped is None:
-                return Attempt(Outcome.DELIVERED, None, "the transform filters it out: not sent")
-            event.shaped = shaped
+        done = shape_for_replay(self._transform, self.cfg.content, event)
+        if done is not None:
+            return done
         return await self.delivery.send_one(event)
