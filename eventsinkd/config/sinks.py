@@ -23,13 +23,12 @@ from pydantic import (
 
 from eventsinkd.common.secrets import SecretError, redact_url, remember, resolve_secret
 from eventsinkd.config.auth import AuthConfig, auth_clash
-from eventsinkd.config.cloudevents import CloudEventsConfig, Format
+from eventsinkd.config.cloudevents import CloudEventsConfig, Format, WebhookShaping, format_keys
 from eventsinkd.config.options import (
     Batched,
     Endpoint,
     ProxySetting,
     SecretRef,
-    SinkBase,
     check_secret_ref,
     parse_endpoint,
 )
@@ -67,18 +66,7 @@ def _check_secret(ref: str) -> str:
     return ref
 
 
-DEFAULT_MAX_BATCH = 200
-DEFAULT_LINGER_MS = 5.0
-_DEFAULTS: dict[str, float] = {"max_batch": DEFAULT_MAX_BATCH, "linger_ms": DEFAULT_LINGER_MS}
-
-
-def _format_keys(sink: WebhookSinkConfig | NatsSinkConfig) -> None:
-    """``cloudevents:`` options other than the defaults go with ``format: cloudevents``."""
-    if sink.cloudevents != CloudEventsConfig() and sink.format != "cloudevents":
-        raise ValueError("cloudevents options are for format: cloudevents (add it, or remove them)")
-
-
-class WebhookSinkConfig(SinkBase):
+class WebhookSinkConfig(WebhookShaping):
     type: Literal["webhook"] = "webhook"
     url: Annotated[
         TemplatedUrl,
@@ -87,22 +75,6 @@ class WebhookSinkConfig(SinkBase):
             "in its path and query"
         ),
     ]
-    format: Format = Field(
-        default="standard-webhooks", description="standard-webhooks (Nexus's body) or cloudevents"
-    )
-    cloudevents: CloudEventsConfig = Field(default_factory=CloudEventsConfig)
-    max_batch: int = Field(
-        default=DEFAULT_MAX_BATCH,
-        ge=1,
-        le=10_000,
-        description="events per request (cloudevents batched only)",
-    )
-    linger_ms: float = Field(
-        default=DEFAULT_LINGER_MS,
-        ge=0,
-        le=1000,
-        description="how long a batch waits to fill (batched only)",
-    )
     auth: AuthConfig | None = None
     secrets: list[Annotated[str, AfterValidator(_check_secret)]] = Field(
         default_factory=list,
@@ -148,35 +120,14 @@ class WebhookSinkConfig(SinkBase):
         return self
 
     @model_validator(mode="after")
-    def _shaping(self) -> WebhookSinkConfig:
-        _format_keys(self)
-        batched = self.batched
-        # Their defaults may be written out (config.example.yaml does).
-        given = {n for n in ("max_batch", "linger_ms") if getattr(self, n) != _DEFAULTS[n]}
-        if given and not batched:
-            raise ValueError(
-                f"{' and '.join(sorted(given))}: a webhook sink sends one event per request "
-                "unless format: cloudevents has cloudevents.mode: batched"
-            )
+    def _templates_one_by_one(self) -> WebhookSinkConfig:
         templated = self.url.templated or any(template_fields(v) for v in self.headers.values())
-        if batched and templated:
+        if self.batched and templated:
             raise ValueError(
                 "a templated url or header is filled per event, and a batch holds many: use "
                 "cloudevents.mode binary or structured (one event per request)"
             )
         return self
-
-    @property
-    def batched(self) -> bool:
-        return self.format == "cloudevents" and self.cloudevents.mode == "batched"
-
-    @property
-    def batch_size(self) -> int:
-        return self.max_batch if self.batched else 1
-
-    @property
-    def linger_s(self) -> float:
-        return self.linger_ms / 1000 if self.batched else 0.0
 
     @cached_property
     def signing_keys(self) -> list[bytes]:
@@ -433,7 +384,7 @@ class NatsSinkConfig(Batched):
 
     @model_validator(mode="after")
     def _structured(self) -> NatsSinkConfig:
-        _format_keys(self)
+        format_keys(self.format, self.cloudevents)
         if self.cloudevents.mode != "structured":
             raise ValueError(
                 "a nats sink carries CloudEvents in structured mode (the event in the "
