@@ -21,11 +21,11 @@ from eventsinkd.common.secrets import is_reference, redact_url
 from eventsinkd.config.options import FilterConfig
 from eventsinkd.config.sinks import NatsSinkConfig, SinkConfig, WebhookSinkConfig
 from eventsinkd.delivery.filters import EventFilter
+from eventsinkd.delivery.replay import apply_transform
 from eventsinkd.events import Event
-from eventsinkd.events.templates import Template, path_segment, query_value
-from eventsinkd.events.transform import TransformError
 from eventsinkd.transports.cloudevents import JSON, CloudEvents
 from eventsinkd.transports.nats_subjects import SubjectTemplate
+from eventsinkd.transports.webhook import WebhookTransport
 from eventsinkd.wal.entry import Entry
 
 
@@ -41,12 +41,8 @@ class SinkPreview:
             else None
         )
         self._subjects = SubjectTemplate(cfg.subject) if isinstance(cfg, NatsSinkConfig) else None
-        self._path: Template | None = None
-        self._query: Template | None = None
-        if isinstance(cfg, WebhookSinkConfig) and cfg.url.templated:
-            path, _, query = cfg.url.target_template.partition("?")
-            self._path = Template(path, path_segment)
-            self._query = Template(query, query_value) if query else None
+        # A webhook's requests as its transport makes them (never opened here).
+        self._webhook = WebhookTransport(cfg) if isinstance(cfg, WebhookSinkConfig) else None
 
     def line(self, kind: str, entry: Entry) -> bytes | None:
         """The line for ``entry``'s event ``kind``; None when the sink's filter leaves it out."""
@@ -56,12 +52,9 @@ class SinkPreview:
         event = Event(kind, entry, (cfg.content,))
         out: dict[str, Any] = {"id": event.id}
         if self._transform is not None:
-            try:
-                shaped = self._transform.apply(
-                    event.original_body(cfg.content), event.id, kind, event.wal_time
-                )
-            except TransformError as exc:
-                out["dead_letter"] = str(exc)
+            shaped = apply_transform(self._transform, cfg.content, event)
+            if isinstance(shaped, str):
+                out["dead_letter"] = shaped
                 return orjson.dumps(out) + b"\n"
             if shaped is None:
                 out["filtered"] = True
@@ -69,13 +62,12 @@ class SinkPreview:
             event.shaped = shaped
         body = event.body(cfg.content)
         ce = self._ce
-        if isinstance(cfg, WebhookSinkConfig):
-            out["url"] = self._url(event)
+        if self._webhook is not None:
+            body, own, target = self._webhook.request(event)
+            out["url"] = self._url(target)
             headers = {"Content-Type": JSON if ce is None else ce.content_type}
-            if ce is not None and ce.mode == "binary":
-                headers.update(ce.headers(event))
-            elif ce is not None:
-                body = ce.structured(event, cfg.content)
+            # ce- headers only: the configured ones (templated or not) may be credentials.
+            headers.update((name, value) for name, value in own if name.startswith("ce-"))
             out["headers"] = headers
         elif self._subjects is not None:
             out["subject"] = self._subjects.render(event)
@@ -84,14 +76,11 @@ class SinkPreview:
         out["body"] = orjson.Fragment(body)
         return orjson.dumps(out) + b"\n"
 
-    def _url(self, event: Event) -> str:
+    def _url(self, target: str | None) -> str:
         assert isinstance(self.cfg, WebhookSinkConfig)
         url = self.cfg.url
         if is_reference(url.ref):
             return url.shown  # its path may be the secret (Slack's)
-        if self._path is None:
+        if target is None:
             return redact_url(str(url))
-        target = self._path.render(event)
-        if self._query is not None:
-            target += "?" + self._query.render(event)
         return redact_url(url.origin.rstrip("/") + target)
