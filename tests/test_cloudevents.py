@@ -203,3 +203,40 @@ async def test_nats_messages_are_structured_cloudevents(tmp_path: Path) -> None:
         assert m.subject == f"nexus.events.{kind}"
         got.append(check_event(ce, want, w, lambda f: f"/nexus/{quote(f['source'], safe='')}/user"))
     assert sorted(got) == sorted(want)
+
+
+async def test_data_is_the_transform_and_the_attributes_the_entrys(tmp_path: Path) -> None:
+    receiver = await WebhookServer().start()
+    sink = {
+        "name": "ce",
+        "url": receiver.url,
+        "secret": SECRET,
+        "format": "cloudevents",
+        "cloudevents": {"mode": "binary"},
+        "transform": "{memory: .payload_id, about: .subject}",
+    }
+    d = Daemon(tmp_path, [sink])
+    try:
+        await d.start()
+        w = NexusWriter(d.wal)
+        written = await asyncio.to_thread(w.append, 3, subject="team a/b")
+        await receiver.wait_for(3)
+    finally:
+        await d.stop()
+        await receiver.stop()
+    by_id = {f"memory_written:{x.payload_id}": x for x in written}
+    for r in receiver.requests:
+        Webhook(SECRET).verify(r.body, r.headers)  # signed over the transformed body
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        ce = from_http_event(HTTPMessage(headers=headers, body=r.body))
+        x = by_id[ce.get_id()]
+        data: Any = ce.get_data()
+        if isinstance(data, bytes | str):
+            data = json.loads(data)
+        assert data == {"memory": x.payload_id, "about": "team a/b"}
+        assert r.body == json.dumps(data, separators=(",", ":")).encode()  # the body is data
+        assert (ce.get_subject(), ce.get_extension("actorid")) == (
+            "team a/b",
+            x.fields["actor_id"],
+        )
+        assert ce.get_source() == default_source(x.fields)

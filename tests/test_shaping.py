@@ -26,11 +26,14 @@ from daemon_harness import (
     until_metric,
     wait_cursor_at_end,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 from webhook_server import WebhookServer
 
 from eventsinkd.config.loading import ConfigError, parse_config
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
+from eventsinkd.events.templates import header_value, path_segment, query_value
 from eventsinkd.wal.gotime import parse_go_time
 
 # Subjects that would change a URL's structure if they were put in it as they are.
@@ -370,3 +373,14 @@ async def test_a_templated_secret_url_delivers_and_never_shows_its_secrets(
 
 async def refuse(_n: int, _req: web.Request) -> web.StreamResponse:
     return web.Response(status=422)
+
+
+@given(st.text())
+def test_a_value_is_one_segment_one_query_value_or_one_header_value(value: str) -> None:
+    segment, query, header = path_segment(value), query_value(value), header_value(value)
+    assert not set("/?#& ") & set(segment + query)
+    assert segment not in ("", ".", "..")
+    assert unquote(segment, errors="strict") == (value or "_")
+    assert unquote(query, errors="strict") == value
+    assert all(0x21 <= ord(c) <= 0x7E and c != '"' for c in header)
+    assert unquote(header, errors="strict") == value
