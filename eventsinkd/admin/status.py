@@ -72,6 +72,7 @@ def status_document(d: StatusView) -> dict[str, Any]:
             "delivered": st.delivered,
             "failed": st.failed,
             "dropped": st.dropped,
+            "filtered": st.filtered,
             "dead_letters": letters.get(name, (0, 0))[0],
             "last_success": st.last_success,
             "last_failure": st.last_failure,

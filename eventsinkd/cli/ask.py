@@ -114,7 +114,8 @@ def summary(doc: dict[str, Any], now: float | None = None) -> str:
             "",
             f"{name} ({s.get('type')} {s.get('url')}): {s.get('state')}",
             f"  delivered {s.get('delivered', 0):,}  failed {s.get('failed', 0):,}  "
-            f"dropped {s.get('dropped', 0):,}  dead letters {s.get('dead_letters', 0):,}",
+            f"dropped {s.get('dropped', 0):,}  dead letters {s.get('dead_letters', 0):,}"
+            + (f"  filtered {s['filtered']:,}" if s.get("filtered") else ""),
             f"  lag {_lag(s.get('lag', {}))}  queue {s.get('queue_depth', 0):,}/"
             f"{s.get('max_inflight', 0):,}  concurrency {limit}",
             f"  last success {_ago(s.get('last_success'), now)}, "

@@ -15,7 +15,7 @@ import orjson
 
 from eventsinkd.config.model import Config
 from eventsinkd.config.sinks import SinkConfig
-from eventsinkd.delivery.replay import ReplayResult, Send, replay
+from eventsinkd.delivery.replay import ReplayResult, Send, replay, shape_for_replay
 from eventsinkd.delivery.rewinds import NOT_SAVED, plan, saved_start
 from eventsinkd.events import Event
 from eventsinkd.state.control import StateLock, request_rewind, take_answer
@@ -136,12 +136,17 @@ async def _replay_here(
     for transport in transports.values():
         await transport.open()
 
+    sinks = {s.name: s for s in cfg.events.sinks}
+
     def send_for(name: str) -> Send | None:
         if name not in transports:
             return None
-        transport = transports[name]
+        transport, sink = transports[name], sinks[name]
 
         async def send_one(event: Event) -> Attempt:
+            done = shape_for_replay(sink.transformer, sink.content, event)
+            if done is not None:
+                return done
             return (await transport.send([event]))[0]
 
         return send_one

@@ -1,4 +1,5 @@
-"""``eventsinkd tail``: print the events the daemon would send (``--types``), one body per line.
+"""``eventsinkd tail``: print the events the daemon would send (``--types``), one body per line;
+with ``--sink NAME`` what that sink would send (:mod:`eventsinkd.cli.preview`).
 
 With status events, the PENDING entries are followed as a sink's cursor follows them,
 and saved with the position in ``--state-dir``.
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +25,7 @@ from eventsinkd.events import (
 from eventsinkd.state.cursors import in_wal, load_saved
 from eventsinkd.state.positions import Checkpointer, PositionStore
 from eventsinkd.wal.batches import Batch
+from eventsinkd.wal.entry import Entry
 from eventsinkd.wal.follower import WalFollower
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
@@ -30,6 +33,9 @@ from eventsinkd.wal.scanner import StartAt
 from eventsinkd.wal.statuses import StatusWatch
 
 PENDING_LIMIT = 100_000  # as events.pending_limit's default
+
+# An event's line (kind, entry) -> bytes, or None for no line.
+Render = Callable[[str, Entry], bytes | None]
 
 
 async def tail(
@@ -44,7 +50,13 @@ async def tail(
     poll_interval_s: float,
     force_polling: bool,
     out: BinaryIO,
+    render: Render | None = None,
 ) -> int:
+    if render is None:
+
+        def render(kind: str, entry: Entry) -> bytes | None:
+            return event_body(entry, content, kind) + b"\n"
+
     store = PositionStore(state_dir, wal_dir) if state_dir is not None else None
     start: Position | StartAt = start_at
     if store is not None:
@@ -75,7 +87,7 @@ async def tail(
     saver = asyncio.create_task(checkpoints.run())
     try:
         async for batch in follower:
-            lines = _bodies(batch, types, content)
+            lines = _lines(batch, types, render)
             if lines:
                 out.write(b"".join(lines))
                 out.flush()
@@ -97,18 +109,17 @@ async def tail(
     return 0
 
 
-def _bodies(batch: Batch, types: frozenset[str], content: ContentMode) -> list[bytes]:
+def _lines(batch: Batch, types: frozenset[str], render: Render) -> list[bytes]:
     lines = []
     if MEMORY_WRITTEN in types:
-        lines = [
-            event_body(rec.entry, content) + b"\n"
-            for rec in batch.records
-            if event_type(rec.entry) is not None
-        ]
+        for rec in batch.records:
+            kind = event_type(rec.entry)
+            if kind is not None and (line := render(kind, rec.entry)) is not None:
+                lines.append(line)
     for change in batch.statuses:
         kind = status_event_type(change.entry)
-        if kind in types:
-            lines.append(event_body(change.entry, content, kind) + b"\n")
+        if kind is not None and kind in types and (line := render(kind, change.entry)) is not None:
+            lines.append(line)
     return lines
 
 

@@ -11,17 +11,26 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import yaml
 from pydantic import ValidationError
 
-from eventsinkd.cli.common import HelpFormatter, complete_path, fail, missing_default
+from eventsinkd.cli.common import (
+    EXIT_CONFIG,
+    HelpFormatter,
+    complete_path,
+    fail,
+    missing_default,
+)
 from eventsinkd.common.logs import setup_logging
 from eventsinkd.common.secrets import SecretError, resolve_secret
 from eventsinkd.config.model import WalConfig
 from eventsinkd.events import EVENT_TYPES, MEMORY_WRITTEN
 from eventsinkd.wal.lines import LineParser
+
+if TYPE_CHECKING:
+    from eventsinkd.cli.tail import Render
 
 
 class UsageError(Exception):
@@ -74,11 +83,18 @@ def add_commands(sub: Any) -> None:
     )
     _add_wal_args(t)
     t.add_argument(
+        "--sink",
+        metavar="NAME",
+        help="print what this sink of the config (-c) would send: its filter, format, "
+        "templates and transform applied (without: the plain bodies)",
+    )
+    t.add_argument(
         "--types",
         type=_event_types,
-        default=[MEMORY_WRITTEN],
+        default=None,
         metavar="TYPE[,TYPE...]",
-        help=f"event types to print, among {', '.join(EVENT_TYPES)}",
+        help=f"event types to print, among {', '.join(EVENT_TYPES)} (default: "
+        f"{MEMORY_WRITTEN}; with --sink, the config's events.types)",
     )
     t.add_argument(
         "--from",
@@ -201,6 +217,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from eventsinkd.cli.tail import tail
 
     setup_logging(args.log_level)
+    render: Render | None = None
+    types = args.types or [MEMORY_WRITTEN]
+    if args.sink is not None:
+        try:
+            render, config_types = _sink_preview(args)
+        except UsageError as exc:
+            return fail(str(exc), EXIT_CONFIG)
+        types = args.types or config_types
+    args.types = types
     try:
         wal_dir, parser = wal_source(args)
     except UsageError as exc:
@@ -214,7 +239,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 start_at=args.start_at,
                 follow=args.follow,
                 content="full" if args.full else "summary",
-                types=frozenset(args.types),
+                types=frozenset(types),
+                render=render,
                 state_dir=args.state_dir,
                 poll_interval_s=args.poll_interval,
                 force_polling=args.force_polling,
@@ -226,6 +252,25 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if code == 0 and not args.follow and not out.written:
         print(f"eventsinkd: {_why_nothing(args, wal_dir)}", file=sys.stderr)
     return code
+
+
+def _sink_preview(args: argparse.Namespace) -> tuple[Render, list[str]]:
+    """``--sink NAME``: how that sink of the config renders each event, and the event types
+    the config produces. The whole config is read (the sink's options come from it)."""
+    from eventsinkd.cli.preview import SinkPreview
+    from eventsinkd.config.loading import ConfigError, load_config
+
+    if args.config is None:
+        raise UsageError("--sink NAME needs the config it is in: add -c PATH")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    sinks = {s.name: s for s in cfg.events.sinks}
+    if args.sink not in sinks:
+        known = ", ".join(sinks) or "none"
+        raise UsageError(f"{args.config} has no sink {args.sink!r} (its sinks: {known})")
+    return SinkPreview(sinks[args.sink]).line, list(cfg.events.types)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

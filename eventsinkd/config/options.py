@@ -7,6 +7,7 @@ Each ``type``'s own model is in :mod:`eventsinkd.config.sinks`.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from eventsinkd.common.secrets import (
 )
 from eventsinkd.config.proxy import parse_proxy_url
 from eventsinkd.events import EventType
+from eventsinkd.events.transform import Transform, compile_error
 
 _SINK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_CONCURRENCY = 1024
@@ -150,6 +152,25 @@ class SinkBase(Model):
         default_factory=FilterConfig, description="which events this sink receives"
     )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="for https and TLS schemes")
+    transform: str | None = Field(
+        default=None,
+        description="a jq program: the event's body in, the body to send out (one object; "
+        "empty or null: not sent)",
+    )
+
+    @field_validator("transform")
+    @classmethod
+    def _jq_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            problem = compile_error(v)
+            if problem is not None:
+                raise ValueError(f"the jq program does not compile: {problem}")
+        return v
+
+    @cached_property
+    def transformer(self) -> Transform | None:
+        """The compiled ``transform`` (compiled once per loaded config)."""
+        return None if self.transform is None else Transform(self.transform, self.name)
 
     @field_validator("name")
     @classmethod

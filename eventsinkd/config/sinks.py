@@ -10,7 +10,6 @@ import binascii
 import re
 from functools import cached_property
 from pathlib import Path
-from string import Formatter
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -24,16 +23,18 @@ from pydantic import (
 
 from eventsinkd.common.secrets import SecretError, redact_url, remember, resolve_secret
 from eventsinkd.config.auth import AuthConfig, auth_clash
+from eventsinkd.config.cloudevents import CloudEventsConfig, Format, WebhookShaping, format_keys
 from eventsinkd.config.options import (
     Batched,
     Endpoint,
     ProxySetting,
     SecretRef,
-    SinkBase,
     check_secret_ref,
     parse_endpoint,
 )
 from eventsinkd.config.secreturl import SecretUrl
+from eventsinkd.config.urltemplate import TemplatedUrl
+from eventsinkd.events.templates import template_fields
 
 WHSEC_PREFIX = "whsec_"
 RESERVED_HEADERS = frozenset(
@@ -65,9 +66,15 @@ def _check_secret(ref: str) -> str:
     return ref
 
 
-class WebhookSinkConfig(SinkBase):
+class WebhookSinkConfig(WebhookShaping):
     type: Literal["webhook"] = "webhook"
-    url: Annotated[SecretUrl, Field(description="http(s) URL, or env:VAR / file:/path holding it")]
+    url: Annotated[
+        TemplatedUrl,
+        Field(
+            description="http(s) URL, or env:VAR / file:/path holding it; {field} templates "
+            "in its path and query"
+        ),
+    ]
     auth: AuthConfig | None = Field(
         default=None, description="an Authorization header: basic, bearer or oauth2"
     )
@@ -107,11 +114,25 @@ class WebhookSinkConfig(SinkBase):
             if any(c in value for c in "\r\n\0"):
                 raise ValueError(f"header {name}: a value cannot hold a line break or NUL")
             remember(value)  # header values may be credentials: never shown
+            try:
+                template_fields(value)
+            except ValueError as exc:
+                raise ValueError(f"header {name}: {exc}") from None
         return v
 
     @model_validator(mode="after")
     def _one_authorization(self) -> WebhookSinkConfig:
         auth_clash(self.auth, self.url, self.headers)
+        return self
+
+    @model_validator(mode="after")
+    def _templates_one_by_one(self) -> WebhookSinkConfig:
+        templated = self.url.templated or any(template_fields(v) for v in self.headers.values())
+        if self.batched and templated:
+            raise ValueError(
+                "a templated url or header is filled per event, and a batch holds many: use "
+                "cloudevents.mode binary or structured (one event per request)"
+            )
         return self
 
     @cached_property
@@ -329,6 +350,11 @@ class NatsSinkConfig(Batched):
         default="nexus.events.{event_type}",
         description="template; fields: " + ", ".join(sorted(NATS_SUBJECT_FIELDS)),
     )
+    format: Format = Field(
+        default="standard-webhooks",
+        description="standard-webhooks (Nexus's body) or cloudevents (structured)",
+    )
+    cloudevents: CloudEventsConfig = Field(default_factory=CloudEventsConfig)
     creds_file: Path | None = Field(default=None, description="a NATS .creds file (JWT, NKey)")
     token: SecretRef = Field(default=None, repr=False, description="a token (a secret)")
     user: str | None = Field(default=None, description="with password")
@@ -351,16 +377,7 @@ class NatsSinkConfig(Batched):
     @field_validator("subject")
     @classmethod
     def _subject(cls, v: str) -> str:
-        try:
-            fields = {f for _, f, _, _ in Formatter().parse(v) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"not a valid template: {exc}") from None
-        unknown = sorted(fields - NATS_SUBJECT_FIELDS)
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {', '.join(unknown)}; use "
-                + ", ".join(sorted(NATS_SUBJECT_FIELDS))
-            )
+        template_fields(v, NATS_SUBJECT_FIELDS)
         probe = v.format(**dict.fromkeys(NATS_SUBJECT_FIELDS, "x"))
         if not probe or any(not t or _BAD_SUBJECT_CHARS.search(t) for t in probe.split(".")):
             raise ValueError(
@@ -374,6 +391,16 @@ class NatsSinkConfig(Batched):
         if v is not None and not v.is_file():
             raise ValueError(f"{v} is not a readable file")
         return v
+
+    @model_validator(mode="after")
+    def _structured(self) -> NatsSinkConfig:
+        format_keys(self.format, self.cloudevents)
+        if self.cloudevents.mode != "structured":
+            raise ValueError(
+                "a nats sink carries CloudEvents in structured mode (the event in the "
+                "message): leave cloudevents.mode out"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_credential(self) -> NatsSinkConfig:

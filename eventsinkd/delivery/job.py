@@ -15,6 +15,7 @@ class SinkStats:
     delivered: int = 0
     failed: int = 0
     dropped: int = 0
+    filtered: int = 0  # the sink's transform gave empty or null: not sent, finished
     last_success: float | None = None
     last_failure: float | None = None
     last_error: str | None = None
@@ -30,6 +31,7 @@ class Job:
         "first_attempt",
         "first_attempt_mono",
         "key",
+        "problem",
         "seq",
         "waiting",
     )
@@ -42,6 +44,8 @@ class Job:
         self.attempts = 0  # attempts that count against max_retries (none while paused)
         self.first_attempt = 0.0  # Unix time, for dead letters
         self.first_attempt_mono = 0.0
+        # Why it can never be sent (the sink's transform failed on it): a dead letter.
+        self.problem: str | None = None
 
     def attempted(self) -> None:
         """Count an attempt against max_retries."""

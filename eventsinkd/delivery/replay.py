@@ -12,13 +12,42 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventsinkd.events import Event
+from eventsinkd.events import ContentMode, Event
+from eventsinkd.events.transform import Transform, TransformError
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
 from eventsinkd.transports.contract import Attempt, Outcome
 
 Send = Callable[[Event], Awaitable[Attempt]]
 # Runs a DeadLetterStore method (in the daemon: on the store's own thread).
 RunInStore = Callable[..., Awaitable[Any]]
+
+
+def apply_transform(transform: Transform, content: ContentMode, event: Event) -> bytes | str | None:
+    """``event``'s body through a sink's transform: the new body, None (filtered) or why the
+    program failed on it (never raises)."""
+    try:
+        return transform.apply(event.original_body(content), event.id, event.type, event.wal_time)
+    except TransformError as exc:
+        return str(exc)
+    except Exception as exc:  # libjq's binding may raise more than it says
+        return f"the transform failed: {type(exc).__name__}: {exc}"
+
+
+def shape_for_replay(
+    transform: Transform | None, content: ContentMode, event: Event
+) -> Attempt | None:
+    """A dead letter's event through its sink's current transform: None when it is to be sent
+    (its shaped body set), else what the replay counts: a failure of the program, or
+    delivered for an event the program now filters out (nothing to send)."""
+    if transform is None:
+        return None
+    shaped = apply_transform(transform, content, event)
+    if isinstance(shaped, str):
+        return Attempt(Outcome.PERMANENT, None, shaped)
+    if shaped is None:
+        return Attempt(Outcome.DELIVERED, None, "the transform filters it out: not sent")
+    event.shaped = shaped
+    return None
 
 
 @dataclass

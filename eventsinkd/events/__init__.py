@@ -87,7 +87,7 @@ class Event:
     kept: a queued event costs its body bytes, not the whole decoded memory.
     """
 
-    __slots__ = ("_bodies", "id", "read_ns", "ticket", "timestamp", "type")
+    __slots__ = ("_bodies", "id", "read_ns", "shaped", "ticket", "timestamp", "type")
 
     def __init__(self, kind: str, entry: Entry, contents: Iterable[ContentMode]) -> None:
         self.type = kind
@@ -95,6 +95,8 @@ class Event:
         self.timestamp = entry.timestamp
         self.read_ns = time.time_ns()  # when eventsinkd read it (OTLP's observed time)
         self.ticket: object = None  # the engine's acknowledgement handle (block mode)
+        # The body the sink's ``transform`` made of it (events.transform), sent instead.
+        self.shaped: bytes | None = None
         bodies = {}
         for content in contents:  # (a loop: a comprehension is one more frame per event)
             bodies[content] = event_body(entry, content, kind)
@@ -107,18 +109,30 @@ class Event:
         event.type, event.id, event.timestamp, event.ticket = kind, webhook_id, timestamp, None
         event.read_ns = time.time_ns()
         event._bodies = {"summary": body, "full": body}
+        event.shaped = None
         return event
 
     def body(self, content: ContentMode) -> bytes:
-        """The body rendered for ``content``. An event read before a reload changed its
-        sink's ``content`` keeps the body it was read with: the entry is not kept to
-        render another."""
+        """The body to send: the sink's ``transform`` of it (:attr:`shaped`), else the body
+        rendered for ``content``."""
+        shaped = self.shaped
+        if shaped is not None:
+            return shaped
+        # (original_body's lines: one call less per request)
+        body = self._bodies.get(content)
+        return body if body is not None else next(iter(self._bodies.values()))
+
+    def original_body(self, content: ContentMode) -> bytes:
+        """The body rendered for ``content`` (before any transform: what a dead letter keeps).
+        An event read before a reload changed its sink's ``content`` keeps the body it was
+        read with: the entry is not kept to render another."""
         body = self._bodies.get(content)
         return body if body is not None else next(iter(self._bodies.values()))
 
     def fields(self) -> dict[str, Any]:
         """The body's fields (event_type, payload_id, source...), for transports that carry
-        them apart from the body: parsed from the body when asked, not kept per event."""
+        them apart from the body: parsed from the body when asked, not kept per event. Always
+        the event's own fields, whatever a transform made of its body."""
         body = next(iter(self._bodies.values()))
         fields: dict[str, Any] = orjson.loads(body)
         return fields

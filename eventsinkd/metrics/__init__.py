@@ -89,6 +89,7 @@ class SinkMetrics:
         self.delivered = t.delivered
         self.failed = t.failed
         self.dropped = t.dropped
+        self.filtered = t.filtered
         self.offered = t.offered
         self.retries = t.retries
         self.latency = t.latency

@@ -73,6 +73,7 @@ class SinkTallies:
         self.delivered = Tally()
         self.failed = Tally()
         self.dropped = Tally()
+        self.filtered = Tally()
         self.offered = Tally()
         self.retries = Tally()
         self.attempts = {o: Tally() for o in Outcome}
@@ -98,6 +99,11 @@ COUNTERS = (
         "dropped",
     ),
     ("eventsinkd_events_offered", "Events handed to a sink (after its filter).", "offered"),
+    (
+        "eventsinkd_events_filtered",
+        "Events a sink's transform made empty or null: not sent, finished.",
+        "filtered",
+    ),
     (
         "eventsinkd_delivery_retries",
         "Attempts scheduled again after a retryable outcome.",

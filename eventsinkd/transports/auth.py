@@ -67,16 +67,21 @@ class AuthPool:
         self._auth = auth
 
     async def post(
-        self, headers: Sequence[tuple[str, str]], body: bytes, timeout_s: float
+        self,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        timeout_s: float,
+        target: str | None = None,
     ) -> Response:
         """As :meth:`HttpClient.post`; a token endpoint's failure is a :class:`TokenError`
         (a ConnectionError)."""
         auth = self._auth
+        pool = self._pool
         value = await auth.header()
-        resp = await self._pool.post([*headers, ("Authorization", value)], body, timeout_s)
+        resp = await pool.post([*headers, ("Authorization", value)], body, timeout_s, target)
         if resp.status == 401 and auth.refused(value):
             value = await auth.header()
-            resp = await self._pool.post([*headers, ("Authorization", value)], body, timeout_s)
+            resp = await pool.post([*headers, ("Authorization", value)], body, timeout_s, target)
         return resp
 
     async def close(self) -> None:

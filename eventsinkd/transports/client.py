@@ -96,29 +96,40 @@ class HttpClient:
         if parts.username is not None:  # basic auth from user:password@ in the URL
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             fixed.append(("Authorization", "Basic " + base64.b64encode(pair).decode()))
+        self._target_prefix = ""
         if self.proxy is not None and self.ssl is None:  # plain http through a proxy: absolute form
-            target = f"http://{host}{target}"
+            self._target_prefix = f"http://{host}"
             if self.proxy.authorization is not None:
                 fixed.append(("Proxy-Authorization", self.proxy.authorization))
         for name, value in fixed:
             _check_header(name, value)
-        self._head = (
-            f"POST {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fixed)
-        ).encode()
+        self._fixed = "".join(f"{n}: {v}\r\n" for n, v in fixed).encode()
+        self._head = f"POST {self._target_prefix}{target} HTTP/1.1\r\n".encode() + self._fixed
         self._idle: list[Connection] = []
 
     async def post(
-        self, headers: Sequence[tuple[str, str]], body: bytes, timeout_s: float
+        self,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        timeout_s: float,
+        target: str | None = None,
     ) -> Response:
         """POST ``body`` with ``headers`` added to the static ones; the final response (its
-        ``body`` read when the client keeps bodies and it was whole). Raises ValueError for a
-        header that cannot be sent, TimeoutError, OSError (ConnectionError, ProxyError...) or
+        ``body`` read when the client keeps bodies and it was whole). ``target``: this
+        request's path and query (``/users/42?x=1``, already percent-encoded) instead of the
+        URL's, on the same pooled connections. Raises ValueError for a header or target that
+        cannot be sent, TimeoutError, OSError (ConnectionError, ProxyError...) or
         ProtocolError."""
         for name, value in headers:
             if "\r" in value or "\n" in value or "\0" in value:
                 raise ValueError(f"the {name} header would hold a line break or NUL")
+        head = self._head
+        if target is not None:
+            if not target.startswith("/") or any(c in target for c in " \r\n\0#"):
+                raise ValueError("the request target would hold a space, line break or #")
+            head = f"POST {self._target_prefix}{target} HTTP/1.1\r\n".encode() + self._fixed
         extra = "".join(f"{n}: {v}\r\n" for n, v in headers).encode()
-        data = (self._head, extra, b"Content-Length: %d\r\n\r\n" % len(body), body)
+        data = (head, extra, b"Content-Length: %d\r\n\r\n" % len(body), body)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()

@@ -49,6 +49,7 @@ from nats.js.api import Header
 from eventsinkd.common.logs import RateLimitedLog
 from eventsinkd.config.sinks import NatsSinkConfig
 from eventsinkd.events import Event
+from eventsinkd.transports.cloudevents import CloudEvents
 from eventsinkd.transports.contract import Attempt, Outcome, all_failed, classify
 from eventsinkd.transports.nats_connection import NatsConnection, describe
 from eventsinkd.transports.nats_subjects import SubjectTemplate
@@ -79,6 +80,8 @@ class NatsTransport:
         self.cfg = cfg
         self.max_batch = cfg.max_batch
         self.subjects = SubjectTemplate(cfg.subject)
+        # format: cloudevents: the message is the event in structured mode.
+        self._ce = CloudEvents(cfg.cloudevents) if cfg.format == "cloudevents" else None
         self.duplicates = 0  # PubAcks that said the stream already had the message
         self._conn = NatsConnection(cfg, self.subjects, self._on_reply)
         self._waiting: dict[str, tuple[_Batch, int]] = {}  # reply subject -> (batch, index)
@@ -107,6 +110,7 @@ class NatsTransport:
         attempts: list[Attempt | None] = [None] * len(events)
         subjects: list[str] = [""] * len(events)
         content, render, waiting = self.cfg.content, self.subjects.render, self._waiting
+        ce = self._ce
         replies: list[str] = []
         try:
             # Every message goes out at once (nats-py buffers them and its flusher writes
@@ -123,7 +127,7 @@ class NatsTransport:
                 waiting[reply] = (batch, i)
                 replies.append(reply)
                 batch.left += 1
-                body = event.body(content)
+                body = event.body(content) if ce is None else ce.structured(event, content)
                 try:
                     await nc.publish(subject, body, reply=reply, headers={MSG_ID: event.id})
                 except (nats.errors.Error, OSError, TimeoutError) as exc:

@@ -1,11 +1,13 @@
 """The sink's accounting rule, as a property over random outcomes, reloads and shutdowns.
 
-    offered = delivered + failed + dropped + held
+    offered = delivered + failed + dropped + filtered + held
 
 holds at every moment (summed over a sink and the successor a reload gave it), and a
 stopped sink holds nothing. The transport is a stand-in that answers each attempt with
 a drawn outcome (the one thing mocked: the rule is about the sink around it; every
-real transport has its own tests against a real server).
+real transport has its own tests against a real server). With a ``transform`` (a real jq
+program) some events are filtered (finished as they are taken) and some make the program
+fail (dead letters, counted as failed).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ OUTCOMES = [
     Attempt(Outcome.TIMEOUT, None, "timeout"),
 ]
 
+# Every 5th event filtered, every 7th one the program fails on, the rest renamed.
+SHAPE = """(.payload_id | ltrimstr("p") | tonumber) as $n
+| if $n % 5 == 0 then empty
+  elif $n % 7 == 0 then error("no shape for \\($n)")
+  else {id: .payload_id, who: .subject} end"""
+
 
 class Drawn:
     """Answers each event of a request with an outcome drawn from a seeded generator."""
@@ -55,7 +63,9 @@ class Drawn:
 
 def check(stats: SinkStats, *sinks: Sink) -> None:
     held = sum(s.inflight for s in sinks)
-    assert stats.offered == stats.delivered + stats.failed + stats.dropped + held, (
+    assert stats.offered == (
+        stats.delivered + stats.failed + stats.dropped + stats.filtered + held
+    ), (
         stats,
         held,
     )
@@ -128,7 +138,9 @@ async def scenario(
     assert sum(await asyncio.gather(*retiring)) == 0  # a reload hands everything over
     check(stats, sink, *old_sinks)
     assert sink.inflight == 0 and all(s.inflight == 0 for s in old_sinks)
-    assert stats.offered == stats.delivered + stats.failed + stats.dropped
+    assert stats.offered == stats.delivered + stats.failed + stats.dropped + stats.filtered
+    if "transform" in sink_opts and n >= 5:
+        assert stats.filtered > 0  # the program's empty was reached
     assert left <= stats.dropped
 
 
@@ -150,6 +162,8 @@ async def scenario(
             {"order": "subject"},
             {"order": "subject", "max_batch": 4},
             {"max_retries": 0},
+            {"transform": SHAPE},
+            {"transform": SHAPE, "order": "subject", "max_batch": 4},
         ]
     ),
 )

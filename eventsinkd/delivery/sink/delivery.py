@@ -72,6 +72,7 @@ class Delivery:
         self._hand_over = hand_over
         self._successor = successor
         self._draining = draining
+        self.shaping = False  # the sink has a transform: jobs may carry a problem
         self.rlog = RateLimitedLog(log)
         self.pause = Pause(
             name,
@@ -84,6 +85,8 @@ class Delivery:
 
     async def deliver(self, jobs: list[Job]) -> None:
         """A worker's batch: sent, and each failure seen to; never raises."""
+        if self.shaping:
+            jobs = await self._refuse(jobs)
         while jobs:
             try:
                 await self._send(jobs)
@@ -112,6 +115,21 @@ class Delivery:
             # WAL order: the one worker tries them again itself, as it does a retry.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._draining.wait(), delay)
+
+    async def _refuse(self, jobs: list[Job]) -> list[Job]:
+        """Jobs the sink's transform failed on are never sendable: each is a dead letter with
+        jq's message (no retry: the program fails the same way each time). The rest."""
+        sendable = []
+        for job in jobs:
+            problem = job.problem
+            if problem is None:
+                sendable.append(job)
+                continue
+            self._ledger.stats.last_failure = time.time()
+            self._ledger.stats.last_error = scrub(problem)
+            job.attempted()
+            await self._give_up(job, Attempt(Outcome.PERMANENT, None, problem))
+        return sendable
 
     async def _send(self, jobs: list[Job]) -> None:
         while jobs:
@@ -210,7 +228,7 @@ class Delivery:
                 webhook_id=event.id,
                 event_type=event.type,
                 timestamp=event.timestamp,
-                body=event.body(self._content),
+                body=event.original_body(self._content),  # replayed through the transform
                 attempts=job.attempts,
                 first_attempt=job.first_attempt,
                 last_attempt=time.time(),

@@ -7,9 +7,10 @@ is in exactly one place: the queue, a request in flight, *parked* on a timer for
 its retry, *waiting* out a pause, or behind an earlier event of its key
 (:mod:`eventsinkd.delivery.keyorder`). The counts obey one rule, at every moment:
 
-    offered = delivered + failed + dropped + held
+    offered = delivered + failed + dropped + filtered + held
 
-(``held`` is the ``queue_depth`` of ``/status`` and the metrics; at shutdown what is
+(``filtered``: events the sink's transform said not to send, finished as soon as taken;
+``held`` is the ``queue_depth`` of ``/status`` and the metrics; at shutdown what is
 left is counted as dropped, so a stopped sink holds nothing.)
 """
 
@@ -64,6 +65,11 @@ class Ledger:
     def dropped(self, n: int = 1) -> None:
         self.stats.dropped += n
         self._metrics.dropped.inc(n)
+
+    def filtered(self) -> None:
+        """An event offered and finished at once: the sink's transform said not to send it."""
+        self.stats.filtered += 1
+        self._metrics.filtered.inc()
 
     def adopt(self, job: Job, *, older: bool = False) -> None:
         """Hold ``job``: queued now, or behind the event of its key that is out."""

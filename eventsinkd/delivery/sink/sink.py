@@ -48,6 +48,7 @@ from eventsinkd.delivery.filters import EventFilter
 from eventsinkd.delivery.job import Job, SinkStats
 from eventsinkd.delivery.keyorder import SinkOrder
 from eventsinkd.delivery.policy import RetryPolicy
+from eventsinkd.delivery.replay import apply_transform, shape_for_replay
 from eventsinkd.delivery.requests import Requests
 from eventsinkd.delivery.sink.delivery import Delivery
 from eventsinkd.delivery.sink.ledger import Ledger
@@ -132,6 +133,8 @@ class Sink:
             draining=self.draining,
         )
         self.pause = self.delivery.pause
+        self._transform = cfg.transformer
+        self.delivery.shaping = self._transform is not None
         self._filter = EventFilter(cfg.filter) if cfg.filter != FilterConfig() else None
         self._on_finish = on_finish
         bucket = self.requests.bucket
@@ -294,7 +297,9 @@ class Sink:
             self.drop()
             return False
         self.ledger.offered()
-        self.ledger.adopt(Job(event, key))
+        job = Job(event, key)
+        if self._transform is None or self._shape(job):
+            self.ledger.adopt(job)
         return True
 
     def drop(self) -> None:
@@ -331,7 +336,28 @@ class Sink:
         if self.paused or not self.has_room:
             return False
         self.ledger.offered()  # counted once it is held
-        self.ledger.adopt(Job(event, key))
+        job = Job(event, key)
+        if self._transform is None or self._shape(job):
+            self.ledger.adopt(job)
+        return True
+
+    def _shape(self, job: Job) -> bool:
+        """Apply the sink's transform to ``job``'s event as it is taken: False when it says
+        not to send it (counted as filtered and finished, so block mode's cursor moves past
+        it). A program that fails on it leaves the job a ``problem``: the delivery makes it a
+        dead letter, never a crash of the reader."""
+        event = job.event
+        assert self._transform is not None
+        shaped = apply_transform(self._transform, self.cfg.content, event)
+        if isinstance(shaped, str):
+            job.problem = shaped
+            return True
+        if shaped is None:
+            self.ledger.filtered()
+            if self._on_finish is not None:
+                self._on_finish(event)
+            return False
+        event.shaped = shaped
         return True
 
     def finish(self, job: Job, outcome: Literal["delivered", "failed"]) -> None:
@@ -341,5 +367,9 @@ class Sink:
             self._on_finish(job.event)
 
     async def send_one(self, event: Event) -> Attempt:
-        """One attempt for one event, beside the workers (a dead letter's replay)."""
+        """One attempt for one event, beside the workers (a dead letter's replay, through
+        the sink's current transform: one that filters it out counts as delivered)."""
+        done = shape_for_replay(self._transform, self.cfg.content, event)
+        if done is not None:
+            return done
         return await self.delivery.send_one(event)

@@ -38,6 +38,7 @@ class Received:
     body: bytes
     headers: dict[str, str]
     at: float
+    target: str = ""  # the request target as it came (path and query, not decoded)
 
 
 Behaviour = Callable[[int, web.Request], Awaitable[web.StreamResponse]]
@@ -52,6 +53,7 @@ class WebhookServer:
     behaviour: Behaviour = ok
     requests: list[Received] = field(default_factory=list)
     port: int = 0
+    any_path: bool = False  # take POSTs to every path, not only /hook
     _runner: web.AppRunner | None = None
 
     @property
@@ -65,7 +67,7 @@ class WebhookServer:
     async def _handle(self, req: web.Request) -> web.StreamResponse:
         body = await req.read()
         n = len(self.requests)
-        self.requests.append(Received(body, dict(req.headers), time.monotonic()))
+        self.requests.append(Received(body, dict(req.headers), time.monotonic(), req.raw_path))
         return await self.behaviour(n, req)
 
     @property
@@ -77,7 +79,7 @@ class WebhookServer:
 
     async def start(self, port: int = 0) -> WebhookServer:
         app = web.Application()
-        app.router.add_post("/hook", self._handle)
+        app.router.add_post("/{path:.*}" if self.any_path else "/hook", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()

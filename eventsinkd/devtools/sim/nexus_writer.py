@@ -27,6 +27,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,9 @@ Layout = Literal["legacy", "sentinel", "mixed"]
 _SEGMENT_RE = re.compile(r"^wal-(\d+)\.(jsonl|tmp)$")
 
 
+_EVENT_FIELDS = ("source", "subject", "destination", "actor_type", "actor_id")
+
+
 @dataclass(frozen=True)
 class Written:
     """One line the writer put into a segment (as appended; a later rewrite may re-encode it)."""
@@ -70,6 +74,8 @@ class Written:
     compressed: bool = False
     corrupt: bool = False  # torn tail / merged line: a reader must reject it
     duplicate: bool = False  # repeated by crash_rotation_duplicate: a reader must drop it
+    # source, subject, destination, actor_type, actor_id as written
+    fields: dict[str, str] = dataclass_field(default_factory=dict, hash=False, compare=False)
 
 
 def _crc(field: bytes) -> bytes:
@@ -269,6 +275,7 @@ class NexusWriter:
             layout="legacy" if legacy else "sentinel",
             compressed=compressed,
             corrupt=corrupt,
+            fields={k: entry.get(k, "") for k in _EVENT_FIELDS},
         )
 
     def _batch_legacy(self) -> bool:
@@ -293,12 +300,13 @@ class NexusWriter:
             os.close(fd)
         self._active_size += len(data)
 
-    def append(self, n: int = 1) -> list[Written]:
+    def append(self, n: int = 1, **fields: Any) -> list[Written]:
         """Append `n` data entries (plus due checkpoints) as one group-commit batch.
 
         Returns the records of the lines this batch produced. If a torn tail is pending, the
         first line of the batch lands on the torn line: that entry is lost (see ``lost``) and
-        not returned.
+        not returned. ``fields`` (``subject="a/b"``...) replace those of every entry of the
+        batch, in the entry and in its payload.
         """
         self._check_open()
         if n < 1:
@@ -310,7 +318,12 @@ class NexusWriter:
 
         entries: list[tuple[dict[str, Any], bool]] = []  # (entry, is legacy line)
         for _ in range(n):
-            entries.append((self._entries.data_entry(legacy), legacy))
+            made = self._entries.data_entry(legacy)
+            for name, value in fields.items():
+                made[name] = value
+                if name in made["payload"]:
+                    made["payload"][name] = value
+            entries.append((made, legacy))
             if self.checkpoint_every:
                 self._since_checkpoint += 1
                 if self._since_checkpoint >= self.checkpoint_every:
