@@ -66,7 +66,10 @@ class WebhookShaping(SinkBase):
     format: Format = Field(
         default="standard-webhooks", description="standard-webhooks (Nexus's body) or cloudevents"
     )
-    cloudevents: CloudEventsConfig = Field(default_factory=CloudEventsConfig)
+    cloudevents: CloudEventsConfig = Field(
+        default_factory=CloudEventsConfig,
+        description="with format: cloudevents: mode, source and type_prefix",
+    )
     max_batch: int = Field(
         default=DEFAULT_MAX_BATCH,
         ge=1,

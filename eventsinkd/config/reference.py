@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from eventsinkd.config.auth import BasicAuth, BearerAuth, OAuth2Auth
+from eventsinkd.config.cloudevents import CloudEventsConfig
 from eventsinkd.config.model import (
     RESTART,
     SINKS,
@@ -193,6 +194,9 @@ def markdown() -> str:
     parts += [
         _section("filter (of a sink)", FilterConfig, "filter.", "yes"),
         _section("tls (of a sink)", TlsConfig, "tls.", "yes"),
+        _section(
+            "cloudevents (of a webhook or nats sink)", CloudEventsConfig, "cloudevents.", "yes"
+        ),
         _section("auth (webhook, otlp) with type: basic", BasicAuth, "auth.", "yes"),
         _section("auth with type: bearer", BearerAuth, "auth.", "yes"),
         _section("auth with type: oauth2", OAuth2Auth, "auth.", "yes"),
@@ -213,6 +217,7 @@ def missing_descriptions() -> list[str]:
         *((f"events.sinks[] ({kind}).", m) for kind, m in SINK_TYPES),
         ("filter.", FilterConfig),
         ("tls.", TlsConfig),
+        ("cloudevents.", CloudEventsConfig),
         ("auth (basic).", BasicAuth),
         ("auth (bearer).", BearerAuth),
         ("auth (oauth2).", OAuth2Auth),

@@ -354,7 +354,10 @@ class NatsSinkConfig(Batched):
         default="standard-webhooks",
         description="standard-webhooks (Nexus's body) or cloudevents (structured)",
     )
-    cloudevents: CloudEventsConfig = Field(default_factory=CloudEventsConfig)
+    cloudevents: CloudEventsConfig = Field(
+        default_factory=CloudEventsConfig,
+        description="with format: cloudevents: mode, source and type_prefix",
+    )
     creds_file: Path | None = Field(default=None, description="a NATS .creds file (JWT, NKey)")
     token: SecretRef = Field(default=None, repr=False, description="a token (a secret)")
     user: str | None = Field(default=None, description="with password")

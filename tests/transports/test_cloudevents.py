@@ -19,10 +19,10 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from cloudevents.core.formats.json import JSONFormat
 from daemon_harness import SECRET, Daemon, settle, until
 from dateutil.parser import isoparse
-from eventsinkd.devtools.peers.nats import add_stream, nats_peer, stream_messages
 from standardwebhooks.webhooks import Webhook
-from eventsinkd.devtools.peers.webhook import WebhookServer
 
+from eventsinkd.devtools.peers.nats import add_stream, nats_peer, stream_messages
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
 
 ALL_TYPES = ["memory_written", "memory_persisted", "memory_write_failed"]

@@ -29,9 +29,9 @@ from daemon_harness import (
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
-from eventsinkd.devtools.peers.webhook import WebhookServer
 
 from eventsinkd.config.loading import ConfigError, parse_config
+from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, Written
 from eventsinkd.events.templates import header_value, path_segment, query_value
 from eventsinkd.wal.gotime import parse_go_time
