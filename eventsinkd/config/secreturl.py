@@ -44,6 +44,22 @@ def _in_words(kind: str, msg: str, raw: str) -> str:
     return msg.replace("Input should be", "must be")
 
 
+def resolved(ref: object) -> tuple[str, str]:
+    """``ref`` as configured (stripped), and the URL text it gives: itself, or what its
+    env:/file: reference holds. ValueError (never echoing the URL) for anything else, or a
+    reference that cannot be read."""
+    if not isinstance(ref, str):
+        raise ValueError("must be an http:// or https:// URL (or env:VAR, file:/path)")
+    ref = ref.strip()
+    raw = ref
+    if is_reference(raw):
+        try:
+            raw = resolve_secret(raw)
+        except SecretError as exc:
+            raise ValueError(str(exc)) from None
+    return ref, raw
+
+
 class SecretUrl:
     __slots__ = ("_parts", "ref", "value")
 
@@ -57,22 +73,15 @@ class SecretUrl:
         """Validate ``ref``; errors never echo the URL (it may hold a secret)."""
         if isinstance(ref, SecretUrl):
             return ref
-        if not isinstance(ref, str):
-            raise ValueError("must be an http:// or https:// URL (or env:VAR, file:/path)")
-        raw = ref.strip()
-        if is_reference(raw):
-            try:
-                raw = resolve_secret(raw)
-            except SecretError as exc:
-                raise ValueError(str(exc)) from None
+        configured, raw = resolved(ref)
         remember_url(raw)
         try:
             url = _HTTP_URL.validate_python(raw)
         except ValidationError as exc:
             err = exc.errors(include_input=False, include_url=False)[0]
-            where = f"{ref.strip()} holds no http(s) URL: " if is_reference(ref) else ""
+            where = f"{configured} holds no http(s) URL: " if is_reference(configured) else ""
             raise ValueError(f"{where}{_in_words(err['type'], err['msg'], raw)}") from None
-        return cls(ref.strip(), str(url))
+        return cls(configured, str(url))
 
     @classmethod
     def __get_pydantic_core_schema__(

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 from pydantic.networks import AnyHttpUrl
 
-from eventsinkd.common.secrets import SecretError, is_reference, remember_url, resolve_secret
-from eventsinkd.config.secreturl import SecretUrl
+from eventsinkd.common.secrets import is_reference, remember_url
+from eventsinkd.config.secreturl import SecretUrl, resolved
 from eventsinkd.events.templates import template_fields
 
 _HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
@@ -44,16 +44,9 @@ class TemplatedUrl(SecretUrl):
     def parse(cls, ref: object) -> TemplatedUrl:
         if isinstance(ref, TemplatedUrl):
             return ref
-        if not isinstance(ref, str):
-            raise ValueError("must be an http:// or https:// URL (or env:VAR, file:/path)")
-        raw = ref.strip()
-        if is_reference(raw):
-            try:
-                raw = resolve_secret(raw)
-            except SecretError as exc:
-                raise ValueError(str(exc)) from None
+        configured, raw = resolved(ref)
         if "{" not in raw and "}" not in raw:
-            plain = SecretUrl.parse(ref)
+            plain = SecretUrl.parse(configured)
             return cls(plain.ref, plain.value)
         remember_url(raw)
         fields = template_fields(raw)
@@ -80,7 +73,7 @@ class TemplatedUrl(SecretUrl):
             url = str(_HTTP_URL.validate_python("".join(pieces)))
         except ValidationError as exc:
             why = exc.errors(include_input=False, include_url=False)[0]["msg"]
-            where = f"{ref.strip()} holds no http(s) URL: " if is_reference(ref) else ""
+            where = f"{configured} holds no http(s) URL: " if is_reference(configured) else ""
             raise ValueError(f"{where}{why}") from None
         parts = urlsplit(url)
         if any(_marker(i) in parts.netloc.lower() for i in range(len(pieces))):
@@ -88,7 +81,7 @@ class TemplatedUrl(SecretUrl):
         for i, (_, name, _, _) in enumerate(_parse(raw)):
             if name is not None:
                 url = url.replace(_marker(i), "{" + name + "}", 1)
-        return cls(ref.strip(), url, fields)
+        return cls(configured, url, fields)
 
     @property
     def templated(self) -> bool:

@@ -19,6 +19,17 @@ EventType = Literal["memory_written", "memory_persisted", "memory_write_failed"]
 # The status an entry's line is rewritten with -> the event that reports it.
 STATUS_EVENTS = {DELIVERED: MEMORY_PERSISTED, PERMANENT_FAILURE: MEMORY_WRITE_FAILED}
 ContentMode = Literal["summary", "full"]
+# The fields of an event's body that say which memory and whose, in the body's order: what
+# templates can name, and what OTLP carries as attributes.
+EVENT_FIELDS = (
+    "event_type",
+    "payload_id",
+    "source",
+    "subject",
+    "destination",
+    "actor_type",
+    "actor_id",
+)
 
 # Go's encoding/json (which Nexus's notifier uses) escapes these inside strings.
 # They only ever occur inside JSON strings, so a byte replace is exact.

@@ -19,18 +19,10 @@ from string import Formatter
 from typing import Any
 from urllib.parse import quote
 
-from eventsinkd.events import Event
+from eventsinkd.events import EVENT_FIELDS, Event
 
 # Every field a template may name: the body's fields that identify the event.
-FIELDS = (
-    "event_type",
-    "payload_id",
-    "source",
-    "subject",
-    "destination",
-    "actor_type",
-    "actor_id",
-)
+FIELDS = EVENT_FIELDS
 MAX_CACHED = 4096  # rendered values kept, for templates with body fields
 
 Escape = Callable[[str], str]

@@ -56,7 +56,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 from eventsinkd import __version__
 from eventsinkd.common.logs import RateLimitedLog
 from eventsinkd.config.sinks import OtlpSinkConfig
-from eventsinkd.events import ContentMode, Event
+from eventsinkd.events import EVENT_FIELDS, ContentMode, Event
 from eventsinkd.transports.client import ProtocolError, Response
 from eventsinkd.transports.contract import Attempt, Outcome, all_failed, parse_retry_after
 from eventsinkd.transports.http import USER_AGENT, Poster, http_client, status_detail
@@ -70,15 +70,7 @@ SCOPE_NAME = "eventsinkd"
 SEVERITY_INFO: int = SeverityNumber.SEVERITY_NUMBER_INFO  # 9
 SEVERITY_TEXT = "INFO"
 # The event's fields carried as log record attributes, in this order.
-ATTRIBUTES = (
-    "event_type",
-    "payload_id",
-    "source",
-    "subject",
-    "destination",
-    "actor_type",
-    "actor_id",
-)
+ATTRIBUTES = EVENT_FIELDS
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})  # the only ones OTLP says to retry
 MAX_MESSAGE_CHARS = 200  # of a collector's error message, in a detail
 
