@@ -27,6 +27,7 @@ from typing import Any, TextIO, cast
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from eventsinkd.common.ports import listening_port, server_port
 from eventsinkd.devtools.peers.serving import STATS_PATH, serve_app
@@ -55,6 +56,8 @@ class WebhookServer:
     port: int = 0
     any_path: bool = False  # take POSTs to every path, not only /hook
     _runner: web.AppRunner | None = None
+    # Every connection the server set up (see stop()).
+    _handlers: list[RequestHandler] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -82,6 +85,16 @@ class WebhookServer:
         app.router.add_post("/{path:.*}" if self.any_path else "/hook", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
+        server = self._runner.server
+        assert server is not None
+        register = server.connection_made
+
+        def connection_made(handler: RequestHandler, transport: Any) -> None:
+            self._handlers.append(handler)
+            register(handler, transport)
+
+        # An instance attribute: each connection's handler calls it on its server.
+        server.connection_made = connection_made  # type: ignore[method-assign]
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self.port = listening_port(self._runner)
         return self
@@ -99,6 +112,14 @@ class WebhookServer:
         for _ in range(10):
             await asyncio.sleep(0)
         await runner.cleanup()
+        # Under load more than one is caught that way: a burst of clients reconnecting as
+        # the listener closes (a receiver going down under a daemon with many requests in
+        # flight). Those set up during the shutdown's wait are forgotten by it too, so every
+        # connection this server ever set up is closed here, once the last have come in.
+        await asyncio.sleep(0.05)
+        handlers, self._handlers = self._handlers, []
+        for handler in handlers:
+            handler.force_close()
 
     async def wait_for(self, n: int, timeout_s: float = 30) -> None:
         """Wait for ``n`` requests; fail the test if they do not come within ``timeout_s``."""
