@@ -15,10 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
-from eventsinkd.cli.common import missing_default
+from eventsinkd.cli.common import SectionError, missing_default, read_section
 from eventsinkd.config.model import AdminConfig
 
 WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
@@ -34,16 +31,9 @@ def admin_base(config: Path) -> str:
     if hint is not None:
         raise AskError(f"{config}: {hint}, or --url")
     try:
-        doc = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise AskError(f"cannot read {config}: {exc}") from None
-    section = doc.get("admin") if isinstance(doc, dict) else None
-    try:
-        admin = AdminConfig.model_validate(section if section is not None else {})
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(p) for p in ("admin", *problem["loc"]))
-        raise AskError(f"{config}: {where}: {problem['msg']}") from None
+        admin = read_section(config, "admin", AdminConfig)
+    except SectionError as exc:
+        raise AskError(str(exc)) from None
     host = WILDCARDS.get(admin.host, admin.host)
     return f"http://{f'[{host}]' if ':' in host else host}:{admin.port}"
 

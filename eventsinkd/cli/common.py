@@ -6,13 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import shtab
+import yaml
+from pydantic import BaseModel, ValidationError
 
 from eventsinkd.config.loading import DEFAULT_PATH, ConfigError, load_config
 from eventsinkd.config.model import Config
 
 EXIT_CONFIG = 2
+M = TypeVar("M", bound=BaseModel)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -74,3 +78,28 @@ def load(path: Path) -> Config:
     if hint is not None:
         raise ConfigError(path, [hint])
     return load_config(path)
+
+
+class SectionError(Exception):
+    """A config section that cannot be read or used; the message says what is wrong."""
+
+
+def read_section(path: Path, key: str, model: type[M]) -> M:
+    """Only the ``key`` section of the config at ``path``, checked by ``model``. A command
+    that needs one section (a probe, a look at the WAL) must not fail on the rest, such as a
+    sink's secret in an environment variable that this shell does not have."""
+    hint = missing_default(path)
+    if hint is not None:
+        raise SectionError(f"{path}: {hint}")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SectionError(f"cannot read {path}: {exc}") from None
+    section = doc.get(key) if isinstance(doc, dict) else None
+    try:
+        return model.model_validate(section if section is not None else {})
+    except ValidationError as exc:
+        problem = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in (key, *problem["loc"]))
+        msg = str(problem["msg"]).removeprefix("Value error, ")
+        raise SectionError(f"{path}: {where}: {msg}") from None

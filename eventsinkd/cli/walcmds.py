@@ -13,15 +13,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-import yaml
-from pydantic import ValidationError
-
 from eventsinkd.cli.common import (
     EXIT_CONFIG,
     HelpFormatter,
+    SectionError,
     complete_path,
     fail,
-    missing_default,
+    read_section,
 )
 from eventsinkd.common.logs import setup_logging
 from eventsinkd.common.secrets import SecretError, resolve_secret
@@ -165,23 +163,10 @@ def wal_source(args: argparse.Namespace) -> tuple[Path, LineParser]:
 
 
 def _wal_section(path: Path) -> WalConfig:
-    hint = missing_default(path)
-    if hint is not None:
-        raise UsageError(f"{path}: {hint}")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    section = doc.get("wal") if isinstance(doc, dict) else None
-    try:
-        return WalConfig.model_validate(section if section is not None else {})
-    except ValidationError as exc:
-        problem = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in ("wal", *problem["loc"]))
-        msg = str(problem["msg"]).removeprefix("Value error, ")
-        raise UsageError(
-            f"{path}: {where}: {msg} (eventsinkd check-config -c {path} says more)"
-        ) from None
+        return read_section(path, "wal", WalConfig)
+    except SectionError as exc:
+        raise UsageError(f"{exc} (eventsinkd check-config -c {path} says more)") from None
 
 
 class _Counting:
