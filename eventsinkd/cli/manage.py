@@ -7,8 +7,10 @@ says how the two never act on the same letter or cursor at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
 import orjson
@@ -18,7 +20,7 @@ from eventsinkd.config.sinks import SinkConfig
 from eventsinkd.delivery.replay import ReplayResult, Send, replay, shape_for_replay
 from eventsinkd.delivery.rewinds import NOT_SAVED, plan, saved_start
 from eventsinkd.events import Event
-from eventsinkd.state.control import StateLock, request_rewind, take_answer
+from eventsinkd.state.control import StateLock, request_replay, request_rewind, take_answer
 from eventsinkd.state.cursors import in_wal
 from eventsinkd.state.deadletters import DeadLetter, DeadLetterStore
 from eventsinkd.state.positions import PositionFileError, PositionStore, cursor_file
@@ -113,7 +115,7 @@ def replay_letters(cfg: Config, sink: str | None, ids: list[str] | None, out: Te
             result = asyncio.run(_replay_here(cfg, store, letters))
         else:
             out.write(f"the daemon runs ({lock.holder()}): it sends them\n")
-            result = _replay_by_daemon(store, sink, ids)
+            result = _replay_by_daemon(cfg.state_dir, store, sink, ids)
     finally:
         lock.release()
         store.close()
@@ -167,9 +169,11 @@ async def _replay_here(
 
 
 def _replay_by_daemon(
-    store: DeadLetterStore, sink: str | None, ids: list[str] | None
+    state_dir: Path, store: DeadLetterStore, sink: str | None, ids: list[str] | None
 ) -> ReplayResult:
     asked = [(x.sink, x.webhook_id) for x in store.request_replay(sink, ids)]
+    with contextlib.suppress(OSError):  # unwoken, the daemon looks within seconds all the same
+        request_replay(state_dir)
     last_change, waiting = time.monotonic(), len(asked)
     while True:
         now = {(x.sink, x.webhook_id): x for x in store.letters(sink)}

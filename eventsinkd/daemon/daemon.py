@@ -26,6 +26,7 @@ from eventsinkd.admin.status import status_document
 from eventsinkd.common.logs import setup_logging
 from eventsinkd.config.loading import ConfigError, load_config
 from eventsinkd.config.model import Config
+from eventsinkd.daemon.requests import Requests
 from eventsinkd.daemon.systemd import Notifier
 from eventsinkd.delivery import rewinds
 from eventsinkd.delivery.cursor import SinkCursor
@@ -50,7 +51,6 @@ EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 STATUS_EVERY_S = 5.0
 LOCK_WAIT_S = 10.0  # a replay or rewind run without a daemon holds the lock this long at most
-REQUESTS_EVERY_S = 0.5  # how often requests left by `rewind` and `dead-letters replay` are read
 
 
 class Daemon:
@@ -268,7 +268,9 @@ class Daemon:
         background: list[asyncio.Task[Any]] = [
             asyncio.create_task(self._save_cursors(), name="cursor-saver"),
             asyncio.create_task(self._heartbeat(), name="systemd-heartbeat"),
-            asyncio.create_task(self._serve_requests(), name="requests"),
+            asyncio.create_task(
+                Requests(self.cfg.state_dir, self._serve_requests).run(), name="requests"
+            ),
         ]
         try:
             while not self._should_exit.is_set():
@@ -296,29 +298,28 @@ class Daemon:
             self.engine.flush()
 
     async def _serve_requests(self) -> None:
-        """Carry out what `rewind` and `dead-letters replay` left in the state directory."""
+        """Carry out what `rewind` and `dead-letters replay` left in the state directory
+        (when: :mod:`eventsinkd.daemon.requests`)."""
         assert self.engine is not None and self.dead_letters is not None
         writer = self.dead_letters
-        while True:
-            await asyncio.sleep(REQUESTS_EVERY_S)
-            check_writable(self.cfg.state_dir, self.state_errors)
-            for request in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
-                try:
-                    await rewinds.serve(request, self.cfg, self.engine, self.cursor_files)
-                except OSError as exc:
-                    self.state_errors.failed(
-                        CONTROL, str(request.path), f"cannot answer {request.path}: {exc}"
-                    )
-                else:
-                    self.state_errors.ok(CONTROL, str(request.path))
-            letters = await writer.run(writer.store.replay_requests)
-            if letters:
-                result = await replay(letters, self._send_for, writer.store, writer.run)
-                log.info(
-                    "dead letters replayed: %d delivered, %d failed",
-                    len(result.delivered),
-                    len(result.failed),
+        check_writable(self.cfg.state_dir, self.state_errors)
+        for request in await asyncio.to_thread(pending_rewinds, self.cfg.state_dir):
+            try:
+                await rewinds.serve(request, self.cfg, self.engine, self.cursor_files)
+            except OSError as exc:
+                self.state_errors.failed(
+                    CONTROL, str(request.path), f"cannot answer {request.path}: {exc}"
                 )
+            else:
+                self.state_errors.ok(CONTROL, str(request.path))
+        letters = await writer.run(writer.store.replay_requests)
+        if letters:
+            result = await replay(letters, self._send_for, writer.store, writer.run)
+            log.info(
+                "dead letters replayed: %d delivered, %d failed",
+                len(result.delivered),
+                len(result.failed),
+            )
 
     def _send_for(self, sink: str) -> Send | None:
         """How a dead letter of ``sink`` is replayed: one attempt by the running sink."""

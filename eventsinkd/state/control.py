@@ -33,6 +33,7 @@ from eventsinkd.wal.position import Position
 
 LOCK_FILE = "eventsinkd.lock"
 REQUESTS_DIR = "requests"
+REPLAY_FILE = "replay"  # in REQUESTS_DIR: letters are marked for replay (its change wakes)
 ANSWER_SUFFIX = ".answer"  # after the request's name: never taken for a request
 
 
@@ -118,6 +119,12 @@ def request_rewind(state_dir: Path, sink: str, to: Position, *, forward: bool = 
     }
     atomic_write(path, orjson.dumps(doc))
     return path
+
+
+def request_replay(state_dir: Path) -> None:
+    """Tell the running daemon that dead letters are marked for replay (the marks are in
+    the store; this file only wakes the daemon, which watches ``requests/``)."""
+    atomic_write(state_dir / REQUESTS_DIR / REPLAY_FILE, b"")
 
 
 def take_answer(request: Path) -> dict[str, object] | None:

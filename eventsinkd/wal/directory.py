@@ -44,6 +44,7 @@ from typing import Literal
 
 from watchfiles import Change
 
+from eventsinkd.wal.filesystem import is_local
 from eventsinkd.wal.segments import SEGMENT_RE, list_segments
 
 SCAN_BUDGET = 10_000  # stats per later-data check, at most (~25 ms)
@@ -70,6 +71,7 @@ class SegmentDirectory:
         self.watched = False  # a watcher reports changes (set by the Waker)
         self.stale_watch = False  # the directory was replaced: the watch must start again
         self.list_cost_s = 0.0  # how long the last listing took
+        self.local = False  # on a local filesystem, as of the last listing
         self._prefix = f"{path}{os.sep}"  # stat by str: less than half the time of a Path
         self._lock = threading.Lock()
         self._inbox: deque[list[tuple[int, str]]] = deque()  # changes, from any thread
@@ -96,12 +98,26 @@ class SegmentDirectory:
     def watch_stopped(self) -> None:
         self.watched = False
 
-    def changed(self, changes: Iterable[tuple[int, str]]) -> None:
-        """Hand over a watcher's ``(Change, path)`` set; applied by the next :meth:`refresh`."""
+    @property
+    def must_list(self) -> bool:
+        """True if the next :meth:`refresh` lists the directory (which can take seconds)."""
+        return not self._listed or self._listed_epoch < self._watch_epoch
+
+    def changed(self, changes: Iterable[tuple[int, str]]) -> bool:
+        """Hand over a watcher's ``(Change, path)`` set; applied by the next :meth:`refresh`.
+        True if a reader may find more to read: a segment written to, renamed in or added
+        with data (not one added empty, as Nexus pre-creates them, nor a deleted one, nor
+        other files, such as Nexus's temporary ones)."""
         names = [(c, os.path.basename(p)) for c, p in changes]
         names = [(c, n) for c, n in names if SEGMENT_RE.fullmatch(n)]
-        if names:
-            self._inbox.append(names)
+        if not names:
+            return False
+        self._inbox.append(names)
+        deleted = int(Change.deleted)
+        added = [n for c, n in names if c == int(Change.added)]
+        if any(c != deleted and c != int(Change.added) for c, _ in names):
+            return True  # written to
+        return any(self._size(n) for n in added)  # renamed or linked in with data
 
     def survey(self) -> bool:
         """List the directory in the calling thread and hand what differs from the names
@@ -142,7 +158,7 @@ class SegmentDirectory:
                 # Replaced by another directory: a watch is on the old one.
                 self.stale_watch, self.watched = True, False
                 self._listed = False
-            if not self._listed or self._listed_epoch < self._watch_epoch:
+            if self.must_list:
                 self._list(now, ident)
             elif not self.watched:
                 wait = self.poll_interval_s
@@ -184,6 +200,17 @@ class SegmentDirectory:
                     return newest
             return found
 
+    def nothing_after(self, name: str) -> bool:
+        """True if no segment after ``name`` may hold data, with the changes reported so far
+        applied (a stat each), and no listing due: a reader at the end of ``name`` has
+        nothing to read until the next change."""
+        with self._lock:
+            if not self.watched or self.must_list:
+                return False
+            self._apply_inbox()
+            maybe = self._maybe
+            return len(maybe) == bisect.bisect_right(maybe, name)
+
     def last_with_data(self) -> str | None:
         """The newest segment that holds data (where reading "at the end" starts)."""
         with self._lock:
@@ -218,6 +245,7 @@ class SegmentDirectory:
         wall = time.time()
         names = list_segments(self.path)
         self.list_cost_s = time.monotonic() - now
+        self.local = is_local(self.path)
         self._names = names
         self._maybe = list(names)
         self._data = {n for n in self._data if self._index(names, n) is not None}

@@ -2,23 +2,37 @@
 
 The scanner's steps (file reads) run in the WAL directory's reader thread
 (:mod:`eventsinkd.wal.thread`): a read that stalls holds up only reading, never
-the delivery of what is queued or the admin endpoints.
+the delivery of what is queued or the admin endpoints. Except at the end of the
+WAL: there a step reads what Nexus has just written, from the page cache of a
+local filesystem, and handing it to the thread and back would cost more than the
+read (at Nexus's usual rates, most of the daemon's CPU; issue 25). So a cursor
+whose last step reached the end takes its next one on the event loop when
+:meth:`SharedReading.may_step_on_loop` allows it (a local, watched, listed
+directory and an idle thread). A file that could block the open (not a regular
+file) sends that step back to the thread (:class:`WouldBlock`); a step on the
+loop that takes longer than ``SLOW_STEP_S`` (a disk that stalls) sends every
+later step there, and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 from eventsinkd.wal.batches import Batch
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import StartAt, WalScanner
+from eventsinkd.wal.segments import WouldBlock
 from eventsinkd.wal.statuses import StatusWatch
+
+log = logging.getLogger(__name__)
 
 # A cursor catching up on a backlog (CATCHING_UP_AFTER batches in a row without
 # reaching the end) gives way to the other cursors when the rest of the loop has work
@@ -30,6 +44,8 @@ CATCHING_UP_AFTER = 4
 BUSY_TURN_S = 0.0002
 CATCH_UP_GIVE_WAY = 1.0
 BACKLOG_EVERY_S = 0.5  # how often a busy reader updates its backlog figure
+WOULD_BLOCK: Literal["would block"] = "would block"
+SLOW_STEP_S = 1.0  # a step on the loop this slow moves every later one to the thread
 
 
 class WalFollower:
@@ -63,6 +79,7 @@ class WalFollower:
         self.reading = reading
         self.waker = reading.waker
         self.follow = follow
+        self._batch_lines = batch_lines
         self._stopped = asyncio.Event()
         # Held by a step in the reader thread; the loop's look at the backlog does not wait.
         self._stepping = threading.Lock()
@@ -103,6 +120,41 @@ class WalFollower:
                 self._backlog = self.scanner.backlog_bytes()
             return batch
 
+    def _read_everything(self, seen: int) -> bool:
+        """True if the last step read all there is and no change was reported since it
+        began: a step now would find nothing (with a trusted watch, which reports every
+        write)."""
+        waker = self.waker
+        return (
+            waker.generation == seen
+            and waker.watching
+            and waker.trusted
+            and not self._stopped.is_set()
+            and self.scanner.caught_up
+        )
+
+    def _step_on_loop(self) -> Batch | Literal["would block"] | None:
+        """:meth:`_step` here, on the event loop; ``WOULD_BLOCK`` if it must be made in the
+        thread."""
+        reading = self.reading
+        reading.on_loop = True
+        started = time.monotonic()
+        try:
+            return self._step()
+        except WouldBlock:
+            return WOULD_BLOCK
+        finally:
+            reading.on_loop = False
+            took = time.monotonic() - started
+            if took > SLOW_STEP_S and reading.loop_steps:
+                reading.loop_steps = False
+                log.warning(
+                    "a read of the WAL in %s took %.1fs on the event loop: from now on every "
+                    "read is made in the reader thread",
+                    self.scanner.wal_dir,
+                    took,
+                )
+
     def _close(self) -> None:
         with self._stepping:
             self.scanner.close()
@@ -112,14 +164,30 @@ class WalFollower:
             self.waker.start()
         streak = 0  # batches in a row without reaching the end
         thread = self.reading.thread
+        timed_out = False  # the last wait ended without a change reported
+        tailing = False  # the last step reached the end of what was written
+        watch_statuses = self.scanner.statuses is not None  # their look behind may block
         try:
             while not self._stopped.is_set():
                 seen = self.waker.generation
                 started = time.monotonic()
-                batch = await thread.run(self._step)
+                stepped: Batch | Literal["would block"] | None = WOULD_BLOCK
+                if tailing and not watch_statuses and self.reading.may_step_on_loop():
+                    stepped = self._step_on_loop()
+                batch = await thread.run(self._step) if isinstance(stepped, str) else stepped
+                tailing = batch is None or len(batch.records) < self._batch_lines
                 if batch is not None:
+                    if timed_out and batch.records:
+                        self.waker.missed()
+                    timed_out = False
                     streak += 1
                     yield batch
+                    if tailing and self._read_everything(seen):
+                        streak = 0  # nothing more to read until a change is reported
+                        self.scanner.at_end = True  # as the step that found nothing would say
+                        await self.waker.wait(seen)
+                        timed_out = self.waker.generation == seen
+                        continue
                     # Catching up is CPU-bound: let the rest of the loop run between
                     # batches. If it has work (the turn it got took a while: other sinks
                     # delivering), one turn is not enough - a delivery takes several, each
@@ -139,6 +207,7 @@ class WalFollower:
                 if not self.follow and self.scanner.at_end:
                     return
                 await self.waker.wait(seen)
+                timed_out = self.waker.generation == seen
         finally:
             # After any step still running (a stalled read may never end): not waited for.
             thread.submit(self._close)

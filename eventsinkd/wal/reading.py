@@ -158,8 +158,21 @@ class SharedReading:
         # more, because only then can its inode number come back (see nexus-wal.md).
         self._held: Counter[Identity] = Counter()
         self._reported: dict[Identity, set[Hashable]] = {}
-        # Every cursor's steps run there, one at a time: what is above is only touched there.
+        # Every cursor's steps run there, one at a time, or on the event loop while the
+        # thread has nothing to do (see may_step_on_loop): what is above is touched by one
+        # of the two at a time.
         self.thread = ReaderThread(f"wal-reader {wal_dir.name}")
+        self.on_loop = False  # a step is running on the event loop
+        self.loop_steps = True  # False once a step on the loop was slow: all in the thread
+
+    def may_step_on_loop(self) -> bool:
+        """True if a cursor at the end of the WAL may take its next step on the event loop:
+        the directory is on a local filesystem, watched (the step will not list it) and
+        listed, and the thread is idle (so the step cannot overlap one there)."""
+        d = self.directory
+        return (
+            self.loop_steps and d.local and d.watched and not d.must_list and not self.thread.busy
+        )
 
     def close(self) -> None:
         """Stop the reader thread (once the cursors have stopped)."""

@@ -98,6 +98,13 @@ class WalScanner:
         cur = self._cur
         return cur.read_off / cur.line if cur is not None and cur.line else 1024.0
 
+    @property
+    def caught_up(self) -> bool:
+        """True when the last step read everything there was: the current segment to its
+        end, and no later segment may hold data (as far as the directory knows)."""
+        cur = self._cur
+        return cur is not None and cur.read_all and self._dir.nothing_after(cur.name)
+
     def backlog_bytes(self) -> int:
         """Bytes in the WAL not yet read: the rest of the current segment and all later ones.
 
@@ -197,6 +204,10 @@ class WalScanner:
 
     # -- helpers -------------------------------------------------------------
 
+    def _segment(self, name: str) -> SegmentFile:
+        """``name`` opened; on the event loop, only if opening it cannot block."""
+        return SegmentFile(self.wal_dir, name, on_loop=self.reading.on_loop)
+
     def _list(self) -> bool:
         """Bring the directory's names up to date; False when it cannot be read."""
         try:
@@ -240,7 +251,7 @@ class WalScanner:
 
     def _open(self, name: str, line: int = 0) -> SegmentFile | None:
         try:
-            seg = SegmentFile(self.wal_dir, name)
+            seg = self._segment(name)
         except FileNotFoundError:
             return None
         self._set_cur(seg)
@@ -291,7 +302,7 @@ class WalScanner:
             return False
         rewritten = (st.st_dev, st.st_ino) != cur.identity
         try:
-            new = SegmentFile(self.wal_dir, cur.name)
+            new = self._segment(cur.name)
         except FileNotFoundError:
             return True
         if rewritten:
@@ -314,7 +325,7 @@ class WalScanner:
                 self.position = Position("", 0)
                 return
             self._learn_tail_before(last)
-            seg = SegmentFile(self.wal_dir, last)
+            seg = self._segment(last)
             self._set_cur(seg)
             self._skip_to(seg, None, learn=True)
             log.info("starting at the end of the WAL: %s", describe(self.position))
@@ -328,7 +339,7 @@ class WalScanner:
                     "saved segment %s no longer exists; resuming at the next segment", start.segment
                 )
             return
-        seg = SegmentFile(self.wal_dir, start.segment)
+        seg = self._segment(start.segment)
         self._set_cur(seg)
         self._skip_to(seg, start.line, learn=True)
         if start.last_key and self.position.last_key != start.last_key:
@@ -337,7 +348,7 @@ class WalScanner:
 
     def _relocate(self, seg: SegmentFile, start: Position) -> None:
         """The saved line no longer holds the saved key: find the key in the segment."""
-        probe = SegmentFile(self.wal_dir, seg.name)
+        probe = self._segment(seg.name)
         found = -1
         try:
             for n, raw in probe.numbered_lines():
@@ -359,7 +370,7 @@ class WalScanner:
         # The keys learned while skipping to the wrong line are not all behind us.
         self._recent = RecentKeys(self._dedup_window)
         self._learn_tail_before(seg.name)
-        self._set_cur(SegmentFile(self.wal_dir, seg.name))
+        self._set_cur(self._segment(seg.name))
         assert self._cur is not None
         self._skip_to(self._cur, found, learn=True)
 
@@ -372,7 +383,7 @@ class WalScanner:
         if name is None:
             return
         try:
-            prev = SegmentFile(self.wal_dir, name)
+            prev = self._segment(name)
         except FileNotFoundError:
             return
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -29,25 +30,45 @@ def list_segments(wal_dir: Path) -> list[str]:
     return names
 
 
-class SegmentFile:
-    """An open segment, consumed line by line from ``line`` complete lines in."""
+class WouldBlock(Exception):
+    """A file that may block (not a regular file: a FIFO, a device) met on the event loop.
+    Raised before anything changed: the step is made again in the reader thread."""
 
-    def __init__(self, wal_dir: Path, name: str) -> None:
+
+class SegmentFile:
+    """An open segment, consumed line by line from ``line`` complete lines in.
+
+    ``on_loop``: opened on the event loop, where an open that could block must not be
+    made. The open does not wait (``O_NONBLOCK``, which changes nothing for a regular
+    file), and anything but a regular file raises :class:`WouldBlock`.
+    """
+
+    def __init__(self, wal_dir: Path, name: str, *, on_loop: bool = False) -> None:
         self.name = name
         self.path = wal_dir / name
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if on_loop else 0)
+        self._fd = os.open(self.path, flags)
         st = os.fstat(self._fd)
+        if on_loop and not stat.S_ISREG(st.st_mode):
+            os.close(self._fd)
+            raise WouldBlock(f"{name} is not a regular file")
         self.identity = (st.st_dev, st.st_ino)
         self.line = 0  # complete lines consumed
         self.read_off = 0  # bytes read from the file (consumed lines + pending tail)
         self._tail = b""  # bytes after the last newline read so far
         self._ready: list[bytes | None] = []  # complete lines read but not handed out yet
         self._skipping = False  # inside a line longer than MAX_LINE_BYTES
+        self._eof = False  # the last read reached the end of the file
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    @property
+    def read_all(self) -> bool:
+        """True when every line written when last read has been handed out."""
+        return self._eof and not self._ready
 
     @property
     def pending_tail(self) -> bool:
@@ -87,9 +108,11 @@ class SegmentFile:
         # The byte budget bounds a batch, but never ends a read that has found no
         # line yet: a line longer than the budget must still reach its newline.
         budget = max_bytes
+        self._eof = False
         while budget > 0 or not ready:
             chunk = os.pread(self._fd, CHUNK_BYTES, self.read_off)
             if not chunk:
+                self._eof = True
                 break
             self.read_off += len(chunk)
             budget -= len(chunk)

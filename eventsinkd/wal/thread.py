@@ -28,8 +28,8 @@ T = TypeVar("T")
 _Job = tuple[Callable[[], Any], "asyncio.Future[Any] | None", "asyncio.AbstractEventLoop | None"]
 
 
-def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if fut.cancelled():
+def _settle(fut: asyncio.Future[Any] | None, result: Any, exc: BaseException | None) -> None:
+    if fut is None or fut.cancelled():
         return
     if exc is not None:
         fut.set_exception(exc)
@@ -55,6 +55,12 @@ class ReaderThread:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._pending = 0  # jobs given and not finished (counted on the event loop)
+
+    @property
+    def busy(self) -> bool:
+        """True while a job given from the event loop is queued or running."""
+        return self._pending > 0
 
     async def run(self, fn: Callable[[], T]) -> T:
         """``fn()`` in the thread; its result (or exception) here."""
@@ -68,8 +74,12 @@ class ReaderThread:
         Once the thread is stopped, here and now (nothing else reads any more)."""
         if self._stopped:
             fn()
-        else:
-            self._put((fn, None, None))
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # not from the loop: not counted in ``busy``
+            loop = None
+        self._put((fn, None, loop))
 
     def stop(self) -> None:
         """End the thread once it has done what it was given; no more jobs after that."""
@@ -80,6 +90,8 @@ class ReaderThread:
     def _put(self, job: _Job) -> None:
         if self._stopped:
             raise RuntimeError(f"{self.name}: the reader thread was stopped")
+        if job[2] is not None:
+            self._pending += 1  # on the loop; counted down there once the job is done
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
             self._thread.start()
@@ -95,6 +107,12 @@ class ReaderThread:
                 result = fn()
             except BaseException as exc:
                 error = exc
-            if fut is not None and loop is not None and not loop.is_closed():
+            if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(_settle, fut, result, error)
+                    loop.call_soon_threadsafe(self._done, fut, result, error)
+
+    def _done(
+        self, fut: asyncio.Future[Any] | None, result: Any, exc: BaseException | None
+    ) -> None:
+        self._pending -= 1
+        _settle(fut, result, exc)

@@ -1,8 +1,9 @@
 """The WAL directory kept up to date from the watcher's events, in directories of many files.
 
-Real files throughout; the watcher is watchfiles' real one (inotify) unless a test says it
-runs without one. Where a test counts the stats and opens a start makes, it wraps ``os.stat``
-and ``os.open`` with counters that call the real functions.
+Real files throughout; the watcher is the real one (inotify on the event loop, or
+watchfiles' where a test says so) unless a test says it runs without one. Where a test
+counts the stats and opens a start makes, it wraps ``os.stat`` and ``os.open`` with
+counters that call the real functions.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import Daemon, settle
 from daemon_harness import expected_ids as delivered_ids
+from inotify_simple import INotify as RealINotify
 from test_follower import Reader, expected_ids, ids
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify as RealRustNotify
@@ -26,12 +28,14 @@ from eventsinkd.devtools.peers.webhook import WebhookServer
 from eventsinkd.devtools.sim.group_commit import GroupCommit, paced_writers
 from eventsinkd.devtools.sim.nexus_writer import NexusWriter, run_workload
 from eventsinkd.wal import directory as directory_module
+from eventsinkd.wal import inotify as inotify_module
 from eventsinkd.wal import watch as watch_module
 from eventsinkd.wal.directory import SegmentDirectory
 from eventsinkd.wal.lines import LineParser
 from eventsinkd.wal.position import Position
 from eventsinkd.wal.reading import SharedReading
 from eventsinkd.wal.scanner import WalScanner
+from eventsinkd.wal.watch import Backend
 
 LONG_AGO_NS = 10**12  # leftover segments are named this long before now: older than the rest
 
@@ -127,11 +131,15 @@ async def test_new_segments_deletes_and_renames_are_followed(wal_dir: Path) -> N
     assert directory.lists <= 2
 
 
-async def following(wal_dir: Path, seed: int) -> tuple[NexusWriter, SharedReading, Reader]:
+async def following(
+    wal_dir: Path, seed: int, backend: Backend | None = None
+) -> tuple[NexusWriter, SharedReading, Reader]:
     """A writer with 5 entries, read by a reader whose watch is live (polling every 50 ms)."""
     w = NexusWriter(wal_dir, max_segment_bytes=8 * 1024, precreate=False, seed=seed)
     w.append(5)
     reading = SharedReading(wal_dir, LineParser(), poll_interval_s=0.05)
+    if backend is not None:
+        reading.waker.backend = backend
     reader = Reader(wal_dir, reading=reading)
     reading.waker.start()
     await until(lambda: reading.waker.watching, "the watch")
@@ -172,12 +180,13 @@ async def test_a_segment_made_while_the_watch_is_down_is_found(wal_dir: Path) ->
 class BreakableNotify:
     """watchfiles' real watcher (RustNotify), which fails as the kernel makes it fail when
     ``broken`` is set: a live watch's next step raises watchfiles' internal error, and a new
-    watch cannot be made (inotify_init's EMFILE). This is the one stand-in in this file:
-    making the kernel refuse an inotify watch for real means exhausting the machine's
-    per-user inotify limits, which would break every other watcher on it."""
+    watch cannot be made (inotify_init's EMFILE). Making the kernel refuse an inotify watch
+    for real means exhausting the machine's per-user inotify limits, which would break
+    every other watcher on it: this and :class:`BreakableINotify` are the stand-ins here."""
 
     broken = False
     made = 0
+    failure = "inotify queue"
 
     def __init__(self, *args: object) -> None:
         if BreakableNotify.broken:
@@ -195,20 +204,51 @@ class BreakableNotify:
         self._real.close()
 
 
+class BreakableINotify(RealINotify):  # type: ignore[misc]
+    """The real inotify descriptor on the loop, which fails as :class:`BreakableNotify` does:
+    its next read raises, and a new one cannot be made."""
+
+    broken = False
+    made = 0
+    failure = "inotify read"
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        if BreakableINotify.broken:
+            raise OSError(24, "Too many open files (inotify_init1)")
+        super().__init__(*args, **kw)
+        BreakableINotify.made += 1
+
+    def read(self, *args: object, **kw: object) -> object:
+        events = super().read(*args, **kw)
+        if BreakableINotify.broken:
+            raise OSError(5, "Input/output error (inotify read)")
+        return events
+
+
+@pytest.mark.parametrize("backend", ["inotify", "watchfiles"])
 async def test_a_watcher_that_fails_while_running_hands_over_to_polling_and_comes_back(
-    wal_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    wal_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    backend: Backend,
 ) -> None:
     """The watch dies mid-run and cannot be made again for a while: the failure is logged
     once, the directory is listed at the poll interval, and segments made meanwhile are
     read; once a watch can be made again, it is live, and new segments are read through it."""
     caplog.set_level(logging.INFO, logger=watch_module.__name__)
-    monkeypatch.setattr(watch_module, "RustNotify", BreakableNotify)
-    monkeypatch.setattr(BreakableNotify, "broken", False)
-    w, reading, reader = await following(wal_dir, seed=6)
-    made = BreakableNotify.made
+    breakable: type[BreakableNotify] | type[BreakableINotify]
+    if backend == "inotify":
+        breakable = BreakableINotify
+        monkeypatch.setattr(inotify_module, "INotify", BreakableINotify)
+    else:
+        breakable = BreakableNotify
+        monkeypatch.setattr(watch_module, "RustNotify", BreakableNotify)
+    monkeypatch.setattr(breakable, "broken", False)
+    w, reading, reader = await following(wal_dir, seed=6, backend=backend)
+    made = breakable.made
 
-    BreakableNotify.broken = True
-    w.append(1)  # a change, so the watch's next step returns (and fails) now
+    breakable.broken = True
+    w.append(1)  # a change, so the watch's next read (or step) returns, and fails, now
     await until(lambda: not reading.waker.watching, "the watch to fail")
     assert not reading.directory.watched
     lists = reading.directory.lists
@@ -216,12 +256,12 @@ async def test_a_watcher_that_fails_while_running_hands_over_to_polling_and_come
     assert reading.directory.lists > lists  # found by the listing that polling does
     failures = [r.getMessage() for r in caplog.records if "not watching" in r.getMessage()]
     assert len(failures) == 1, failures  # retried every poll interval, logged once
-    assert "polling every 0.05s" in failures[0] and "inotify queue" in failures[0]
-    assert BreakableNotify.made == made
+    assert "polling every 0.05s" in failures[0] and breakable.failure in failures[0]
+    assert breakable.made == made
 
-    BreakableNotify.broken = False
+    breakable.broken = False
     await until(lambda: reading.waker.watching, "the watch to come back")
-    assert BreakableNotify.made == made + 1 and reading.directory.watched
+    assert breakable.made == made + 1 and reading.directory.watched
     await read_past_new_segments(w, reader, empty=3)
     await close(reading, reader)
 
