@@ -2,9 +2,9 @@
 
 ``python -m bench`` runs them all (not the soak test) and prints one table; each module also
 runs alone (``python -m bench.catchup``, ``python -m bench.follow_latency``,
-``python -m bench.delivery``, ``python -m bench.stages``, ``python -m bench.e2e``,
-``python -m bench.walgen``, ``python -m bench.soak``). Generated WALs are cached under
-``bench/results/`` (git-ignored).
+``python -m bench.cost``, ``python -m bench.delivery``, ``python -m bench.stages``,
+``python -m bench.e2e``, ``python -m bench.walgen``, ``python -m bench.soak``). Generated
+WALs are cached under ``bench/results/`` (git-ignored).
 
 This module holds what every benchmark shares and that is cheap to import (the catch-up
 child measures its RSS after importing it): the machine's description, the /proc readers,

@@ -1,6 +1,8 @@
 """Run every benchmark and print one summary table: ``python -m bench [--quick]``.
 
-catch-up (bench.catchup), follow latency (bench.follow_latency), delivery engine
+catch-up (bench.catchup), follow latency (bench.follow_latency), the sidecar's cost at
+Nexus's rates (bench.cost: CPU idle and at 100 / 500 / 1,000 appends/s, latency, the
+first entry of a new WAL directory), delivery engine
 (bench.delivery), one webhook POST (bench.webhook_client), the per-event stages
 (bench.stages) and end to end through the real daemon (bench.e2e); not the soak test
 (``make soak``). Each figure is the median of several runs (3; 1 with ``--quick``; the
@@ -20,6 +22,7 @@ from bench import (
     NEXUS_EVENTS_PER_S,
     Row,
     catchup,
+    cost,
     delivery,
     e2e,
     follow_latency,
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="smaller WALs, shorter runs, 1 run each")
     ap.add_argument("--skip-catchup", action="store_true")
     ap.add_argument("--skip-follow", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-delivery", action="store_true")
     ap.add_argument("--skip-client", action="store_true")
     ap.add_argument("--skip-stages", action="store_true")
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
             lambda: follow_latency.run(1000.0, 2.0 if quick else 5.0, runs=1 if quick else 3),
             errors,
         )
+    if not args.skip_cost:
+        rows += _guarded("cost", lambda: cost.run(quick), errors)
     rep: delivery.Report | None = None
     if not args.skip_delivery:
 

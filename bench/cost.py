@@ -10,6 +10,8 @@ each: ``bench.e2e.common.new_group_commit``). In each run, one daemon:
 - **100, 500 and 1,000 appends/s**: its CPU% over a window of writing at each rate;
 - **latency**: every entry written at 1,000/s, from its batch's fsync (when Nexus's
   ``Append`` returns) to its arrival at the receiver; both sides read CLOCK_MONOTONIC.
+  A line can be read as soon as its write() returns, before the fsync does: an arrival
+  before the fsync returned is a negative latency.
 
 Then, with a new daemon each time, the **first segment**: the daemon started on an
 empty WAL directory (and on a missing one), left alone a second, then the writer starts

@@ -153,7 +153,9 @@ class WalConfig(Model):
         default=0.5,
         gt=0,
         le=60,
-        description="how often the directory is checked without a change notification",
+        description="how often the directory is checked where changes are not reported "
+        "(force_polling, a watch that is down or missed a change); behind a live watch, "
+        "every 10 s",
     )
     force_polling: bool = Field(
         default=False, description="do not use inotify (NFS and other network filesystems)"

@@ -115,8 +115,8 @@ class SegmentDirectory:
         self._inbox.append(names)
         deleted = int(Change.deleted)
         added = [n for c, n in names if c == int(Change.added)]
-        if any(c != deleted and c != int(Change.added) for c, _ in names):
-            return True  # written to
+        if not self.local or any(c != deleted and c != int(Change.added) for c, _ in names):
+            return True  # written to (or not looked at here: a stat that could block)
         return any(self._size(n) for n in added)  # renamed or linked in with data
 
     def survey(self) -> bool:

@@ -130,6 +130,7 @@ class WalFollower:
             and waker.watching
             and waker.trusted
             and not self._stopped.is_set()
+            and self.reading.may_step_on_loop()  # what caught_up looks at is, too
             and self.scanner.caught_up
         )
 

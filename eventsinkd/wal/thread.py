@@ -2,10 +2,12 @@
 
 Reading is blocking file I/O: on a slow or hung network filesystem one ``pread``
 can take seconds or never return. The cursors' steps therefore run in one
-thread per WAL directory, one at a time and in the order asked (what the
-cursors share, :class:`~eventsinkd.wal.reading.SharedReading`, is only touched
-there), while the event loop goes on delivering what is queued and answering
-the admin endpoints.
+thread per WAL directory, one at a time and in the order asked, while the event
+loop goes on delivering what is queued and answering the admin endpoints. (A
+step at the end of the WAL on a local filesystem runs on the loop instead, and
+only while :attr:`ReaderThread.busy` is False: what the cursors share,
+:class:`~eventsinkd.wal.reading.SharedReading`, is touched by one at a time;
+:mod:`eventsinkd.wal.follower`.)
 
 A ``concurrent.futures`` pool would do the same, but its threads are joined at
 interpreter exit: a read that never returns would keep a stopping daemon alive.
