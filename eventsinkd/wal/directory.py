@@ -272,7 +272,10 @@ class SegmentDirectory:
         data: list[str] = []
         empty: list[str] = []
         renamed_in = False
+        modified = {int(Change.modified)}
         for name, seen in kinds.items():
+            if seen == modified and name in self._data:
+                continue  # written to again: it held data and still does (no stat)
             size = self._size(name)
             known = self._index(self._names, name) is not None
             if size is None:

@@ -116,9 +116,13 @@ class SegmentFile:
                 break
             self.read_off += len(chunk)
             budget -= len(chunk)
+            # A short read is the end of the file as it was: not one more pread to see it.
+            self._eof = len(chunk) < CHUNK_BYTES
             nl = chunk.rfind(b"\n")
             if nl < 0:
                 self._hold(chunk)
+                if self._eof:
+                    break
                 continue
             data = self._tail + chunk[:nl] if self._tail else chunk[:nl]
             self._tail = b""
@@ -132,6 +136,8 @@ class SegmentFile:
                 ]
             ready.extend(lines)
             self._hold(chunk[nl + 1 :])
+            if self._eof:
+                break
 
     def _hold(self, rest: bytes) -> None:
         if self._skipping:
