@@ -81,6 +81,7 @@ class SegmentDirectory:
         self._listed = False
         self._listed_at = float("-inf")  # time.monotonic() of the last listing (or check)
         self._ident: Ident | None = None  # the directory's, before the last listing
+        self._watched_ident: tuple[int, int] | None = None  # the one watched, if known
         self._settled = False  # the last listing was made well after the directory's mtime
         self._swept_at = float("-inf")
         self._watch_epoch = 0  # watches established so far
@@ -88,10 +89,12 @@ class SegmentDirectory:
 
     # -- what the watcher tells it (event loop) ---------------------------------------
 
-    def watch_started(self) -> None:
+    def watch_started(self, on: tuple[int, int] | None = None) -> None:
         """A watch is live: from now on every change is reported. What came before was not,
-        so the next :meth:`refresh` lists (unless it has listed since)."""
+        so the next :meth:`refresh` lists (unless it has listed since). ``on``: the
+        directory watched (``st_dev``, ``st_ino``), if the watcher knows it."""
         self._watch_epoch += 1
+        self._watched_ident = on
         self.stale_watch = False
         self.watched = True
 
@@ -105,19 +108,26 @@ class SegmentDirectory:
 
     def changed(self, changes: Iterable[tuple[int, str]]) -> bool:
         """Hand over a watcher's ``(Change, path)`` set; applied by the next :meth:`refresh`.
-        True if a reader may find more to read: a segment written to, renamed in or added
-        with data (not one added empty, as Nexus pre-creates them, nor a deleted one, nor
-        other files, such as Nexus's temporary ones)."""
+        True if a reader should look: a segment written to, deleted (a reader holding it
+        open lets it go: until then the kernel does not report the directory's own
+        removal), replaced, or added with data; not for a new segment added empty, as
+        Nexus pre-creates them, nor for other files, such as Nexus's temporary ones."""
         names = [(c, os.path.basename(p)) for c, p in changes]
         names = [(c, n) for c, n in names if SEGMENT_RE.fullmatch(n)]
         if not names:
             return False
         self._inbox.append(names)
-        deleted = int(Change.deleted)
-        added = [n for c, n in names if c == int(Change.added)]
-        if not self.local or any(c != deleted and c != int(Change.added) for c, _ in names):
-            return True  # written to (or not looked at here: a stat that could block)
-        return any(self._size(n) for n in added)  # renamed or linked in with data
+        added = int(Change.added)
+        if not self.local or any(c != added for c, _ in names):
+            return True  # written to, deleted (or not looked at here: a stat could block)
+        if not self._lock.acquire(blocking=False):
+            return True  # a listing is being made: look afterwards
+        try:
+            if any(self._index(self._names, n) is not None for _, n in names):
+                return True  # a file renamed over a segment: a rewrite
+        finally:
+            self._lock.release()
+        return any(self._size(n) for _, n in names)  # renamed or linked in with data
 
     def survey(self) -> bool:
         """List the directory in the calling thread and hand what differs from the names
@@ -155,8 +165,10 @@ class SegmentDirectory:
             now = time.monotonic()
             ident = self._directory_ident()  # one stat: is it there, is it the same one
             if self._ident is not None and ident[:2] != self._ident[:2]:
-                # Replaced by another directory: a watch is on the old one.
-                self.stale_watch, self.watched = True, False
+                # Replaced by another directory: a watch is on the old one, unless the
+                # watcher said it watches this one (made after the replacement).
+                if self._watched_ident != ident[:2]:
+                    self.stale_watch, self.watched = True, False
                 self._listed = False
             if self.must_list:
                 self._list(now, ident)

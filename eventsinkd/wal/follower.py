@@ -126,7 +126,8 @@ class WalFollower:
         write)."""
         waker = self.waker
         return (
-            waker.generation == seen
+            self.follow
+            and waker.generation == seen
             and waker.watching
             and waker.trusted
             and not self._stopped.is_set()
@@ -207,7 +208,9 @@ class WalFollower:
                 streak = 0
                 if not self.follow and self.scanner.at_end:
                     return
-                await self.waker.wait(seen)
+                # A WAL that cannot be read is looked at every poll interval: its coming
+                # back (permissions given back, say) is not a change a watch reports.
+                await self.waker.wait(seen, poll=self.scanner.error is not None)
                 timed_out = self.waker.generation == seen
         finally:
             # After any step still running (a stalled read may never end): not waited for.

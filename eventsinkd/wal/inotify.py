@@ -30,7 +30,9 @@ except (ImportError, OSError):  # pragma: no cover - not Linux
     AVAILABLE = False
 
 Changes = set[tuple[int, str]]  # (watchfiles Change, path): what the directory is told
-OnChanges = Callable[[Changes, bool], None]  # the changes, and whether some were lost
+# The changes, and whether to look at everything again (some were lost, or the
+# directory's permissions changed).
+OnChanges = Callable[[Changes, bool], None]
 
 if AVAILABLE:
     ADDED = flags.CREATE | flags.MOVED_TO
@@ -39,20 +41,24 @@ if AVAILABLE:
     GONE = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED | flags.UNMOUNT
     # Only directories (a path turned into a file is an error, not a watch), and no
     # events for files already unlinked but still open.
-    DIRECTORY_MASK = ADDED | DELETED | MODIFIED | flags.DELETE_SELF | flags.MOVE_SELF
+    # ATTRIB: the directory's own permissions changed (a WAL that became unreadable, or
+    # readable again, is looked at now).
+    DIRECTORY_MASK = ADDED | DELETED | MODIFIED | flags.ATTRIB | flags.DELETE_SELF
+    DIRECTORY_MASK |= flags.MOVE_SELF
     DIRECTORY_MASK |= flags.ONLYDIR | flags.EXCL_UNLINK
     PARENT_MASK = ADDED | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR
     OVERFLOW = flags.Q_OVERFLOW
 
 
 def _changes(events: Iterable[tuple[int, int, int, str]], path: str) -> tuple[Changes, bool, bool]:
-    """The events as watchfiles' changes; whether the queue overflowed; whether the watched
-    directory itself is gone (deleted, moved away, unmounted)."""
+    """The events as watchfiles' changes; whether the readers must look again whatever
+    changed (the queue overflowed, or the directory's own permissions changed); whether
+    the watched directory itself is gone (deleted, moved away, unmounted)."""
     changes: Changes = set()
-    overflowed = gone = False
+    overflowed = gone = False  # overflowed: look at everything again
     prefix = path + os.sep
     for _wd, mask, _cookie, name in events:
-        if mask & OVERFLOW:
+        if mask & OVERFLOW or (mask & flags.ATTRIB and not name):
             overflowed = True
         elif mask & GONE:
             gone = True

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -134,9 +135,10 @@ class Waker:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def wait(self, seen: int | None = None) -> None:
+    async def wait(self, seen: int | None = None, *, poll: bool = False) -> None:
         """Return once the generation differs from ``seen``, or after the poll interval
-        (``WATCHED_CHECK_S`` while a trusted watch is live).
+        (``WATCHED_CHECK_S`` while a trusted watch is live, unless ``poll``: the caller
+        waits for something no change reports, such as permissions given back).
 
         ``seen`` is :attr:`generation` as noted before the caller last looked for
         data; None waits for the next change.
@@ -144,7 +146,7 @@ class Waker:
         if seen is not None and seen != self.generation:
             return
         timeout = self.poll_interval_s
-        if self.watching and self.trusted:
+        if self.watching and self.trusted and not poll:
             timeout = max(timeout, WATCHED_CHECK_S)
         # A future and a timer (not wait_for, which makes a task each time: this is the
         # wait of every wake-up).
@@ -177,15 +179,15 @@ class Waker:
         if self.directory is not None:
             self.directory.watch_stopped()
 
-    def _live(self, watching: bool) -> None:
-        """The watch is live (what happened before it was not reported) or down; the
-        readers look now, and wait as long as the new state says."""
+    def _live(self, watching: bool, on: tuple[int, int] | None = None) -> None:
+        """The watch (of the directory ``on``, if known) is live (what happened before it
+        was not reported) or down; the readers look now, and wait as the new state says."""
         self.watching = watching
         if watching:
             self._failed = False
         if self.directory is not None:
             if watching and self.trusted:
-                self.directory.watch_started()
+                self.directory.watch_started(on)
             else:
                 self.directory.watch_stopped()
         self.notify()
@@ -197,8 +199,12 @@ class Waker:
         if directory is None:
             self.notify()
             return
-        if overflowed:  # changes were lost: the directory lists again
-            log.debug("WAL directory %s: the watch's event queue overflowed", self.wal_dir)
+        if overflowed:  # changes were lost (or permissions changed): the directory lists
+            log.debug(
+                "WAL directory %s: the watch's event queue overflowed, or the directory's "
+                "permissions changed: listing it again",
+                self.wal_dir,
+            )
             if self.trusted:
                 directory.watch_started()
         if directory.changed(changes) or overflowed:
@@ -248,7 +254,12 @@ class Waker:
 
     def _went_live(self, drain: Callable[[], None]) -> None:
         self._drain = drain
-        self._live(True)
+        try:  # the directory the watch was just put on (a stat on the loop, as the watch's)
+            st = os.stat(self.wal_dir)
+        except OSError:
+            self._live(True)
+        else:
+            self._live(True, (st.st_dev, st.st_ino))
 
     async def _watchfiles(self, threads: ReaderThread) -> None:
         notify = RustNotify([str(self.wal_dir)], False, False, 300, False, True)
