@@ -46,8 +46,11 @@ class Requests:
             while True:
                 await self._serve()
                 every = REQUESTS_CHECK_S if self.watched else REQUESTS_EVERY_S
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # comes as the event is set, and the daemon would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), every)
+                    async with asyncio.timeout(every):
+                        await self._changed.wait()
                 self._changed.clear()
         finally:
             self._stop.set()
@@ -69,7 +72,8 @@ class Requests:
             finally:
                 self.watched = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), REQUESTS_CHECK_S)
+                async with asyncio.timeout(REQUESTS_CHECK_S):
+                    await self._stop.wait()
 
     def _live(self, _drain: Callable[[], None]) -> None:
         self.watched = True

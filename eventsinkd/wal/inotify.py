@@ -194,9 +194,10 @@ async def wait_for_directory(path: Path, stop: asyncio.Event, timeout_s: float) 
 
             await _read_until(ino, stop, on_events)
 
+    # asyncio.timeout, not wait_for (which on 3.11 can swallow a cancel).
     with contextlib.suppress(TimeoutError):
-        try:
-            await asyncio.wait_for(parent_watch(), timeout_s)
-        except OSError:  # the parent is missing too, or cannot be watched: the timer decides
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            try:
+                await parent_watch()
+            except OSError:  # the parent is missing too, or cannot be watched: the timer
+                await stop.wait()

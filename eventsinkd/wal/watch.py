@@ -247,7 +247,8 @@ class Waker:
                     await inotify.wait_for_directory(self.wal_dir, self._stop, self.poll_interval_s)
                 else:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), self.poll_interval_s)
+                        async with asyncio.timeout(self.poll_interval_s):
+                            await self._stop.wait()
         finally:
             threads.stop()
             surveys.stop()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,34 @@ async def test_a_watch_that_misses_a_change_is_not_trusted_any_more(
     assert len(warnings) == 1 and "wal.force_polling: true" in warnings[0]
     await reader.close()
     assert ids(reader.records) == expected_ids(w)
+
+
+@pytest.mark.parametrize("change", ["removed", "replaced by an empty file"])
+async def test_changes_that_bring_no_data_still_wake_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """What the reader must see although no line is added: the WAL directory removed while
+    the reader holds its segment open (inotify reports the directory's own removal only once
+    that file is closed), and the segment replaced by an empty file (a rename: a rewrite).
+    The check behind the watch is put off for a minute: the watch must do it."""
+    monkeypatch.setattr(watch_module, "WATCHED_CHECK_S", LONG_POLL_S)
+    wal_dir = tmp_path / "wal"
+    w = NexusWriter(wal_dir, precreate=False, seed=4)
+    w.append(3)
+    reader = Reader(wal_dir, poll_interval_s=0.05)
+    follower = reader.follower
+    await until(lambda: follower.waker.watching, "the watch")
+    await reader.wait_for(3)
+    await asyncio.sleep(0.2)
+    if change == "removed":
+        shutil.rmtree(wal_dir)
+        await until(
+            lambda: "does not exist" in (follower.scanner.error or ""), "the error", ARRIVAL_S
+        )
+    else:
+        empty = tmp_path / "empty"
+        empty.touch()
+        os.rename(empty, wal_dir / w.active_segment)
+        stats = follower.scanner.stats
+        await until(lambda: stats.rewrites + stats.truncations >= 1, "the rewrite", ARRIVAL_S)
+    await reader.close()
