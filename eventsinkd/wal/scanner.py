@@ -99,11 +99,17 @@ class WalScanner:
         return cur.read_off / cur.line if cur is not None and cur.line else 1024.0
 
     @property
+    def read_to_end(self) -> bool:
+        """True when the last step read the current segment to its end (a tail, not a
+        backlog: what comes next is what is written next)."""
+        cur = self._cur
+        return cur is not None and cur.read_all
+
+    @property
     def caught_up(self) -> bool:
         """True when the last step read everything there was: the current segment to its
         end, and no later segment may hold data (as far as the directory knows)."""
-        cur = self._cur
-        return cur is not None and cur.read_all and self._dir.nothing_after(cur.name)
+        return self.read_to_end and self._dir.nothing_after(self.position.segment)
 
     def backlog_bytes(self) -> int:
         """Bytes in the WAL not yet read: the rest of the current segment and all later ones.
