@@ -6,7 +6,8 @@ watch."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -26,18 +27,28 @@ async def until(cond: Callable[[], bool], what: str, timeout_s: float = SERVED_W
         await asyncio.sleep(0.01)
 
 
-async def test_a_request_is_served_when_it_lands_and_nothing_is_looked_at_meanwhile(
-    tmp_path: Path,
-) -> None:
-    assert REQUESTS_CHECK_S >= 2 * SERVED_WITHIN_S
+@contextlib.asynccontextmanager
+async def running(state_dir: Path) -> AsyncIterator[tuple[Requests, list[float]]]:
+    """:class:`Requests` running on ``state_dir``, and when it looked (loop time)."""
     served: list[float] = []
 
     async def serve() -> None:
         served.append(asyncio.get_running_loop().time())
 
-    requests = Requests(tmp_path, serve)
+    requests = Requests(state_dir, serve)
     task = asyncio.create_task(requests.run())
     try:
+        yield requests, served
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_request_is_served_when_it_lands_and_nothing_is_looked_at_meanwhile(
+    tmp_path: Path,
+) -> None:
+    assert REQUESTS_CHECK_S >= 2 * SERVED_WITHIN_S
+    async with running(tmp_path) as (requests, served):
         await until(lambda: requests.watched, "the watch")
         await until(lambda: len(served) >= 1, "the look at start")
         await asyncio.sleep(1.0)
@@ -47,9 +58,6 @@ async def test_a_request_is_served_when_it_lands_and_nothing_is_looked_at_meanwh
         assert len(served) == quiet  # nothing ticks while nothing lands
         request_replay(tmp_path)  # as `dead-letters replay` leaves it for a running daemon
         await until(lambda: len(served) > quiet, "the look after the request")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_without_a_watch_requests_are_looked_for_every_half_second(
@@ -58,16 +66,6 @@ async def test_without_a_watch_requests_are_looked_for_every_half_second(
     """Where inotify is not there (not Linux), the old timer: a command's request is still
     served, within REQUESTS_EVERY_S."""
     monkeypatch.setattr(requests_module.inotify, "AVAILABLE", False)
-    served: list[float] = []
-
-    async def serve() -> None:
-        served.append(asyncio.get_running_loop().time())
-
-    requests = Requests(tmp_path, serve)
-    task = asyncio.create_task(requests.run())
-    try:
+    async with running(tmp_path) as (requests, served):
         await until(lambda: len(served) >= 3, "three looks")
         assert not requests.watched
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
