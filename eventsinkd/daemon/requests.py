@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from eventsinkd.state.control import REQUESTS_DIR
+from watchfiles import Change
+
+from eventsinkd.state.control import ANSWER_SUFFIX, REQUESTS_DIR
 from eventsinkd.wal import inotify
 
 log = logging.getLogger("eventsinkd.daemon")
@@ -79,5 +82,14 @@ class Requests:
         self.watched = True
         self._changed.set()  # what landed before the watch
 
-    def _changes(self, _changes: inotify.Changes, _overflowed: bool) -> None:
-        self._changed.set()
+    def _changes(self, changes: inotify.Changes, overflowed: bool) -> None:
+        """A request landed (renamed into place by the command; not the daemon's own
+        answers, nor the temporary files, nor a removal)."""
+        added = int(Change.added)
+        if overflowed or any(
+            c == added
+            and not (name := os.path.basename(p)).startswith(".")
+            and not name.endswith(ANSWER_SUFFIX)
+            for c, p in changes
+        ):
+            self._changed.set()

@@ -101,6 +101,10 @@ class SegmentDirectory:
     def watch_stopped(self) -> None:
         self.watched = False
 
+    def list_again(self) -> None:
+        """Changes were lost (the watch's queue overflowed): the next :meth:`refresh` lists."""
+        self._watch_epoch += 1
+
     @property
     def must_list(self) -> bool:
         """True if the next :meth:`refresh` lists the directory (which can take seconds)."""

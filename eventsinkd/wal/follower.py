@@ -123,14 +123,13 @@ class WalFollower:
         """True if the last step read all there is and no change was reported since it
         began: a step now would find nothing (with a trusted watch, which reports every
         write)."""
-        waker = self.waker
         return (
             self.follow
-            and waker.generation == seen
-            and waker.watching
-            and waker.trusted
+            and self.waker.generation == seen
             and not self._stopped.is_set()
-            and self.reading.may_step_on_loop()  # what caught_up looks at is, too
+            # a watched, listed, local directory (watched: a live and trusted watch), and
+            # an idle thread: what caught_up looks at, it looks at on the loop
+            and self.reading.may_step_on_loop()
             and self.scanner.caught_up
         )
 
@@ -187,27 +186,25 @@ class WalFollower:
                     timed_out = False
                     streak += 1
                     yield batch
-                    if tailing and self._read_everything(seen):
-                        streak = 0  # nothing more to read until a change is reported
-                        self.scanner.at_end = True  # as the step that found nothing would say
-                        await self.waker.wait(seen)
-                        timed_out = self.waker.generation == seen
+                    if not (tailing and self._read_everything(seen)):
+                        # Catching up is CPU-bound: let the rest of the loop run between
+                        # batches. If it has work (the turn it got took a while: other
+                        # sinks delivering), one turn is not enough - a delivery takes
+                        # several, each waiting for a whole batch here - so give way in
+                        # proportion to the batch just done, if there are other cursors.
+                        busy = time.monotonic() - started
+                        turn = time.monotonic()
+                        await asyncio.sleep(0)
+                        if (
+                            time.monotonic() - turn > BUSY_TURN_S
+                            and streak >= CATCHING_UP_AFTER
+                            and self.reading.cursors > 1
+                        ):
+                            await asyncio.sleep(busy * CATCH_UP_GIVE_WAY)
                         continue
-                    # Catching up is CPU-bound: let the rest of the loop run between
-                    # batches. If it has work (the turn it got took a while: other sinks
-                    # delivering), one turn is not enough - a delivery takes several, each
-                    # waiting for a whole batch here - so give way in proportion to the
-                    # batch just done, if there are other cursors to give way to.
-                    busy = time.monotonic() - started
-                    turn = time.monotonic()
-                    await asyncio.sleep(0)
-                    if (
-                        time.monotonic() - turn > BUSY_TURN_S
-                        and streak >= CATCHING_UP_AFTER
-                        and self.reading.cursors > 1
-                    ):
-                        await asyncio.sleep(busy * CATCH_UP_GIVE_WAY)
-                    continue
+                    # Nothing more to read until a change is reported: wait now, as after
+                    # the step that would find nothing (and say so).
+                    self.scanner.at_end = True
                 streak = 0
                 if not self.follow and self.scanner.at_end:
                     return

@@ -76,12 +76,8 @@ class ReaderThread:
         Once the thread is stopped, here and now (nothing else reads any more)."""
         if self._stopped:
             fn()
-            return
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # not from the loop: not counted in ``busy``
-            loop = None
-        self._put((fn, None, loop))
+        else:
+            self._put((fn, None, asyncio.get_running_loop()))
 
     def stop(self) -> None:
         """End the thread once it has done what it was given; no more jobs after that."""

@@ -94,7 +94,6 @@ class Waker:
     ) -> None:
         self.wal_dir = wal_dir
         self.poll_interval_s = poll_interval_s
-        self.force_polling = force_polling
         self.backend: Backend = "polling" if force_polling else backend or default_backend()
         self.directory = directory  # told what changed; None: only wake the readers
         self.generation = 0
@@ -206,7 +205,7 @@ class Waker:
                 self.wal_dir,
             )
             if self.trusted:
-                directory.watch_started()
+                directory.list_again()
         if directory.changed(changes) or overflowed:
             self.notify()
 
